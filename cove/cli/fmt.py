@@ -1,0 +1,115 @@
+"""Output formatting shared by the CLI handlers: tables, sizes, ages, ``--format``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+
+def human_size(n: float) -> str:
+    """Docker's HumanSizeWithPrecision(n, 3): decimal units."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}PB"
+
+
+def parse_time(text: str) -> float | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)", text)
+        if not m:
+            return None
+        return datetime.fromisoformat(m.group(1) + (m.group(3).replace("Z", "+00:00"))).timestamp()
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's units.HumanDuration."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    if h < 24 * 30 * 2:
+        return f"{h // 24 // 7} weeks"
+    if h < 24 * 365 * 2:
+        return f"{h // 24 // 30} months"
+    return f"{h // 24 // 365} years"
+
+
+def ago(text: str) -> str:
+    t = parse_time(text)
+    if t is None:
+        return "N/A"
+    return human_duration(time.time() - t) + " ago"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded with at least three spaces, as Docker's tabwriter prints."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
+        lines.append("   ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+_FIELD = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z_][A-Za-z0-9_.]*)?\s*\}\}")
+
+
+def render(template: str, obj: dict[str, Any]) -> str:
+    """The subset of Go templates people use with ``--format``: ``{{.Field}}``, ``{{json .}}``."""
+    template = template.replace("\\t", "\t").replace("\\n", "\n")
+
+    def sub(m: re.Match[str]) -> str:
+        value: Any = obj
+        for part in (m.group(2) or "").split("."):
+            if part:
+                value = value.get(part, "") if isinstance(value, dict) else ""
+        if m.group(1):
+            return json.dumps(value)
+        return str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
+
+    return _FIELD.sub(sub, template)
+
+
+def format_rows(
+    fmt: str | None,
+    headers: Sequence[str],
+    objs: Sequence[dict[str, Any]],
+    to_row: Callable[[dict[str, Any]], Sequence[str]],
+) -> str:
+    """Render objects as a table (default), JSON lines (``json``) or a Go-style template."""
+    if not fmt or fmt == "table":
+        return table(headers, [to_row(o) for o in objs])
+    if fmt == "json":
+        return "\n".join(json.dumps(o) for o in objs)
+    if fmt.startswith("table "):
+        tmpl = fmt[len("table ") :]
+        head = re.sub(r"\{\{\s*\.([A-Za-z_]+)\s*\}\}", lambda m: m.group(1).upper(), tmpl)
+        return "\n".join([render(head, {}), *(render(tmpl, o) for o in objs)])
+    return "\n".join(render(fmt, o) for o in objs)

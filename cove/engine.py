@@ -1,0 +1,241 @@
+"""The engine: the one API every face (CLI, later REST) calls.
+
+Faces parse and format; the engine resolves names, enforces the rules
+(Docker's semantics for rmi, tag, prune) and calls the stores.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from cove.errors import Conflict, InvalidSpec
+from cove.image.store import Image, ImageStore
+from cove.spec import image as spec
+from cove.spec import reference as refs
+
+DEFAULT_ROOT = "/var/lib/cove"
+
+
+def default_root() -> str:
+    return os.environ.get("COVE_ROOT") or DEFAULT_ROOT
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One line of ``cove images``: an image under one of its names (or none)."""
+
+    image: Image
+    name: refs.Reference | None
+    size: int
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    image_id: str | None
+    created: str
+    created_by: str
+    size: int
+    comment: str
+
+
+class Engine:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = os.path.abspath(root or default_root())
+        self.images = ImageStore(self.root)
+
+    # -- images -------------------------------------------------------------
+
+    def image(self, name: str) -> Image:
+        return self.images.resolve(name)
+
+    def image_size(self, img: Image) -> int:
+        """Uncompressed size of the layers (as ``docker images`` shows), else blob sizes."""
+        total = 0
+        for layer, diff_id in zip(img.manifest.layers, img.config.diff_ids, strict=False):
+            size = self.images.layer_size(diff_id)
+            total += layer.size if size is None else size
+        return total
+
+    def import_image(
+        self,
+        path: str,
+        name: str | None = None,
+        changes: list[str] | None = None,
+        platform: str | None = None,
+        message: str = "",
+    ) -> str:
+        from cove.image.importer import import_rootfs
+
+        names = [refs.parse(name)] if name else []
+        plat = spec.Platform.parse(platform) if platform else spec.Platform.host()
+        image_id, _ = import_rootfs(self.images, path, names, changes or [], plat, message)
+        return image_id
+
+    def load(self, path: str) -> list[Any]:
+        from cove.image.archive import load
+
+        return load(self.images, path)
+
+    def save(self, names: list[str], out: str | None, fmt: str = "docker-archive") -> None:
+        from cove.image.archive import save
+
+        if not names:
+            raise InvalidSpec("save needs at least one image")
+        chosen: dict[str, tuple[Image, list[refs.Reference]]] = {}
+        for text in names:
+            img = self.images.resolve(text)
+            entry = chosen.setdefault(img.manifest_digest, (img, []))
+            ref = _as_name(text)
+            wanted = [ref] if ref and ref in img.names else ([] if ref else list(img.names))
+            entry[1].extend(n for n in wanted if n not in entry[1])
+        save(self.images, list(chosen.values()), out, fmt)
+
+    def list_images(self, *, all_images: bool = True) -> list[ImageRow]:
+        rows = []
+        for img in self.images.images():
+            size = self.image_size(img)
+            for name in img.names or (None,):
+                rows.append(ImageRow(img, name, size))
+        rows.sort(key=lambda r: r.image.config.created, reverse=True)
+        return rows
+
+    def inspect_image(self, name: str) -> dict[str, Any]:
+        img = self.images.resolve(name)
+        cfg = img.config
+        history = cfg.history
+        lower = [self.images.layer_path(d) for d in reversed(cfg.diff_ids)]
+        repos = sorted({n.familiar_repository for n in img.names})
+        out: dict[str, Any] = {
+            "Id": img.id,
+            "RepoTags": [n.familiar() for n in img.names],
+            "RepoDigests": [f"{r}@{img.manifest_digest}" for r in repos],
+            "Parent": "",
+            "Comment": history[-1].get("comment", "") if history else "",
+            "Created": cfg.created,
+            "DockerVersion": "",
+            "Author": cfg.raw.get("author", ""),
+            "Config": cfg.config,
+            "Architecture": cfg.platform.architecture,
+            "Os": cfg.platform.os,
+            "Size": self.image_size(img),
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {"LowerDir": ":".join(p for p in lower if os.path.isdir(p))},
+            },
+            "RootFS": {"Type": "layers", "Layers": cfg.diff_ids},
+            "Metadata": {"LastTagTime": ""},
+            "Descriptor": {
+                "mediaType": img.manifest.media_type,
+                "digest": img.manifest_digest,
+                "size": self.images.blobs.size(img.manifest_digest),
+            },
+        }
+        if cfg.platform.variant:
+            out["Variant"] = cfg.platform.variant
+        return out
+
+    def tag(self, source: str, target: str) -> None:
+        img = self.images.resolve(source)
+        ref = refs.parse(target)
+        if ref.digest:
+            raise InvalidSpec(f"refusing to create a tag with a digest reference: {target}")
+        desc = spec.Descriptor(
+            img.manifest.media_type,
+            img.manifest_digest,
+            self.images.blobs.size(img.manifest_digest),
+        )
+        self.images.add_image(desc, [*img.names, ref])
+
+    def remove_image(self, name: str, *, force: bool = False) -> list[tuple[str, str]]:
+        """Docker's rmi: untag a name; delete the image when no name is left.
+
+        Returns ("Untagged"|"Deleted", what) pairs in the order Docker prints them.
+        """
+        img = self.images.resolve(name)
+        ref = _as_name(name)
+        events: list[tuple[str, str]] = []
+        with self.images.edit_index() as entries:
+            mine = [e for e in entries if e.manifest.digest == img.manifest_digest]
+            if ref is not None and ref in img.names:
+                drop = [e for e in mine if e.name == ref]
+            elif len(img.names) > 1 and not force:
+                raise Conflict(
+                    f"conflict: unable to delete {_short(img.id)} (must be forced) - "
+                    "image is referenced in multiple repositories"
+                )
+            else:
+                drop = mine
+            for e in drop:
+                entries.remove(e)
+                if e.name:
+                    events.append(("Untagged", e.name.familiar()))
+            if not any(e.manifest.digest == img.manifest_digest for e in entries):
+                events.append(("Deleted", img.id))
+        if events and events[-1][0] == "Deleted":
+            self.images.collect()
+        return events
+
+    def prune_images(self, *, all_images: bool = False) -> tuple[list[tuple[str, str]], int]:
+        events: list[tuple[str, str]] = []
+        with self.images.edit_index() as entries:
+            doomed = [e for e in entries if all_images or e.name is None]
+            for e in doomed:
+                entries.remove(e)
+                if e.name:
+                    events.append(("untagged", e.name.familiar()))
+            gone = {e.manifest.digest for e in doomed} - {e.manifest.digest for e in entries}
+        for digest in sorted(gone):
+            events.append(("deleted", digest))
+        _, freed = self.images.collect()
+        return events, freed
+
+    def history(self, name: str) -> list[HistoryRow]:
+        img = self.images.resolve(name)
+        layers = list(zip(img.manifest.layers, img.config.diff_ids, strict=False))
+        rows: list[HistoryRow] = []
+        for h in img.config.history:
+            size = 0
+            if not h.get("empty_layer") and layers:
+                desc, diff_id = layers.pop(0)
+                known = self.images.layer_size(diff_id)
+                size = desc.size if known is None else known
+            rows.append(
+                HistoryRow(
+                    None,
+                    str(h.get("created", "")),
+                    str(h.get("created_by", "")),
+                    size,
+                    str(h.get("comment", "")),
+                )
+            )
+        rows.reverse()
+        if rows:
+            top = rows[0]
+            rows[0] = HistoryRow(img.id, top.created, top.created_by, top.size, top.comment)
+        return rows
+
+    def unpack(self, name: str) -> list[str]:
+        """The unpacked layer directories of an image, lowest first."""
+        img = self.images.resolve(name)
+        with self.images.ingest_lock():
+            return [
+                self.images.unpack_layer(desc, diff_id)
+                for desc, diff_id in zip(img.manifest.layers, img.config.diff_ids, strict=True)
+            ]
+
+
+def _as_name(text: str) -> refs.Reference | None:
+    """``text`` as a tagged name, or None when it is an id or digest."""
+    bare = text.removeprefix("sha256:")
+    if text.startswith("sha256:") or (
+        len(bare) >= 12 and all(c in "0123456789abcdef" for c in bare)
+    ):
+        return None
+    ref = refs.parse(text)
+    return ref if ref.tag and not ref.digest else None
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]

@@ -1,0 +1,48 @@
+"""The one error tree of cove.
+
+Every failure cove reports to a user is a ``CoveError``: a lowercase, one-line
+message naming the id or path involved. Faces (the CLI) print ``str(err)`` and
+exit with ``err.exit_code``; they never print tracebacks for these.
+"""
+
+from __future__ import annotations
+
+
+class CoveError(Exception):
+    """Base of all errors cove reports to a user."""
+
+    exit_code = 1
+
+
+class NotFound(CoveError):
+    """An image, blob, layer or other object does not exist."""
+
+
+class Conflict(CoveError):
+    """The operation clashes with existing state (name in use, image in use)."""
+
+
+class InvalidSpec(CoveError):
+    """A spec, reference, flag value or document is malformed."""
+
+    exit_code = 125
+
+
+class InvalidReference(InvalidSpec):
+    """An image reference does not follow the Docker reference grammar."""
+
+
+class CorruptContent(CoveError):
+    """Bytes do not match their digest, or an archive is truncated or unreadable."""
+
+
+class UnsafeArchive(CoveError):
+    """A tar entry would write outside its root or is otherwise hostile."""
+
+
+class StateError(CoveError):
+    """An illegal lifecycle transition was asked for."""
+
+
+class Unsupported(CoveError):
+    """The request is valid but this host or this version cannot do it."""

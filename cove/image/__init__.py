@@ -1,0 +1,1 @@
+"""The image layer: content store, layer unpacking, archives. Imports spec and syscalls only."""

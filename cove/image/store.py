@@ -1,0 +1,514 @@
+"""The on-disk image store: content-addressable blobs, the image index, unpacked layers.
+
+Layout under the state root (see docs/design.md)::
+
+    images/oci-layout, images/index.json   an OCI image layout: the store is one
+    images/blobs/sha256/<hex>              blobs, verified on write and on read
+    layers/<hex-of-diff-id>/               one unpacked layer (an overlayfs lowerdir)
+    layers/<hex>.json                      its uncompressed size
+    tmp/                                   ingest temp files, never visible as content
+    locks/                                 flock files
+
+Concurrency: blob and layer writes go to ``tmp/`` and are renamed into place,
+so no reader ever sees a partial one. Ingest holds ``gc.lock`` shared until
+its image is in the index; garbage collection holds it exclusive, so it never
+deletes content an ingest has written but not yet referenced. Index updates
+are read-modify-write under ``index.lock`` with an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
+from cove.image import streams
+from cove.image.layers import LayerStats, unpack_stream
+from cove.spec import image as spec
+from cove.spec import reference as refs
+from cove.syscalls import flocked, fsync_dir
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+
+def _hex(digest: str) -> str:
+    return spec.check_digest(digest).split(":", 1)[1]
+
+
+class VerifyingReader:
+    """Reads a blob file; raises ``CorruptContent`` once the bytes disagree with the digest."""
+
+    def __init__(self, f: BinaryIO, digest: str, size: int) -> None:
+        self._f = f
+        self._digest = digest
+        self._size = size
+        self._hash = streams.Hasher()
+        self._count = 0
+        self._checked = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._hash.write(data)
+        self._count += len(data)
+        if (not data or self._count >= self._size) and not self._checked:
+            self._check(eof=not data)
+        return data
+
+    def _check(self, *, eof: bool) -> None:
+        if self._count > self._size or (eof and self._count != self._size):
+            raise CorruptContent(
+                f"blob {self._digest} has size {self._count}, expected {self._size}"
+            )
+        if self._count == self._size:
+            self._checked = True
+            if self._hash.digest != self._digest:
+                raise CorruptContent(f"blob {self._digest} does not match its digest")
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class BlobWriter:
+    """Writes a blob to a temp file; ``commit`` verifies and renames it into place."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        fd, self._tmp = tempfile.mkstemp(dir=blobs.tmpdir, prefix="blob-")
+        self._f = os.fdopen(fd, "wb")
+        self._hash = streams.Hasher()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._hash.write(data)
+        self.size += len(data)
+
+    def commit(self, expected: str | None = None, expected_size: int | None = None) -> str:
+        digest = self._hash.digest
+        try:
+            if expected is not None and digest != expected:
+                raise CorruptContent(f"blob {expected} does not match its digest (got {digest})")
+            if expected_size is not None and self.size != expected_size:
+                raise CorruptContent(
+                    f"blob {digest} has size {self.size}, expected {expected_size}"
+                )
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            final = self._blobs.path(digest)
+            # invariant: final is named by the verified digest of these very bytes
+            os.rename(self._tmp, final)
+            return digest
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+
+class BlobStore:
+    def __init__(self, layout: str, tmpdir: str) -> None:
+        self.dir = os.path.join(layout, "blobs", "sha256")
+        self.tmpdir = tmpdir
+
+    def path(self, digest: str) -> str:
+        return os.path.join(self.dir, _hex(digest))
+
+    def has(self, digest: str) -> bool:
+        return os.path.exists(self.path(digest))
+
+    def size(self, digest: str) -> int:
+        return os.stat(self.path(digest)).st_size
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put(self, data: bytes, expected: str | None = None) -> str:
+        digest = spec.sha256_digest(data)
+        if expected is not None and digest != expected:
+            raise CorruptContent(f"blob {expected} does not match its digest (got {digest})")
+        if self.has(digest):
+            return digest
+        w = self.writer()
+        w.write(data)
+        return w.commit(digest)
+
+    def ingest(self, src: Any, expected: str | None = None, size: int | None = None) -> str:
+        w = self.writer()
+        try:
+            streams.copy_stream(src, w)
+        except BaseException:
+            w.abort()
+            raise
+        return w.commit(expected, size)
+
+    def open(self, digest: str, size: int | None = None) -> VerifyingReader:
+        try:
+            f = open(self.path(digest), "rb")  # closed by the reader
+        except FileNotFoundError as e:
+            raise NotFound(f"blob {digest} is not in the store") from e
+        if size is None:
+            size = os.fstat(f.fileno()).st_size
+        return VerifyingReader(f, digest, size)
+
+    def read(self, digest: str) -> bytes:
+        try:
+            with open(self.path(digest), "rb") as f:
+                data = f.read()
+        except FileNotFoundError as e:
+            raise NotFound(f"blob {digest} is not in the store") from e
+        if spec.sha256_digest(data) != digest:
+            raise CorruptContent(f"blob {digest} does not match its digest")
+        return data
+
+    def digests(self) -> Iterator[str]:
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self.dir):
+                yield "sha256:" + name
+
+
+@dataclass(frozen=True)
+class Image:
+    """A manifest in the store and the names pointing at it."""
+
+    manifest_digest: str
+    manifest: spec.Manifest
+    config: spec.ImageConfig
+    names: tuple[refs.Reference, ...]
+
+    @property
+    def id(self) -> str:
+        return self.manifest.config.digest
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    manifest: spec.Descriptor
+    name: refs.Reference | None
+
+
+class ImageStore:
+    """Blobs, the index of named images, and the unpacked layers of one state root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.layout = os.path.join(root, "images")
+        self.tmpdir = os.path.join(root, "tmp")
+        self.layers_dir = os.path.join(root, "layers")
+        self.locks = os.path.join(root, "locks")
+        self.blobs = BlobStore(self.layout, self.tmpdir)
+        self.index_path = os.path.join(self.layout, "index.json")
+
+    def ensure(self) -> None:
+        for d in (self.blobs.dir, self.tmpdir, self.layers_dir, self.locks):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        layout_file = os.path.join(self.layout, "oci-layout")
+        if not os.path.exists(layout_file):
+            self._atomic_write(layout_file, OCI_LAYOUT)
+
+    # -- locks ------------------------------------------------------------
+
+    def ingest_lock(self) -> contextlib.AbstractContextManager[int]:
+        """Held (shared) while content is written but not yet referenced by the index."""
+        return flocked(os.path.join(self.locks, "gc.lock"), shared=True)
+
+    def gc_lock(self) -> contextlib.AbstractContextManager[int]:
+        return flocked(os.path.join(self.locks, "gc.lock"))
+
+    def _index_lock(self) -> contextlib.AbstractContextManager[int]:
+        return flocked(os.path.join(self.locks, "index.lock"))
+
+    # -- index ------------------------------------------------------------
+
+    def _atomic_write(self, path: str, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            fsync_dir(os.path.dirname(path))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def entries(self) -> list[IndexEntry]:
+        try:
+            with open(self.index_path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        index = spec.Index.parse(data, f"store index {self.index_path}")
+        out = []
+        for desc in index.manifests:
+            name = desc.annotations.get(spec.ANNOTATION_IMAGE_NAME)
+            out.append(IndexEntry(desc, refs.parse(name) if name else None))
+        return out
+
+    def _write_entries(self, entries: list[IndexEntry]) -> None:
+        manifests = []
+        for e in entries:
+            annotations = {}
+            if e.name:
+                annotations[spec.ANNOTATION_IMAGE_NAME] = str(e.name)
+                annotations[spec.ANNOTATION_REF_NAME] = str(e.name)
+            manifests.append(
+                spec.Descriptor(
+                    e.manifest.media_type, e.manifest.digest, e.manifest.size, annotations
+                ).to_json()
+            )
+        doc = {"schemaVersion": 2, "mediaType": spec.OCI_INDEX, "manifests": manifests}
+        self._atomic_write(self.index_path, json.dumps(doc, indent=2).encode() + b"\n")
+
+    @contextlib.contextmanager
+    def edit_index(self) -> Iterator[list[IndexEntry]]:
+        """Yield the entries to mutate in place; they are written back atomically."""
+        self.ensure()
+        with self._index_lock():
+            entries = self.entries()
+            yield entries
+            self._write_entries(entries)
+
+    def add_image(self, manifest: spec.Descriptor, names: list[refs.Reference]) -> list[str]:
+        """Point ``names`` at ``manifest``; an image that loses its last name stays, untagged.
+
+        Returns the manifest digests that were left without a name by this change.
+        """
+        orphaned: list[str] = []
+        with self.edit_index() as entries:
+            keyed = {str(n) for n in names}
+            moved = [e for e in entries if e.name and str(e.name) in keyed]
+            entries[:] = [e for e in entries if e not in moved]
+            entries[:] = [e for e in entries if e.manifest.digest != manifest.digest or e.name]
+            for n in names:
+                entries.append(IndexEntry(manifest, n))
+            if not names and not any(e.manifest.digest == manifest.digest for e in entries):
+                entries.append(IndexEntry(manifest, None))
+            for e in moved:
+                if e.manifest.digest != manifest.digest and not any(
+                    x.manifest.digest == e.manifest.digest for x in entries
+                ):
+                    entries.append(IndexEntry(e.manifest, None))
+                    orphaned.append(e.manifest.digest)
+        return orphaned
+
+    def load_image(self, manifest_digest: str, names: tuple[refs.Reference, ...]) -> Image:
+        manifest = spec.Manifest.parse(
+            self.blobs.read(manifest_digest), f"manifest {manifest_digest}"
+        )
+        config = spec.ImageConfig.parse(
+            self.blobs.read(manifest.config.digest), f"image config {manifest.config.digest}"
+        )
+        return Image(manifest_digest, manifest, config, names)
+
+    def images(self) -> list[Image]:
+        """Every image in the index, each once, names gathered, in index order."""
+        grouped: dict[str, list[refs.Reference]] = {}
+        for e in self.entries():
+            names = grouped.setdefault(e.manifest.digest, [])
+            if e.name:
+                names.append(e.name)
+        return [self.load_image(d, tuple(n)) for d, n in grouped.items()]
+
+    def resolve(self, text: str) -> Image:
+        """Find an image by name, by ``name@digest``, by id, or by a unique id prefix."""
+        images = self.images()
+        bare = text.removeprefix("sha256:")
+        if 0 < len(bare) <= 64 and all(c in "0123456789abcdef" for c in bare):
+            hits = {i.id: i for i in images if i.id.removeprefix("sha256:").startswith(bare)}
+            hits |= {i.id: i for i in images if i.manifest_digest == "sha256:" + bare}
+            if len(hits) == 1:
+                return next(iter(hits.values()))
+            if len(hits) > 1:
+                raise Conflict(f"image id prefix {bare!r} is ambiguous")
+            if text.startswith("sha256:"):
+                raise NotFound(f"no such image: {text}")
+        ref = refs.parse(text)
+        for img in images:
+            if ref.digest:
+                if img.manifest_digest == ref.digest and (ref.tag is None or ref in img.names):
+                    return img
+            elif ref in img.names:
+                return img
+        raise NotFound(f"no such image: {text}")
+
+    # -- layers -----------------------------------------------------------
+
+    def layer_path(self, diff_id: str) -> str:
+        return os.path.join(self.layers_dir, _hex(diff_id))
+
+    def has_layer(self, diff_id: str) -> bool:
+        return os.path.isdir(self.layer_path(diff_id))
+
+    def layer_size(self, diff_id: str) -> int | None:
+        try:
+            with open(self.layer_path(diff_id) + ".json", "rb") as f:
+                return int(json.load(f)["size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def ingest_layer(
+        self,
+        src: Any,
+        compression: str,
+        *,
+        what: str,
+        expected_digest: str | None = None,
+        expected_size: int | None = None,
+        expected_diff_id: str | None = None,
+        store_as: str | None = None,
+    ) -> tuple[spec.Descriptor, str]:
+        """Store a layer blob and unpack it, reading ``src`` once.
+
+        ``compression`` is that of ``src``; ``store_as`` recompresses (only
+        'gzip' is supported) for inputs that OCI has no media type for.
+        Returns the blob's descriptor and the layer's diff id.
+        """
+        writer = self.blobs.writer()
+        diff_hash = streams.Hasher()
+        tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
+        gz: streams.GzipSink | None = None
+        try:
+            if store_as == "gzip":
+                gz = streams.GzipSink(writer)
+                raw: Any = src
+            else:
+                raw = streams.TeeReader(src, [writer])
+            tar_in = streams.TeeReader(
+                streams.decompressor(raw, compression, what), [diff_hash, *([gz] if gz else [])]
+            )
+            stats = unpack_stream(tar_in, tmp, what)
+            tar_in.drain()  # the digest covers the bytes after the end-of-archive marker too
+            if isinstance(raw, streams.TeeReader):
+                raw.drain()
+            if gz:
+                gz.close()
+            diff_id = diff_hash.digest
+            if expected_diff_id is not None and diff_id != expected_diff_id:
+                raise CorruptContent(
+                    f"{what}: uncompressed content {diff_id} does not match diff id "
+                    f"{expected_diff_id}"
+                )
+            digest = writer.commit(expected_digest, expected_size)
+            self._place_layer(tmp, diff_id, stats)
+        except BaseException:
+            writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        media_type = spec.OCI_LAYER_FOR[store_as if store_as is not None else compression]
+        return spec.Descriptor(media_type, digest, writer.size), diff_id
+
+    def _place_layer(self, tmp: str, diff_id: str, stats: LayerStats) -> None:
+        final = self.layer_path(diff_id)
+        with flocked(os.path.join(self.locks, f"layer-{_hex(diff_id)}.lock")):
+            if os.path.isdir(final):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            meta = json.dumps({"size": stats.bytes, "entries": stats.entries}).encode()
+            with open(final + ".json", "wb") as f:
+                f.write(meta)
+            # invariant: tmp is a complete, verified unpack of exactly diff_id
+            os.rename(tmp, final)
+
+    def unpack_layer(self, desc: spec.Descriptor, diff_id: str) -> str:
+        """Make sure layer ``diff_id`` is unpacked, from its (verified) blob if need be."""
+        path = self.layer_path(diff_id)
+        if os.path.isdir(path):
+            return path
+        compression = spec.LAYER_COMPRESSION.get(desc.media_type)
+        if compression is None:
+            raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
+        src = self.blobs.open(desc.digest, desc.size)
+        tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
+        try:
+            tar_in = streams.TeeReader(
+                streams.decompressor(src, compression, f"layer {desc.digest}"),
+                [diff_hash := streams.Hasher()],
+            )
+            stats = unpack_stream(tar_in, tmp, f"layer {desc.digest}")
+            tar_in.drain()
+            if diff_hash.digest != diff_id:
+                raise CorruptContent(
+                    f"layer {desc.digest}: uncompressed content does not match diff id {diff_id}"
+                )
+            self._place_layer(tmp, diff_id, stats)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            src.close()
+        return path
+
+    # -- garbage collection -----------------------------------------------
+
+    def collect(self, keep_diff_ids: set[str] | None = None) -> tuple[list[str], int]:
+        """Delete blobs and layers no image references and stale temp files.
+
+        Returns the deleted blob digests and the bytes reclaimed.
+        """
+        removed: list[str] = []
+        freed = 0
+        with self.gc_lock():
+            live_blobs: set[str] = set()
+            live_layers: set[str] = set(keep_diff_ids or ())
+            for e in self.entries():
+                live_blobs.add(e.manifest.digest)
+                with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
+                    img = self.load_image(e.manifest.digest, ())
+                    live_blobs.add(img.manifest.config.digest)
+                    live_blobs.update(layer.digest for layer in img.manifest.layers)
+                    live_layers.update(img.config.diff_ids)
+            for digest in list(self.blobs.digests()):
+                if digest not in live_blobs:
+                    with contextlib.suppress(FileNotFoundError):
+                        freed += self.blobs.size(digest)
+                        os.unlink(self.blobs.path(digest))
+                        removed.append(digest)
+            live_hex = {_hex(d) for d in live_layers}
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(self.layers_dir):
+                    if name.split(".", 1)[0] in live_hex:
+                        continue
+                    path = os.path.join(self.layers_dir, name)
+                    if name.endswith(".json"):
+                        os.unlink(path)
+                    else:
+                        _remove_tree(path, self.tmpdir)
+            # nothing is being ingested while the exclusive lock is held: all temp is stale
+            with contextlib.suppress(FileNotFoundError):
+                for name in os.listdir(self.tmpdir):
+                    _remove_tree(os.path.join(self.tmpdir, name), None)
+        return removed, freed
+
+
+def _remove_tree(path: str, trash: str | None) -> None:
+    """Remove ``path``; move it to ``trash`` first so it vanishes from view at once."""
+    if trash and os.path.isdir(path) and not os.path.islink(path):
+        dest = tempfile.mkdtemp(dir=trash, prefix="trash-")
+        try:
+            os.rename(path, os.path.join(dest, "t"))
+            path = dest
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

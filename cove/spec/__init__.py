@@ -1,0 +1,1 @@
+"""Pure spec types: data and parsing only, no I/O."""
