@@ -1,0 +1,84 @@
+"""Shared fixtures: a fresh state root per test and a runner for the real ``cove`` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("COVE_SHARED", REPO.parent / "shared"))
+ALPINE_DIR = SHARED / "images" / "alpine-3.20"
+ALPINE_TAR = ALPINE_DIR / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
+
+CoveRunner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="integration tests need root (real mounts, device nodes)")
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cove_root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def cove(cove_root: Path) -> CoveRunner:
+    """Run ``cove --root <fresh root> ARGS``; ``check=True`` asserts success."""
+
+    def run(
+        *args: str,
+        check: bool = True,
+        input: str | bytes | None = None,
+        text: bool = True,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "cove", "--root", str(cove_root), *args],
+            capture_output=True, input=input, text=text, timeout=timeout,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"cove {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout: {proc.stdout!r}\nstderr: {proc.stderr!r}"
+            )
+        return proc
+
+    return run
+
+
+def _verified(path: Path, sums: Path) -> Path:
+    want = {
+        line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if line.strip()
+    }[path.name]
+    got = hashlib.sha512(path.read_bytes()).hexdigest()
+    assert got == want, f"{path} does not match {sums}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def alpine_tar() -> Path:
+    """The shared Alpine minirootfs, checked against the upstream SHA512SUMS first."""
+    if not ALPINE_TAR.exists():
+        pytest.fail(f"shared Alpine tarball missing: {ALPINE_TAR}")
+    return _verified(ALPINE_TAR, ALPINE_DIR / "SHA512SUMS")
+
+
+@pytest.fixture
+def alpine(cove: CoveRunner, alpine_tar: Path) -> str:
+    """alpine:3.20 imported into this test's root; returns its image id."""
+    proc = cove("import", "--change", 'CMD ["/bin/sh"]', str(alpine_tar), "alpine:3.20")
+    return proc.stdout.strip()
