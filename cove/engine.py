@@ -6,7 +6,9 @@ Faces parse and format; the engine resolves names, enforces the rules
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +72,25 @@ class Engine:
 
         names = [refs.parse(name)] if name else []
         plat = spec.Platform.parse(platform) if platform else spec.Platform.host()
-        image_id, _ = import_rootfs(self.images, path, names, changes or [], plat, message)
+        with self._collect_on_failure():
+            image_id, _ = import_rootfs(self.images, path, names, changes or [], plat, message)
         return image_id
 
     def load(self, path: str) -> list[Any]:
         from cove.image.archive import load
 
-        return load(self.images, path)
+        with self._collect_on_failure():
+            return load(self.images, path)
+
+    @contextlib.contextmanager
+    def _collect_on_failure(self) -> Iterator[None]:
+        """A failed ingest leaves no unreferenced blob or layer behind."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.images.collect()
+            raise
 
     def save(self, names: list[str], out: str | None, fmt: str = "docker-archive") -> None:
         from cove.image.archive import save

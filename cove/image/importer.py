@@ -37,7 +37,7 @@ def import_rootfs(
     for change in changes:
         changes_spec.apply_change(container_config, change)
     store.ensure()
-    if path != "-" and not os.path.isfile(path):
+    if path != "-" and (not os.path.exists(path) or os.path.isdir(path)):
         raise NotFound(f"no such file: {path}")
     raw: Any = sys.stdin.buffer if path == "-" else open(path, "rb")
     with contextlib.closing(raw), store.ingest_lock():

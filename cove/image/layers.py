@@ -20,11 +20,12 @@ import posixpath
 import shutil
 import stat
 import tarfile
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from cove.errors import CorruptContent, UnsafeArchive, Unsupported
-from cove.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
+from cove.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -96,20 +97,57 @@ class LayerWriter:
         try:
             fd = openat2(self.rootfd, rel or ".", os.O_PATH | os.O_DIRECTORY, _RESOLVE)
         except OSError as e:
-            if e.errno not in (errno.ENOENT,) or not create or not rel:
-                if e.errno == errno.ENOTDIR:
-                    raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory") from e
+            if e.errno == errno.ENOTDIR:
+                raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory") from e
+            if e.errno != errno.ENOENT or not create:
                 raise
-            parent, base = posixpath.split(rel)
-            pfd = self._open_dir(parent, create=True)
-            try:
-                os.mkdir(base, 0o755, dir_fd=pfd)
-            except FileExistsError:
-                pass
-            fd = openat2(self.rootfd, rel, os.O_PATH | os.O_DIRECTORY, _RESOLVE)
+            fd = self._make_dirs(rel)
         self._drop_cache()
         self._cache = (rel, fd)
         return fd
+
+    def _make_dirs(self, rel: str) -> int:
+        """Create the missing directories of ``rel``, following symlinks as if the root were /.
+
+        ``done`` only ever holds real directories below the root (``..`` at the root
+        stays there), so each mkdir lands inside it, the way RESOLVE_IN_ROOT resolves.
+        """
+        parts = deque(rel.split("/"))
+        done: list[str] = []
+        hops = 0
+        while parts:
+            comp = parts.popleft()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if done:
+                    done.pop()
+                continue
+            pfd = openat2(self.rootfd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY,
+                          _RESOLVE | RESOLVE_NO_SYMLINKS)  # fmt: skip
+            try:
+                try:
+                    st = os.stat(comp, dir_fd=pfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    os.mkdir(comp, 0o755, dir_fd=pfd)
+                    done.append(comp)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    done.append(comp)
+                elif stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > 40:
+                        raise UnsafeArchive(f"too many symlinks resolving {rel!r}")
+                    target = os.readlink(comp, dir_fd=pfd)
+                    if target.startswith("/"):
+                        done = []
+                    parts.extendleft(reversed(target.split("/")))
+                else:
+                    raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory")
+            finally:
+                os.close(pfd)
+        return openat2(self.rootfd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY,
+                       _RESOLVE | RESOLVE_NO_SYMLINKS)  # fmt: skip
 
     def _remove(self, pfd: int, base: str, *, keep_dir: bool) -> None:
         """Remove whatever is at ``base`` in ``pfd``, unless it is a dir and ``keep_dir``."""
@@ -278,7 +316,14 @@ class LayerWriter:
         self._drop_cache()
         for rel in sorted(self._dirs, key=lambda r: r.count("/") + bool(r), reverse=True):
             meta = self._dirs[rel]
-            fd = openat2(self.rootfd, rel or ".", os.O_RDONLY | os.O_DIRECTORY, _RESOLVE)
+            try:
+                fd = openat2(self.rootfd, rel or ".", os.O_RDONLY | os.O_DIRECTORY,
+                             _RESOLVE | RESOLVE_NO_SYMLINKS)  # fmt: skip
+            except OSError as e:
+                # a later entry replaced this directory (or a parent) with something else
+                if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
             try:
                 if meta.mode >= 0:
                     if self.privileged:

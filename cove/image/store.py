@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,6 +75,16 @@ class VerifyingReader:
     def readable(self) -> bool:
         return True
 
+    def check_rest(self, cause: Exception) -> None:
+        """After a failure while parsing: if the blob itself is corrupt, say so instead."""
+        if self._checked:
+            return
+        try:
+            while self.read(streams.CHUNK):
+                pass
+        except CorruptContent as e:
+            raise e from cause
+
     def close(self) -> None:
         self._f.close()
 
@@ -92,6 +103,10 @@ class BlobWriter:
         self._f.write(data)
         self._hash.write(data)
         self.size += len(data)
+
+    @property
+    def digest_so_far(self) -> streams.Hasher:
+        return self._hash
 
     def commit(self, expected: str | None = None, expected_size: int | None = None) -> str:
         digest = self._hash.digest
@@ -407,10 +422,15 @@ class ImageStore:
                 )
             digest = writer.commit(expected_digest, expected_size)
             self._place_layer(tmp, diff_id, stats)
-        except BaseException:
-            writer.abort()
-            shutil.rmtree(tmp, ignore_errors=True)
+        except CorruptContent as e:
+            # bad bytes often surface as a decompression error first: name the real cause
+            if expected_digest and isinstance(raw, streams.TeeReader) and not gz:
+                _blame_digest(raw, writer.digest_so_far, expected_digest, e)
             raise
+        finally:
+            if sys.exc_info()[0] is not None:
+                writer.abort()
+                shutil.rmtree(tmp, ignore_errors=True)
         media_type = spec.OCI_LAYER_FOR[store_as if store_as is not None else compression]
         return spec.Descriptor(media_type, digest, writer.size), diff_id
 
@@ -448,10 +468,12 @@ class ImageStore:
                     f"layer {desc.digest}: uncompressed content does not match diff id {diff_id}"
                 )
             self._place_layer(tmp, diff_id, stats)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except CorruptContent as e:
+            src.check_rest(e)
             raise
         finally:
+            if sys.exc_info()[0] is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             src.close()
         return path
 
@@ -495,6 +517,18 @@ class ImageStore:
                 for name in os.listdir(self.tmpdir):
                     _remove_tree(os.path.join(self.tmpdir, name), None)
         return removed, freed
+
+
+def _blame_digest(
+    raw: streams.TeeReader, hasher: streams.Hasher, expected: str, cause: Exception
+) -> None:
+    """Read the rest of ``raw``; raise a digest mismatch (caused by ``cause``) if there is one."""
+    try:
+        raw.drain()
+    except Exception:
+        return
+    if hasher.digest != expected:
+        raise CorruptContent(f"blob {expected} does not match its digest") from cause
 
 
 def _remove_tree(path: str, trash: str | None) -> None:
