@@ -82,3 +82,8 @@ def alpine(cove: CoveRunner, alpine_tar: Path) -> str:
     """alpine:3.20 imported into this test's root; returns its image id."""
     proc = cove("import", "--change", 'CMD ["/bin/sh"]', str(alpine_tar), "alpine:3.20")
     return proc.stdout.strip()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"cove: {skipped} test(s) skipped")

@@ -409,7 +409,8 @@ def _write_archive(
             add_blob(layer)
         add_blob(img.manifest.config)
         add_blob(mdesc)
-        for n in names or [None]:
+        named: list[refs.Reference | None] = list(names) or [None]
+        for n in named:
             ann = {}
             if n is not None:
                 ann = {spec.ANNOTATION_IMAGE_NAME: str(n), spec.ANNOTATION_REF_NAME: str(n)}

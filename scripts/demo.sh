@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A tour of what cove does today, offline: build a base image from Debian's busybox-static,
+# import it, list it, inspect it, save it, load it back, unpack it.
+set -euo pipefail
+cove=${COVE:-cove}
+root=$(mktemp -d /tmp/cove-demo.XXXXXX)
+work=$(mktemp -d /tmp/cove-demo-work.XXXXXX)
+trap 'rm -rf "$root" "$work"' EXIT
+export COVE_ROOT=$root
+
+step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+
+mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
+cp /bin/busybox "$work/rootfs/bin/busybox"
+for applet in sh echo cat ls uname; do ln -s busybox "$work/rootfs/bin/$applet"; done
+echo "demo" > "$work/rootfs/etc/hostname"
+tar --numeric-owner -C "$work/rootfs" -czf "$work/busybox.tar.gz" .
+
+step "$cove" import --change 'CMD ["/bin/sh"]' "$work/busybox.tar.gz" demo/busybox:1
+step "$cove" images
+step "$cove" history demo/busybox:1
+step "$cove" image inspect --format '{{.Id}} {{.Architecture}} {{json .Config}}' demo/busybox:1
+step "$cove" save -o "$work/busybox.tar" demo/busybox:1
+step "$cove" rmi demo/busybox:1
+step "$cove" load -i "$work/busybox.tar"
+layer=$("$cove" image unpack demo/busybox:1)
+step ls -l "$layer/bin"
+echo
+echo "demo done: images work. Containers (cove run) and VMs (cove vm) arrive with the next issues."
