@@ -7,6 +7,7 @@ Faces parse and format; the engine resolves names, enforces the rules
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,3 +254,358 @@ def _as_name(text: str) -> refs.Reference | None:
 
 def _short(image_id: str) -> str:
     return image_id.removeprefix("sha256:")[:12]
+
+
+# -- containers ------------------------------------------------------------------
+
+_ADJECTIVES = (
+    "agile",
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "gentle",
+    "happy",
+    "keen",
+    "lucid",
+    "merry",
+    "nifty",
+    "proud",
+    "quiet",
+    "sharp",
+    "tender",
+    "vivid",
+    "witty",
+    "zen",
+)
+_NAMES = (
+    "babbage",
+    "curie",
+    "darwin",
+    "euler",
+    "fermi",
+    "gauss",
+    "hopper",
+    "kepler",
+    "lovelace",
+    "meitner",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "turing",
+    "wirth",
+)
+
+
+def _container_name(cid: str) -> str:
+    n = int(cid[:8], 16)
+    return f"{_ADJECTIVES[n % len(_ADJECTIVES)]}_{_NAMES[(n >> 8) % len(_NAMES)]}_{cid[:4]}"
+
+
+class ContainerEngine:
+    """Container verbs; kept apart so that image-only commands never import the runtime."""
+
+    def __init__(self, engine: Engine) -> None:
+        from cove.state import Store
+
+        self.engine = engine
+        self.root = engine.root
+        self.store = Store(engine.root)
+
+    def _runtime(self) -> Any:
+        from cove.runtime.api import Runtime
+
+        return Runtime(os.path.join(self.root, "runtime"), os.path.join(self.root, "cache"))
+
+    def run(self, opts: Any) -> int:
+        """``docker run`` in the foreground: returns the container's exit code."""
+        import secrets
+
+        from cove import container as ctr
+        from cove.runtime.init import ANNOTATION_OVERLAY
+        from cove.state import Record, Status, now
+
+        img = self.engine.images.resolve(opts.image)
+        host = spec.Platform.host()
+        want = spec.Platform.parse(opts.platform) if opts.platform else None
+        have = img.config.platform
+        if want and (want.os, want.architecture) != (have.os, have.architecture):
+            raise InvalidSpec(f"image {opts.image} is {have}, not the requested {want}")
+        if (have.os, have.architecture) != (host.os, host.architecture):
+            raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+        cid = secrets.token_hex(32)
+        rec = Record(
+            cid,
+            opts.name or _container_name(cid),
+            opts.image,
+            img.id,
+            now(),
+            Status.CREATED,
+            0,
+            0,
+            0,
+            False,
+            0,
+            0,
+            {"Tty": opts.tty},
+        )
+        self.store.add(rec)
+        cdir = os.path.join(self.root, "containers", cid)
+        runtime = self._runtime()
+        created = None
+        code = 125
+        try:
+            os.makedirs(os.path.join(cdir, "rootfs"), mode=0o700)
+            for d in ("upper", "work"):
+                os.mkdir(os.path.join(cdir, d), 0o755)
+            layers = self.engine.unpack(img.manifest_digest)
+            top_first = list(reversed(layers))
+            image_cfg = img.config.config
+            user = ctr.resolve_user(
+                opts.user or image_cfg.get("User") or "", opts.group_add, top_first
+            )
+            hostname = opts.hostname or cid[:12]
+            files = ctr.etc_files(cdir, hostname, opts.network)
+            oci = ctr.build_spec(opts, image_cfg, user, cid, files, None)
+            if not opts.privileged and oci.process.capabilities is not None:
+                oci.linux.seccomp = self._seccomp(opts, oci.process.capabilities.bounding)
+            oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
+                self.engine.images.layers_dir,
+                top_first,
+                os.path.join(cdir, "upper"),
+                os.path.join(cdir, "work"),
+            )
+            if opts.tty:
+                size = _terminal_size()
+                if size:
+                    from cove.spec.runtime import Box
+
+                    oci.process.console_size = Box(*size)
+            with open(os.path.join(cdir, "config.json"), "wb") as f:
+                f.write(oci.to_bytes())
+            stdio = None
+            devnull = -1
+            if not opts.interactive and not opts.tty:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                stdio = (devnull, 1, 2)
+            try:
+                created = runtime.create(cid, cdir, stdio=stdio)
+            finally:
+                if devnull >= 0:
+                    os.close(devnull)
+            from cove.runtime.api import proc_start_time
+
+            self.store.update(
+                cid,
+                status=Status.RUNNING,
+                pid=created.pid,
+                start_time=proc_start_time(created.pid) or 0,
+                started_at=now(),
+            )
+            with _forward_signals(created.pid):
+                runtime.start(cid)
+                try:
+                    runtime.wait_exec(created)
+                except Exception:
+                    os.waitpid(created.pid, 0)
+                    raise
+                if created.pty_master is not None:
+                    status = _proxy_tty(created.pty_master, created.pid, opts.interactive)
+                else:
+                    _, status = os.waitpid(created.pid, 0)
+            from cove.runtime.api import exit_status
+
+            code = exit_status(status)
+            oom = created.cgroups.oom_killed()
+            if oom:
+                code = 137
+            self.store.update(
+                cid, status=Status.EXITED, exit_code=code, oom_killed=oom, finished_at=now()
+            )
+            return code
+        except BaseException as e:
+            from cove.runtime.api import ContainerStartError
+
+            code = e.exit_code if isinstance(e, ContainerStartError) else 125
+            with contextlib.suppress(Exception):
+                self.store.update(cid, status=Status.EXITED, exit_code=code, finished_at=now())
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                runtime.delete(cid, force=True)
+            if opts.rm:
+                self._remove_files(cid)
+                self.store.remove(cid)
+
+    def _seccomp(self, opts: Any, caps: list[str]) -> Any:
+        from cove.runtime import seccomp
+
+        for so in opts.security_opt:
+            key, _, value = so.partition("=" if "=" in so else ":")
+            if key != "seccomp":
+                continue
+            if value == "unconfined":
+                return None
+            try:
+                with open(value, "rb") as f:
+                    return seccomp.from_docker_json(f.read(), caps, value)
+            except OSError as e:
+                raise InvalidSpec(f"cannot read seccomp profile {value}: {e.strerror}") from e
+        return seccomp.default_profile(caps)
+
+    def _remove_files(self, cid: str) -> None:
+        import shutil
+
+        shutil.rmtree(os.path.join(self.root, "containers", cid), ignore_errors=True)
+
+    def remove(self, ref: str, *, force: bool = False) -> str:
+        rec = self.store.get(ref)
+        runtime = self._runtime()
+        live = rec.status.can_kill() and _alive(rec.pid, rec.start_time)
+        if live and not force:
+            raise Conflict(
+                f"cannot remove container {rec.name}: container is running: stop it first or use -f"
+            )
+        if live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, 9)
+        with contextlib.suppress(Exception):
+            runtime.delete(rec.id, force=True)
+        self._remove_files(rec.id)
+        self.store.remove(rec.id)
+        return rec.id
+
+    def list(self) -> list[Any]:
+        return self.store.all()
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        import datetime
+
+        rec = self.store.get(ref)
+
+        def ts(t: float) -> str:
+            if not t:
+                return "0001-01-01T00:00:00Z"
+            return (
+                datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
+            )
+
+        running = rec.status.can_kill() and _alive(rec.pid, rec.start_time)
+        cfg_path = os.path.join(self.root, "containers", rec.id, "config.json")
+        oci: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            with open(cfg_path) as f:
+                oci = json.loads(f.read())
+        return {
+            "Id": rec.id,
+            "Name": "/" + rec.name,
+            "Created": ts(rec.created),
+            "Image": rec.image_id,
+            "Config": {"Image": rec.image, **rec.config},
+            "State": {
+                "Status": rec.status.value if running or not rec.status.can_kill() else "exited",
+                "Running": running,
+                "Paused": False,
+                "Pid": rec.pid if running else 0,
+                "ExitCode": rec.exit_code,
+                "OOMKilled": rec.oom_killed,
+                "StartedAt": ts(rec.started_at),
+                "FinishedAt": ts(rec.finished_at),
+            },
+            "HostConfig": {},
+            "Mounts": oci.get("mounts", []),
+        }
+
+
+def _alive(pid: int, start_time: int) -> bool:
+    from cove.runtime.api import proc_start_time
+
+    return pid > 0 and proc_start_time(pid) == start_time
+
+
+def _terminal_size() -> tuple[int, int] | None:
+    import shutil
+
+    if not os.isatty(1):
+        return None
+    size = shutil.get_terminal_size()
+    return size.lines, size.columns
+
+
+@contextlib.contextmanager
+def _forward_signals(pid: int) -> Iterator[None]:
+    import signal
+
+    sigs = [
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _proxy_tty(master: int, pid: int, interactive: bool) -> int:
+    """Copy between our terminal and the container's pty; returns the wait status."""
+    import select
+    import signal
+    import termios
+    import tty
+
+    stdin = 0
+    saved = None
+    if interactive and os.isatty(stdin):
+        saved = termios.tcgetattr(stdin)
+        tty.setraw(stdin)
+
+    def winch(_s: int, _f: Any) -> None:
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            size = fcntl.ioctl(1 if os.isatty(1) else stdin, termios.TIOCGWINSZ, b"\0" * 8)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, size)
+
+    old = signal.signal(signal.SIGWINCH, winch)
+    try:
+        fds = [master] + ([stdin] if interactive else [])
+        while True:
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except InterruptedError:
+                continue
+            if master in ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    break
+                os.write(1, data)
+            if stdin in ready and interactive:
+                data = os.read(stdin, 65536)
+                if not data:
+                    fds.remove(stdin)
+                    os.write(master, b"\x04")
+                else:
+                    os.write(master, data)
+    finally:
+        signal.signal(signal.SIGWINCH, old)
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        os.close(master)
+    _, status = os.waitpid(pid, 0)
+    return status

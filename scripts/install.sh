@@ -20,6 +20,7 @@ packages=(
     busybox-static   # the demo's base image
     skopeo umoci     # interop tests and benchmarks
     debootstrap      # bench/: a large Debian rootfs
+    libseccomp2 tini runc  # seccomp (through pyseccomp), --init, the start benchmark's peer
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,7 +21,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cove.cli import images
+    from cove.cli import containers, images
 
     parser = _Parser(prog="cove", description="Run OCI images as containers or as VMs.")
     parser.add_argument("--version", action="version", version=f"cove version {__version__}")
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     images.register(sub)
+    containers.register(sub)
     return parser
 
 

@@ -113,3 +113,7 @@ def format_rows(
         head = re.sub(r"\{\{\s*\.([A-Za-z_]+)\s*\}\}", lambda m: m.group(1).upper(), tmpl)
         return "\n".join([render(head, {}), *(render(tmpl, o) for o in objs)])
     return "\n".join(render(fmt, o) for o in objs)
+
+
+def ago_ts(t: float) -> str:
+    return human_duration(time.time() - t) + " ago"

@@ -20,10 +20,10 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from cove import safepath
 from cove.errors import CorruptContent, UnsafeArchive, Unsupported
 from cove.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
@@ -95,59 +95,12 @@ class LayerWriter:
         if self._cache and self._cache[0] == rel:
             return self._cache[1]
         try:
-            fd = openat2(self.rootfd, rel or ".", os.O_PATH | os.O_DIRECTORY, _RESOLVE)
-        except OSError as e:
-            if e.errno == errno.ENOTDIR:
-                raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory") from e
-            if e.errno != errno.ENOENT or not create:
-                raise
-            fd = self._make_dirs(rel)
+            fd = safepath.open_dir(self.rootfd, rel, create=create)
+        except safepath.NotADirectory as e:
+            raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory") from e
         self._drop_cache()
         self._cache = (rel, fd)
         return fd
-
-    def _make_dirs(self, rel: str) -> int:
-        """Create the missing directories of ``rel``, following symlinks as if the root were /.
-
-        ``done`` only ever holds real directories below the root (``..`` at the root
-        stays there), so each mkdir lands inside it, the way RESOLVE_IN_ROOT resolves.
-        """
-        parts = deque(rel.split("/"))
-        done: list[str] = []
-        hops = 0
-        while parts:
-            comp = parts.popleft()
-            if comp in ("", "."):
-                continue
-            if comp == "..":
-                if done:
-                    done.pop()
-                continue
-            pfd = openat2(self.rootfd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY,
-                          _RESOLVE | RESOLVE_NO_SYMLINKS)  # fmt: skip
-            try:
-                try:
-                    st = os.stat(comp, dir_fd=pfd, follow_symlinks=False)
-                except FileNotFoundError:
-                    os.mkdir(comp, 0o755, dir_fd=pfd)
-                    done.append(comp)
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    done.append(comp)
-                elif stat.S_ISLNK(st.st_mode):
-                    hops += 1
-                    if hops > 40:
-                        raise UnsafeArchive(f"too many symlinks resolving {rel!r}")
-                    target = os.readlink(comp, dir_fd=pfd)
-                    if target.startswith("/"):
-                        done = []
-                    parts.extendleft(reversed(target.split("/")))
-                else:
-                    raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory")
-            finally:
-                os.close(pfd)
-        return openat2(self.rootfd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY,
-                       _RESOLVE | RESOLVE_NO_SYMLINKS)  # fmt: skip
 
     def _remove(self, pfd: int, base: str, *, keep_dir: bool) -> None:
         """Remove whatever is at ``base`` in ``pfd``, unless it is a dir and ``keep_dir``."""

@@ -1,0 +1,460 @@
+"""From an image and Docker-style run options to an OCI bundle (config.json + files).
+
+Pure where it can be (``build_spec``); user lookup reads the image's unpacked layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from cove.errors import InvalidSpec
+from cove.runtime import caps as capmod
+from cove.spec import runtime as rt
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INIT_PATH = "/sbin/cove-init"
+TINI_CANDIDATES = ("/usr/bin/tini-static", "/usr/bin/tini")
+SIZES = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str, what: str) -> int:
+    t = text.strip().lower().removesuffix("b") or "0"
+    unit = t[-1] if t[-1] in SIZES else "b"
+    num = t[:-1] if t[-1] in SIZES else t
+    try:
+        value = int(float(num) * SIZES[unit])
+    except ValueError as e:
+        raise InvalidSpec(f"invalid {what} {text!r}") from e
+    if value < 0:
+        raise InvalidSpec(f"invalid {what} {text!r}")
+    return value
+
+
+@dataclass
+class RunOptions:
+    """What ``docker run`` flags say, before anything is resolved against the image."""
+
+    image: str
+    command: list[str] = field(default_factory=list)
+    entrypoint: str | None = None
+    env: list[str] = field(default_factory=list)
+    env_files: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    group_add: list[str] = field(default_factory=list)
+    name: str | None = None
+    hostname: str | None = None
+    rm: bool = False
+    tty: bool = False
+    interactive: bool = False
+    volumes: list[str] = field(default_factory=list)
+    tmpfs: list[str] = field(default_factory=list)
+    read_only: bool = False
+    init: bool = False
+    network: str = "none"
+    pid: str = ""
+    ipc: str = ""
+    uts: str = ""
+    userns: str = ""
+    uidmap: list[str] = field(default_factory=list)
+    gidmap: list[str] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    privileged: bool = False
+    security_opt: list[str] = field(default_factory=list)
+    memory: str | None = None
+    memory_swap: str | None = None
+    cpus: str | None = None
+    cpu_shares: int | None = None
+    cpuset_cpus: str | None = None
+    pids_limit: int | None = None
+    ulimits: list[str] = field(default_factory=list)
+    platform: str | None = None
+    labels: list[str] = field(default_factory=list)
+
+
+# -- user lookup in the image ------------------------------------------------
+
+
+def _read_in_layers(layers_top_first: list[str], rel: str) -> str | None:
+    """A file of the image as overlayfs would show it (whiteouts honoured), or None."""
+    parts = rel.split("/")
+    for layer in layers_top_first:
+        path = os.path.join(layer, rel)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            if any(_is_whiteout(os.path.join(layer, *parts[:i])) for i in range(1, len(parts))):
+                return None
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            return None  # whited out here
+        if stat.S_ISREG(st.st_mode):
+            with open(path, errors="replace") as f:
+                return f.read()
+        return None
+    return None
+
+
+def _is_whiteout(path: str) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+@dataclass
+class ResolvedUser:
+    uid: int
+    gid: int
+    additional: list[int]
+    home: str
+    name: str
+
+
+def resolve_user(spec: str, group_add: list[str], layers_top_first: list[str]) -> ResolvedUser:
+    """``user[:group]`` by name (the image's /etc/passwd and /etc/group) or number, as Docker."""
+    passwd = _read_in_layers(layers_top_first, "etc/passwd") or ""
+    groups_text = _read_in_layers(layers_top_first, "etc/group") or ""
+    users = [line.split(":") for line in passwd.splitlines() if line.count(":") >= 6]
+    groups = [line.split(":") for line in groups_text.splitlines() if line.count(":") >= 3]
+    user_part, _, group_part = (spec or "0").partition(":")
+    entry = None
+    if user_part.isdigit():
+        uid = int(user_part)
+        entry = next((u for u in users if u[2] == user_part), None)
+    else:
+        entry = next((u for u in users if u[0] == user_part), None)
+        if entry is None:
+            raise InvalidSpec(
+                f"unable to find user {user_part}: no matching entries in passwd file"
+            )
+        uid = int(entry[2])
+    gid = int(entry[3]) if entry else 0
+    name = entry[0] if entry else ""
+    home = entry[5] if entry else "/"
+    if group_part:
+        gid = _group_id(group_part, groups)
+    additional: list[int] = []
+    if name:
+        for g in groups:
+            if name in g[3].split(",") and int(g[2]) != gid:
+                additional.append(int(g[2]))
+    for extra in group_add:
+        additional.append(_group_id(extra, groups))
+    return ResolvedUser(uid, gid, additional, home or "/", name)
+
+
+def _group_id(text: str, groups: list[list[str]]) -> int:
+    if text.isdigit():
+        return int(text)
+    for g in groups:
+        if g[0] == text:
+            return int(g[2])
+    raise InvalidSpec(f"unable to find group {text}: no matching entries in group file")
+
+
+# -- the spec -------------------------------------------------------------------
+
+
+def read_env_file(path: str) -> list[str]:
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if "=" not in line:
+                    value = os.environ.get(line)
+                    if value is not None:
+                        out.append(f"{line}={value}")
+                    continue
+                out.append(line)
+    except OSError as e:
+        raise InvalidSpec(f"cannot read env file {path}: {e.strerror}") from e
+    return out
+
+
+def merge_env(base: list[str], extra: list[str]) -> list[str]:
+    """Later entries win; ``-e NAME`` without a value takes it from cove's environment."""
+    env: dict[str, str] = {}
+    for e in base + extra:
+        key, eq, value = e.partition("=")
+        if not eq:
+            if key in os.environ:
+                env[key] = os.environ[key]
+            continue
+        env[key] = value
+    return [f"{k}={v}" for k, v in env.items()]
+
+
+def process_args(opts: RunOptions, image_cfg: dict[str, Any]) -> list[str]:
+    """Docker's ENTRYPOINT/CMD rules: --entrypoint resets CMD; a command replaces CMD."""
+    if opts.entrypoint is not None:
+        entrypoint = shlex.split(opts.entrypoint) if opts.entrypoint else []
+        cmd = list(opts.command)
+    else:
+        entrypoint = list(image_cfg.get("Entrypoint") or [])
+        cmd = list(opts.command) if opts.command else list(image_cfg.get("Cmd") or [])
+    args = entrypoint + cmd
+    if not args:
+        raise InvalidSpec("no command specified")
+    return args
+
+
+def _mapping(text: str, what: str) -> rt.IDMapping:
+    try:
+        c, h, n = (int(x) for x in text.split(":"))
+    except ValueError as e:
+        raise InvalidSpec(f"invalid {what} {text!r}: want CONTAINER_ID:HOST_ID:SIZE") from e
+    return rt.IDMapping(c, h, n)
+
+
+def parse_volume(text: str) -> rt.Mount:
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
+        raise InvalidSpec(f"invalid volume {text!r}: want HOST:CONTAINER[:ro|rw]")
+    src, dest = parts[0], parts[1]
+    mode = parts[2].split(",") if len(parts) == 3 else []
+    if not src.startswith("/"):
+        raise InvalidSpec(f"invalid volume {text!r}: named volumes arrive with a later release")
+    if not dest.startswith("/"):
+        raise InvalidSpec(f"invalid volume {text!r}: the container path must be absolute")
+    if not os.path.exists(src):
+        raise InvalidSpec(f"invalid volume {text!r}: {src} does not exist")
+    bad = [m for m in mode if m not in ("ro", "rw", "z", "Z")]
+    if bad:
+        raise InvalidSpec(f"invalid volume {text!r}: unknown mode {bad[0]!r}")
+    opts = ["rbind", "rprivate", "ro" if "ro" in mode else "rw"]
+    return rt.Mount(dest, "bind", os.path.abspath(src), opts)
+
+
+def parse_tmpfs(text: str) -> rt.Mount:
+    dest, _, opts = text.partition(":")
+    if not dest.startswith("/"):
+        raise InvalidSpec(f"invalid tmpfs {text!r}: the path must be absolute")
+    options = ["nosuid", "nodev", *(opts.split(",") if opts else ["mode=1777"])]
+    return rt.Mount(dest, "tmpfs", "tmpfs", options)
+
+
+def _resources(opts: RunOptions) -> rt.Resources | None:
+    res = rt.Resources()
+    if opts.memory:
+        limit = parse_size(opts.memory, "memory")
+        swap = None
+        if opts.memory_swap:
+            swap = -1 if opts.memory_swap == "-1" else parse_size(opts.memory_swap, "memory-swap")
+            if swap != -1 and swap < limit:
+                raise InvalidSpec("minimum memoryswap limit should be larger than memory limit")
+        else:
+            swap = limit * 2  # Docker: swap as large as the memory limit by default
+        res.memory = rt.Memory(limit, swap)
+    elif opts.memory_swap:
+        raise InvalidSpec("you should always set the memory limit when using memoryswap limit")
+    if opts.cpus or opts.cpu_shares is not None or opts.cpuset_cpus:
+        cpu = rt.CPU()
+        if opts.cpus:
+            try:
+                value = float(opts.cpus)
+            except ValueError as e:
+                raise InvalidSpec(f"invalid --cpus {opts.cpus!r}") from e
+            if value <= 0:
+                raise InvalidSpec(f"invalid --cpus {opts.cpus!r}: must be positive")
+            cpu.period, cpu.quota = 100_000, int(value * 100_000)
+        if opts.cpu_shares is not None:
+            cpu.shares = opts.cpu_shares
+        if opts.cpuset_cpus:
+            cpu.cpus = opts.cpuset_cpus
+        res.cpu = cpu
+    if opts.pids_limit is not None and opts.pids_limit > 0:
+        res.pids = rt.Pids(opts.pids_limit)
+    if opts.privileged:
+        res.devices = [rt.DeviceRule(allow=True, type="a")]
+    return res
+
+
+def _rlimits(ulimits: list[str]) -> list[rt.Rlimit]:
+    out = []
+    for u in ulimits:
+        name, _, values = u.partition("=")
+        soft, _, hard = values.partition(":")
+        try:
+            s = int(soft)
+            h = int(hard) if hard else s
+        except ValueError as e:
+            raise InvalidSpec(f"invalid ulimit {u!r}: want NAME=SOFT[:HARD]") from e
+        out.append(rt.Rlimit("RLIMIT_" + name.upper(), h, s))
+    return out
+
+
+def _capabilities(opts: RunOptions) -> list[str]:
+    if opts.privileged:
+        return [c for i, c in enumerate(capmod.CAPS) if i <= capmod.last_cap()]
+    caps = list(rt.DEFAULT_CAPS)
+    adds = [capmod.normalize(c) for c in opts.cap_add]
+    drops = [capmod.normalize(c) for c in opts.cap_drop]
+    if "ALL" in drops:
+        caps = []
+    if "ALL" in adds:
+        caps = [c for i, c in enumerate(capmod.CAPS) if i <= capmod.last_cap()]
+    caps += [c for c in adds if c != "ALL" and c not in caps]
+    return [c for c in caps if c not in drops]
+
+
+def build_spec(
+    opts: RunOptions,
+    image_cfg: dict[str, Any],
+    user: ResolvedUser,
+    container_id: str,
+    files: dict[str, str],
+    seccomp: rt.Seccomp | None,
+) -> rt.Spec:
+    """The OCI spec for a container (Docker's defaults); pure apart from reading env files."""
+    env = merge_env(list(image_cfg.get("Env") or []), [])
+    env_extra = [e for f in opts.env_files for e in read_env_file(f)] + list(opts.env)
+    env = merge_env(env, env_extra)
+    names = {e.split("=", 1)[0] for e in env}
+    hostname = opts.hostname or container_id[:12]
+    defaults = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}", f"HOME={user.home}"]
+    if opts.tty:
+        defaults.append("TERM=xterm")
+    env = [d for d in defaults if d.split("=", 1)[0] not in names] + env
+    args = process_args(opts, image_cfg)
+    if opts.init:
+        args = [INIT_PATH, "--", *args]
+    caps = _capabilities(opts)
+    is_root = user.uid == 0
+    process = rt.Process(
+        args=args,
+        env=env,
+        cwd=opts.workdir or image_cfg.get("WorkingDir") or "/",
+        terminal=opts.tty,
+        user=rt.User(user.uid, user.gid, None, user.additional),
+        capabilities=rt.Capabilities(
+            bounding=caps,
+            effective=caps if is_root else [],
+            permitted=caps if is_root else [],
+            inheritable=[],
+            ambient=[],
+        ),
+        rlimits=_rlimits(opts.ulimits),
+        no_new_privileges="no-new-privileges" in opts.security_opt
+        or "no-new-privileges:true" in opts.security_opt,
+    )
+    namespaces = [rt.Namespace("mount"), rt.Namespace("cgroup")]
+    for kind, mode in (("pid", opts.pid), ("ipc", opts.ipc), ("uts", opts.uts)):
+        if mode not in ("", "private", "host"):
+            raise InvalidSpec(f"invalid --{kind} {mode!r}: want host or private")
+        if mode != "host":
+            namespaces.append(rt.Namespace(kind))
+    if opts.network not in ("none", "host"):
+        raise InvalidSpec(
+            f"invalid --network {opts.network!r}: only none and host until bridge networking"
+        )
+    if opts.network == "none":
+        namespaces.append(rt.Namespace("network"))
+    linux = rt.Linux(namespaces=namespaces, cgroups_path=f"cove/{container_id}")
+    if opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
+        raise InvalidSpec(f"invalid --userns {opts.userns!r}: want auto or host")
+    if opts.userns.startswith("auto") or opts.uidmap:
+        linux.namespaces.append(rt.Namespace("user"))
+        if opts.uidmap:
+            linux.uid_mappings = [_mapping(m, "--uidmap") for m in opts.uidmap]
+            linux.gid_mappings = [_mapping(m, "--gidmap") for m in opts.gidmap or opts.uidmap]
+        else:
+            base = 100_000 + (int(container_id[:6], 16) % 1000) * 65536
+            linux.uid_mappings = [rt.IDMapping(0, base, 65536)]
+            linux.gid_mappings = [rt.IDMapping(0, base, 65536)]
+    linux.resources = _resources(opts)
+    if not opts.privileged:
+        linux.masked_paths = list(rt.DEFAULT_MASKED_PATHS)
+        linux.readonly_paths = list(rt.DEFAULT_READONLY_PATHS)
+        linux.seccomp = seccomp
+    ro = [] if opts.privileged else ["ro"]
+    sys_mount = (
+        rt.Mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro])
+        if opts.network == "none" or opts.privileged
+        else rt.Mount("/sys", "bind", "/sys", ["rbind", "nosuid", "noexec", "nodev", *ro])
+    )
+    mounts = [
+        rt.Mount("/proc", "proc", "proc", ["nosuid", "noexec", "nodev"]),
+        rt.Mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+        rt.Mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        ),
+        sys_mount,
+        rt.Mount("/sys/fs/cgroup", "cgroup", "cgroup", ["nosuid", "noexec", "nodev", *ro]),
+        rt.Mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+        rt.Mount(
+            "/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]
+        ),
+    ]
+    for dest, src in files.items():
+        mounts.append(rt.Mount(dest, "bind", src, ["rbind", "rprivate"]))
+    mounts += [parse_volume(v) for v in opts.volumes]
+    mounts += [parse_tmpfs(t) for t in opts.tmpfs]
+    if opts.init:
+        tini = next((t for t in TINI_CANDIDATES if os.path.exists(t)), None)
+        if tini is None:
+            raise InvalidSpec("--init needs tini (Debian package tini) on the host")
+        mounts.append(rt.Mount(INIT_PATH, "bind", tini, ["bind", "ro", "nosuid", "nodev"]))
+    annotations = {"io.cove.image": opts.image}
+    return rt.Spec(
+        process=process,
+        root=rt.Root("rootfs", opts.read_only),
+        hostname=hostname,
+        mounts=mounts,
+        linux=linux,
+        annotations=annotations,
+    )
+
+
+def etc_files(dest_dir: str, hostname: str, network: str) -> dict[str, str]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf for the container; returns dest->source."""
+    hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if network != "host":
+        hosts.append(f"127.0.1.1\t{hostname}")
+    resolv = ""
+    try:
+        with open("/etc/resolv.conf") as f:
+            lines = f.read().splitlines()
+        # a loopback resolver of the host is unreachable from the container's own network
+        resolv = "\n".join(
+            line
+            for line in lines
+            if not (
+                line.startswith("nameserver")
+                and line.split()[1:2]
+                and line.split()[1].startswith(("127.", "::1"))
+                and network != "host"
+            )
+        )
+    except OSError:
+        pass
+    files = {
+        "/etc/hostname": hostname + "\n",
+        "/etc/hosts": "\n".join(hosts) + "\n",
+        "/etc/resolv.conf": resolv + "\n",
+    }
+    out = {}
+    for dest, content in files.items():
+        path = os.path.join(dest_dir, os.path.basename(dest))
+        with open(path, "w") as f:
+            f.write(content)
+        out[dest] = path
+    return out
+
+
+def overlay_annotation(layers_dir: str, lower_top_first: list[str], upper: str, work: str) -> str:
+    rel = [os.path.relpath(p, layers_dir) for p in lower_top_first]
+    return json.dumps({"layers_dir": layers_dir, "lower": rel, "upper": upper, "work": work})

@@ -1,0 +1,276 @@
+"""The runtime's API, shaped like runc's verbs: create, start, kill, delete, state.
+
+State lives in ``<state_dir>/<id>/``: ``state.json`` and, between create and start, the
+``exec.fifo`` the container's first process blocks on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass
+
+from cove import syscalls as sc
+from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
+from cove.runtime.cgroups import Cgroups, read_layout
+from cove.spec.runtime import Spec
+
+
+class ContainerStartError(CoveError):
+    """The container's process could not be set up or exec'd; ``exit_code`` as Docker's."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Created:
+    id: str
+    pid: int
+    pty_master: int | None
+    sock: socket.socket
+    cgroups: Cgroups
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: tells a live pid from a reused one."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data[data.rindex(b")") + 2 :].split()[19])
+
+
+class Runtime:
+    def __init__(self, state_dir: str, cache_dir: str) -> None:
+        self.state_dir = state_dir
+        self.cache_dir = cache_dir
+
+    def _dir(self, cid: str) -> str:
+        if not cid or "/" in cid or cid.startswith("."):
+            raise InvalidSpec(f"invalid container id {cid!r}")
+        return os.path.join(self.state_dir, cid)
+
+    def load_spec(self, bundle: str) -> Spec:
+        try:
+            with open(os.path.join(bundle, "config.json"), "rb") as f:
+                return Spec.parse(f.read())
+        except FileNotFoundError as e:
+            raise NotFound(f"bundle {bundle} has no config.json") from e
+
+    def create(
+        self, cid: str, bundle: str, *, stdio: tuple[int, int, int] | None = None
+    ) -> Created:
+        """Set the container up to the point of exec; its first process waits for ``start``."""
+        from cove.runtime import init
+
+        spec = self.load_spec(bundle)
+        bundle = os.path.abspath(bundle)
+        sdir = self._dir(cid)
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(sdir, 0o700)
+        except FileExistsError as e:
+            raise Conflict(f"container {cid} already exists in the runtime") from e
+        fifo = os.path.join(sdir, "exec.fifo")
+        os.mkfifo(fifo, 0o600)
+        layout = read_layout()
+        cgroups = Cgroups(spec.linux.cgroups_path or f"cove/{cid}", layout)
+        parent_sock: socket.socket | None = None
+        try:
+            res = spec.linux.resources
+            privileged = bool(res and any(d.allow and d.type == "a" for d in res.devices))
+            for warning in cgroups.create(res, privileged=privileged):
+                os.write(2, f"WARNING: {warning}\n".encode())
+            bpf = None
+            if spec.linux.seccomp is not None:
+                from cove.runtime.seccomp import bpf_for
+
+                bpf = bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ctx = init.InitContext(
+                spec=spec,
+                bundle=bundle,
+                sock=child_sock,
+                fifo=fifo,
+                cgroup_procs=cgroups.procs_files(),
+                stdio=stdio,
+                seccomp_bpf=bpf,
+                host_v1_cgroups=layout.v1,
+                host_unified=layout.unified,
+                pure_v2=layout.pure_v2,
+            )
+            # invariant: the container's pid 1 is reparented to us when its parent exits
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+            child = os.fork()
+            if child == 0:
+                parent_sock.close()
+                init.child(ctx)
+            child_sock.close()
+            pid, pty = self._handshake(parent_sock, child, spec)
+            state = {
+                "ociVersion": spec.oci_version,
+                "id": cid,
+                "pid": pid,
+                "bundle": bundle,
+                "created": time.time(),
+                "startTime": proc_start_time(pid),
+                "annotations": spec.annotations,
+                "cgroupsPath": cgroups.path,
+            }
+            with open(os.path.join(sdir, "state.json"), "w") as f:
+                json.dump(state, f)
+            return Created(cid, pid, pty, parent_sock, cgroups)
+        except BaseException:
+            if parent_sock is not None:
+                parent_sock.close()
+            with contextlib.suppress(Exception):
+                cgroups.destroy()
+            shutil.rmtree(sdir, ignore_errors=True)
+            raise
+
+    def _handshake(self, sock: socket.socket, child: int, spec: Spec) -> tuple[int, int | None]:
+        pid: int | None = None
+        pty: int | None = None
+        try:
+            while True:
+                data, fds, _, _ = socket.recv_fds(sock, 65536, 1)
+                if not data:
+                    raise ContainerStartError("container process exited during setup")
+                msg = json.loads(data)
+                kind = msg["type"]
+                if kind == "userns":
+                    self._write_id_maps(child, spec)
+                    sock.send(b"ok")
+                elif kind == "pid":
+                    pid = int(msg["pid"])
+                elif kind == "pty":
+                    pty = fds[0]
+                elif kind == "created":
+                    if pid is None:
+                        raise ContainerStartError("container process did not report its pid")
+                    return pid, pty
+                elif kind == "error":
+                    raise ContainerStartError(msg["message"], int(msg.get("code", 125)))
+        except BaseException:
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+            if pty is not None:
+                os.close(pty)
+            raise
+        finally:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(child, 0)
+
+    def _write_id_maps(self, pid: int, spec: Spec) -> None:
+        for name, maps in (
+            ("uid_map", spec.linux.uid_mappings),
+            ("gid_map", spec.linux.gid_mappings),
+        ):
+            if not maps:
+                raise InvalidSpec(f"a user namespace needs {name} entries")
+            text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in maps)
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+
+    def start(self, cid: str, timeout: float = 30.0) -> None:
+        sdir = self._dir(cid)
+        fifo = os.path.join(sdir, "exec.fifo")
+        try:
+            fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError as e:
+            raise StateError(f"container {cid} is not in the created state") from e
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                ready, _, _ = select.select([fd], [], [], 0.05)
+                if ready:
+                    with contextlib.suppress(BlockingIOError):
+                        if os.read(fd, 1):
+                            break
+                if time.monotonic() > deadline or self.status(cid) == "stopped":
+                    raise ContainerStartError(f"container {cid} did not start")
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(fifo)
+
+    def wait_exec(self, created: Created) -> None:
+        """After start: return once execve succeeded, raise with the reason if it did not."""
+        try:
+            data = created.sock.recv(65536)
+        finally:
+            created.sock.close()
+        if data:
+            msg = json.loads(data)
+            raise ContainerStartError(msg.get("message", "exec failed"), int(msg.get("code", 126)))
+
+    def state_doc(self, cid: str) -> dict[str, object]:
+        try:
+            with open(os.path.join(self._dir(cid), "state.json")) as f:
+                doc: dict[str, object] = json.load(f)
+        except FileNotFoundError as e:
+            raise NotFound(f"container {cid} does not exist in the runtime") from e
+        doc["status"] = self.status(cid, doc)
+        return doc
+
+    def status(self, cid: str, doc: dict[str, object] | None = None) -> str:
+        if doc is None:
+            try:
+                with open(os.path.join(self._dir(cid), "state.json")) as f:
+                    doc = json.load(f)
+            except FileNotFoundError:
+                return "creating"
+        pid = int(str(doc["pid"]))
+        alive = proc_start_time(pid) == doc.get("startTime") and not _zombie(pid)
+        if not alive:
+            return "stopped"
+        return "created" if os.path.exists(os.path.join(self._dir(cid), "exec.fifo")) else "running"
+
+    def kill(self, cid: str, sig: int = signal.SIGTERM) -> None:
+        doc = self.state_doc(cid)
+        if doc["status"] == "stopped":
+            raise StateError(f"container {cid} is not running")
+        os.kill(int(doc["pid"]), sig)  # type: ignore[call-overload]
+
+    def delete(self, cid: str, *, force: bool = False) -> None:
+        sdir = self._dir(cid)
+        try:
+            doc = self.state_doc(cid)
+        except NotFound:
+            shutil.rmtree(sdir, ignore_errors=True)
+            return
+        if doc["status"] != "stopped":
+            if not force:
+                raise StateError(f"container {cid} is {doc['status']}: stop it first or force")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(doc["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}")).destroy()
+        shutil.rmtree(sdir, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return True
+    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")
+
+
+def exit_status(status: int) -> int:
+    """A waitpid status as a shell/Docker exit code (128+N for a signal)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

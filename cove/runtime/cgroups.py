@@ -1,0 +1,269 @@
+"""cgroups for one container on cgroup v1, pure v2, or the hybrid layout (v1 controllers plus a
+cgroup2 mount at /sys/fs/cgroup/unified), which crun refuses and cove supports.
+
+The hierarchy layout is read from /proc/self/mountinfo; tests point ``mountinfo`` and
+``base`` at a fake tree to check the files and values written for a layout this host lacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from cove.errors import InvalidSpec
+from cove.spec.runtime import Resources
+
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+CFS_PERIOD = 100_000
+
+
+@dataclass
+class Layout:
+    """Where each hierarchy is mounted. ``unified`` is the cgroup2 mount, if any."""
+
+    v1: dict[str, str] = field(default_factory=dict)  # controller (or name=x) -> mountpoint
+    unified: str | None = None
+
+    @property
+    def pure_v2(self) -> bool:
+        return not self.v1 and self.unified is not None
+
+
+def read_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
+    layout = Layout()
+    with open(mountinfo) as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            fstype, _, opts = [*right.split(), "", "", ""][:3]
+            mountpoint = fields[4]
+            if fstype == "cgroup2" and layout.unified is None:
+                layout.unified = mountpoint
+            elif fstype == "cgroup":
+                for opt in opts.split(","):
+                    if opt in V1_CONTROLLERS or opt.startswith("name="):
+                        layout.v1.setdefault(opt, mountpoint)
+    return layout
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {value!r}: {e.strerror}", path) from e
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def v2_weight(shares: int) -> int:
+    """cpu.shares (2..262144) to cpu.weight (1..10000), as runc and crun convert."""
+    shares = min(max(shares, 2), 262144)
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+class Cgroups:
+    """The cgroup directories of one container (``path`` is relative, e.g. ``cove/<id>``)."""
+
+    def __init__(self, path: str, layout: Layout | None = None) -> None:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise InvalidSpec(f"invalid cgroups path {path!r}")
+        self.path = path
+        self.layout = layout or read_layout()
+
+    def dirs(self) -> dict[str, str]:
+        """controller -> directory; '' for the unified (v2) directory."""
+        out = {}
+        seen = set()
+        for ctrl, mnt in self.layout.v1.items():
+            if mnt not in seen:
+                seen.add(mnt)
+                out[ctrl] = os.path.join(mnt, self.path)
+        if self.layout.unified:
+            out[""] = os.path.join(self.layout.unified, self.path)
+        return out
+
+    def _v1(self, ctrl: str) -> str | None:
+        mnt = self.layout.v1.get(ctrl)
+        return os.path.join(mnt, self.path) if mnt else None
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.dirs().values()]
+
+    def create(self, resources: Resources | None, *, privileged: bool = False) -> list[str]:
+        """Make the directories and write the limits; returns warnings for limits not applied."""
+        warnings: list[str] = []
+        if self.layout.pure_v2:
+            self._enable_v2_controllers()
+        for ctrl, d in self.dirs().items():
+            if ctrl == "cpuset":
+                self._init_cpuset(d)
+            os.makedirs(d, exist_ok=True)
+        if self.layout.pure_v2:
+            self._apply_v2(resources, warnings)
+        else:
+            self._apply_v1(resources, warnings, privileged=privileged)
+        return warnings
+
+    def _enable_v2_controllers(self) -> None:
+        assert self.layout.unified
+        base = self.layout.unified
+        wanted = set(_read(os.path.join(base, "cgroup.controllers")).split())
+        wanted &= {"cpu", "cpuset", "memory", "pids", "io"}
+        parts = self.path.split("/")[:-1]
+        cur = base
+        for part in ["", *parts]:
+            cur = os.path.join(cur, part) if part else cur
+            os.makedirs(cur, exist_ok=True)
+            have = set(_read(os.path.join(cur, "cgroup.subtree_control")).split())
+            missing = wanted - have
+            if missing:
+                _write(
+                    os.path.join(cur, "cgroup.subtree_control"),
+                    " ".join(f"+{c}" for c in sorted(missing)),
+                )
+
+    def _init_cpuset(self, d: str) -> None:
+        """v1 cpuset children start empty: copy cpus and mems down from the nearest parent."""
+        mnt = self.layout.v1["cpuset"]
+        cur = mnt
+        for part in self.path.split("/"):
+            parent, cur = cur, os.path.join(cur, part)
+            if not os.path.isdir(cur):
+                os.makedirs(cur, exist_ok=True)
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                mine = os.path.join(cur, name)
+                if os.path.exists(mine) and not _read(mine):
+                    _write(mine, _read(os.path.join(parent, name)))
+
+    def _apply_v1(self, res: Resources | None, warnings: list[str], *, privileged: bool) -> None:
+        devices = self._v1("devices")
+        if devices and not privileged:
+            _write(os.path.join(devices, "devices.deny"), "a")
+            for rule in _default_device_rules():
+                _write(os.path.join(devices, "devices.allow"), rule)
+        if res is None:
+            return
+        mem = self._v1("memory")
+        if res.memory and mem:
+            if res.memory.limit is not None:
+                _write(os.path.join(mem, "memory.limit_in_bytes"), str(res.memory.limit))
+            if res.memory.swap is not None:
+                memsw = os.path.join(mem, "memory.memsw.limit_in_bytes")
+                if os.path.exists(memsw):
+                    _write(memsw, str(res.memory.swap))
+                else:
+                    warnings.append("kernel has no swap limit support: --memory-swap ignored")
+        cpu = self._v1("cpu")
+        if res.cpu and cpu:
+            if res.cpu.shares is not None:
+                _write(os.path.join(cpu, "cpu.shares"), str(res.cpu.shares))
+            if res.cpu.quota is not None:
+                _write(os.path.join(cpu, "cpu.cfs_period_us"), str(res.cpu.period or CFS_PERIOD))
+                _write(os.path.join(cpu, "cpu.cfs_quota_us"), str(res.cpu.quota))
+        cpuset = self._v1("cpuset")
+        if res.cpu and res.cpu.cpus and cpuset:
+            _write(os.path.join(cpuset, "cpuset.cpus"), res.cpu.cpus)
+        pids = self._v1("pids")
+        if res.pids and res.pids.limit and pids:
+            _write(os.path.join(pids, "pids.max"), str(res.pids.limit))
+
+    def _apply_v2(self, res: Resources | None, warnings: list[str]) -> None:
+        if res is None:
+            return
+        d = self.dirs()[""]
+        if res.memory and res.memory.limit is not None:
+            _write(os.path.join(d, "memory.max"), str(res.memory.limit))
+            if res.memory.swap is not None:
+                swap = res.memory.swap
+                value = "max" if swap < 0 else str(max(swap - res.memory.limit, 0))
+                _write(os.path.join(d, "memory.swap.max"), value)
+        if res.cpu:
+            if res.cpu.shares is not None:
+                _write(os.path.join(d, "cpu.weight"), str(v2_weight(res.cpu.shares)))
+            if res.cpu.quota is not None:
+                _write(
+                    os.path.join(d, "cpu.max"), f"{res.cpu.quota} {res.cpu.period or CFS_PERIOD}"
+                )
+            if res.cpu.cpus:
+                _write(os.path.join(d, "cpuset.cpus"), res.cpu.cpus)
+        if res.pids and res.pids.limit:
+            _write(os.path.join(d, "pids.max"), str(res.pids.limit))
+        # device access on v2 needs an eBPF program: not applied (see docs/design.md)
+
+    def oom_killed(self) -> bool:
+        if self.layout.pure_v2:
+            path = os.path.join(self.dirs()[""], "memory.events")
+        else:
+            mem = self._v1("memory")
+            path = os.path.join(mem, "memory.oom_control") if mem else ""
+        try:
+            for line in _read(path).splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        except (OSError, ValueError):
+            pass
+        return False
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for f in self.procs_files():
+            with contextlib.suppress(OSError):
+                out.update(int(p) for p in _read(f).split())
+        return sorted(out)
+
+    def kill_all(self) -> None:
+        if self.layout.unified and self.layout.pure_v2:
+            kill = os.path.join(self.dirs()[""], "cgroup.kill")
+            if os.path.exists(kill):
+                with contextlib.suppress(OSError):
+                    _write(kill, "1")
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def destroy(self) -> None:
+        """Kill what is left and remove every directory (EBUSY retried while tasks exit)."""
+        self.kill_all()
+        for d in self.dirs().values():
+            for attempt in range(100):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.EBUSY or attempt == 99:
+                        raise
+                    time.sleep(0.01)
+
+
+def _default_device_rules() -> list[str]:
+    """Docker's default device allowlist: mknod anything, use only the standard nodes."""
+    return [
+        "c *:* m",
+        "b *:* m",
+        "c 1:3 rwm",
+        "c 1:5 rwm",
+        "c 1:7 rwm",
+        "c 1:8 rwm",
+        "c 1:9 rwm",
+        "c 5:0 rwm",
+        "c 5:1 rwm",
+        "c 5:2 rwm",
+        "c 136:* rwm",
+        "c 10:200 rwm",
+    ]

@@ -1,0 +1,545 @@
+"""What runs in the forked children that become a container. Never returns: execs or _exits.
+
+Process tree (the caller P is a child subreaper, so G is reparented to it)::
+
+    P (cove) ── C: joins cgroups, unshares namespaces, [waits for P to write id maps], forks G
+                └─ G: pid 1 of the new pid namespace: mounts, pivot_root, waits on the exec
+                      fifo (OCI "created"), seccomp, credentials, execve.
+
+C and G talk to P over one SOCK_SEQPACKET socket: JSON messages, the pty master as an
+SCM_RIGHTS fd. The socket is close-on-exec, so P reading EOF after "start" means execve
+succeeded; an error message means it did not.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import socket
+import stat
+from dataclasses import dataclass
+from typing import NoReturn
+
+from cove import safepath
+from cove import syscalls as sc
+from cove.runtime import caps as capmod
+from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
+
+NS_FLAGS = {
+    "pid": sc.CLONE_NEWPID,
+    "network": sc.CLONE_NEWNET,
+    "mount": sc.CLONE_NEWNS,
+    "ipc": sc.CLONE_NEWIPC,
+    "uts": sc.CLONE_NEWUTS,
+    "user": sc.CLONE_NEWUSER,
+    "cgroup": sc.CLONE_NEWCGROUP,
+    "time": sc.CLONE_NEWTIME,
+}
+
+_MOUNT_FLAGS = {
+    "ro": (sc.MS_RDONLY, True),
+    "rw": (sc.MS_RDONLY, False),
+    "nosuid": (sc.MS_NOSUID, True),
+    "suid": (sc.MS_NOSUID, False),
+    "nodev": (sc.MS_NODEV, True),
+    "dev": (sc.MS_NODEV, False),
+    "noexec": (sc.MS_NOEXEC, True),
+    "exec": (sc.MS_NOEXEC, False),
+    "sync": (sc.MS_SYNCHRONOUS, True),
+    "dirsync": (sc.MS_DIRSYNC, True),
+    "remount": (sc.MS_REMOUNT, True),
+    "bind": (sc.MS_BIND, True),
+    "rbind": (sc.MS_BIND | sc.MS_REC, True),
+    "noatime": (sc.MS_NOATIME, True),
+    "nodiratime": (sc.MS_NODIRATIME, True),
+    "relatime": (sc.MS_RELATIME, True),
+    "strictatime": (sc.MS_STRICTATIME, True),
+    "nosymfollow": (sc.MS_NOSYMFOLLOW, True),
+}
+_PROPAGATION = {
+    "private": sc.MS_PRIVATE,
+    "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "slave": sc.MS_SLAVE,
+    "rslave": sc.MS_SLAVE | sc.MS_REC,
+    "shared": sc.MS_SHARED,
+    "rshared": sc.MS_SHARED | sc.MS_REC,
+    "unbindable": sc.MS_UNBINDABLE,
+    "runbindable": sc.MS_UNBINDABLE | sc.MS_REC,
+}
+_RLIMITS = {
+    "RLIMIT_CPU": resource.RLIMIT_CPU,
+    "RLIMIT_FSIZE": resource.RLIMIT_FSIZE,
+    "RLIMIT_DATA": resource.RLIMIT_DATA,
+    "RLIMIT_STACK": resource.RLIMIT_STACK,
+    "RLIMIT_CORE": resource.RLIMIT_CORE,
+    "RLIMIT_RSS": resource.RLIMIT_RSS,
+    "RLIMIT_NPROC": resource.RLIMIT_NPROC,
+    "RLIMIT_NOFILE": resource.RLIMIT_NOFILE,
+    "RLIMIT_MEMLOCK": resource.RLIMIT_MEMLOCK,
+    "RLIMIT_AS": resource.RLIMIT_AS,
+    "RLIMIT_LOCKS": 10,  # not exported by the resource module
+    "RLIMIT_SIGPENDING": resource.RLIMIT_SIGPENDING,
+    "RLIMIT_MSGQUEUE": resource.RLIMIT_MSGQUEUE,
+    "RLIMIT_NICE": resource.RLIMIT_NICE,
+    "RLIMIT_RTPRIO": resource.RLIMIT_RTPRIO,
+    "RLIMIT_RTTIME": resource.RLIMIT_RTTIME,
+}
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+ANNOTATION_OVERLAY = "io.cove.rootfs.overlay"
+
+
+class InitError(Exception):
+    """A setup step failed; ``code`` is the exit status the caller reports."""
+
+    def __init__(self, message: str, code: int = 125) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class InitContext:
+    spec: Spec
+    bundle: str
+    sock: socket.socket
+    fifo: str
+    cgroup_procs: list[str]
+    stdio: tuple[int, int, int] | None
+    seccomp_bpf: bytes | None
+    host_v1_cgroups: dict[str, str]
+    host_unified: str | None
+    pure_v2: bool
+
+
+def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        socket.send_fds(sock, [data], fds)
+    else:
+        sock.send(data)
+
+
+def child(ctx: InitContext) -> NoReturn:
+    """Runs in C. Joins cgroups, makes namespaces, forks G, reports G's pid, exits."""
+    try:
+        for path in ctx.cgroup_procs:
+            with open(path, "w") as f:
+                f.write("0")
+        spec = ctx.spec
+        flags = 0
+        for ns in spec.linux.namespaces:
+            if ns.type not in NS_FLAGS:
+                raise InitError(f"unknown namespace type {ns.type!r}")
+            if ns.path:
+                fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    sc.setns(fd, NS_FLAGS[ns.type])
+                finally:
+                    os.close(fd)
+            else:
+                flags |= NS_FLAGS[ns.type]
+        if flags:
+            sc.unshare(flags)
+        if flags & sc.CLONE_NEWUSER:
+            send(ctx.sock, {"type": "userns"})
+            if ctx.sock.recv(4096) != b"ok":
+                raise InitError("id maps were not written")
+        pid = os.fork()
+        if pid == 0:
+            init(ctx)
+        send(ctx.sock, {"type": "pid", "pid": pid})
+        os._exit(0)
+    except BaseException as e:  # report, never unwind into the caller's code
+        _fail(ctx.sock, e)
+
+
+def _fail(sock: socket.socket, e: BaseException) -> NoReturn:
+    code = e.code if isinstance(e, InitError) else 125
+    msg = str(e) if isinstance(e, InitError | OSError) else f"{type(e).__name__}: {e}"
+    try:
+        send(sock, {"type": "error", "message": msg, "code": code})
+    finally:
+        os._exit(code)
+
+
+def init(ctx: InitContext) -> NoReturn:
+    """Runs in G, the container's first process."""
+    try:
+        spec = ctx.spec
+        if spec.namespace("user") and not spec.namespace("user").path:  # type: ignore[union-attr]
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+        new_mount_ns = spec.namespace("mount") is not None
+        if not new_mount_ns:
+            raise InitError("cove needs a mount namespace for the rootfs")
+        rootfs = os.path.join(ctx.bundle, spec.root.path)
+        _setup_rootfs(ctx, rootfs)
+        ns_uts = spec.namespace("uts")
+        if ns_uts and not ns_uts.path:
+            if spec.hostname:
+                sc.sethostname(spec.hostname)
+            if spec.domainname:
+                sc.setdomainname(spec.domainname)
+        ns_net = spec.namespace("network")
+        if ns_net and not ns_net.path:
+            sc.set_loopback_up()
+        for key, value in spec.linux.sysctl.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        _process(ctx)
+    except BaseException as e:
+        _fail(ctx.sock, e)
+
+
+def _mount_flags(options: list[str]) -> tuple[int, int, list[str]]:
+    flags, propagation, data = 0, 0, []
+    for opt in options:
+        if opt in _MOUNT_FLAGS:
+            bit, on = _MOUNT_FLAGS[opt]
+            flags = flags | bit if on else flags & ~bit
+        elif opt in _PROPAGATION:
+            propagation |= _PROPAGATION[opt]
+        else:
+            data.append(opt)
+    return flags, propagation, data
+
+
+def _target(rootfd: int, dest: str, *, is_dir: bool) -> str:
+    """Create the mountpoint inside the rootfs; return a /proc/self/fd path pinned to it.
+
+    Mounting on the pinned fd, not on a path, means a symlink swapped in by the
+    container's own content can never redirect the mount to the host.
+    """
+    rel = os.path.normpath("/" + dest).lstrip("/")
+    parent, base = os.path.split(rel)
+    pfd = safepath.open_dir(rootfd, parent, create=True)
+    try:
+        if base:
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    target_fd = safepath.open_dir(rootfd, rel, create=True) if is_dir else None
+                    if target_fd is None:
+                        raise InitError(f"mount destination {dest} is a symlink")
+                    return f"/proc/self/fd/{target_fd}"
+            except FileNotFoundError:
+                if is_dir:
+                    os.mkdir(base, 0o755, dir_fd=pfd)
+                else:
+                    os.close(
+                        os.open(
+                            base,
+                            os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                            0o644,
+                            dir_fd=pfd,
+                        )
+                    )
+            fd = sc.openat2(pfd, base, os.O_PATH, safepath.IN_ROOT | sc.RESOLVE_NO_SYMLINKS)
+        else:
+            fd = os.dup(pfd)
+        return f"/proc/self/fd/{fd}"  # the fd stays open until exec closes it
+    finally:
+        os.close(pfd)
+
+
+def _mount_entry(ctx: InitContext, rootfd: int, m: Mount) -> None:
+    flags, propagation, data = _mount_flags(m.options)
+    if m.type == "cgroup":
+        _mount_cgroups(ctx, rootfd, m.destination, flags)
+        return
+    is_bind = bool(flags & sc.MS_BIND) or m.type == "bind"
+    is_dir = not is_bind or os.path.isdir(m.source)
+    target = _target(rootfd, m.destination, is_dir=is_dir)
+    if is_bind:
+        sc.mount(m.source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
+    else:
+        sc.mount(m.source or m.type, target, m.type, flags, ",".join(data) or None)
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT) if is_bind else 0
+    if extra or propagation:
+        # the pinned fd names what lies under the new mount: pin the mount itself now
+        top = _pin(rootfd, m.destination)
+        if extra:
+            sc.mount(None, top, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _locked_flags(top))
+        if propagation:
+            sc.mount(None, top, None, propagation)
+
+
+def _pin(rootfd: int, dest: str) -> str:
+    rel = os.path.normpath("/" + dest).lstrip("/") or "."
+    fd = sc.openat2(rootfd, rel, os.O_PATH, safepath.IN_ROOT)
+    return f"/proc/self/fd/{fd}"
+
+
+def _locked_flags(path: str) -> int:
+    """nosuid/nodev/noexec of the mount below: a bind remount must keep them."""
+    f = os.statvfs(path).f_flag
+    return f & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME | sc.MS_NODIRATIME)
+
+
+def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None:
+    """Mount the container's view of cgroups (its own cgroup namespace shows only itself)."""
+    if ctx.pure_v2:
+        sc.mount("cgroup2", _target(rootfd, dest, is_dir=True), "cgroup2", flags)
+        return
+    sc.mount(
+        "tmpfs",
+        _target(rootfd, dest, is_dir=True),
+        "tmpfs",
+        sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+        "mode=755",
+    )
+    done: dict[str, str] = {}
+    for ctrl, mnt in ctx.host_v1_cgroups.items():
+        name = os.path.basename(mnt)
+        if name in done:
+            continue
+        done[name] = ctrl
+        target = _target(rootfd, f"{dest}/{name}", is_dir=True)
+        opts = ",".join(sorted(c for c, m in ctx.host_v1_cgroups.items() if m == mnt))
+        sc.mount("cgroup", target, "cgroup", flags, opts)
+    if ctx.host_unified:
+        target = _target(rootfd, f"{dest}/{os.path.basename(ctx.host_unified)}", is_dir=True)
+        sc.mount("cgroup2", target, "cgroup2", flags)
+    if flags & sc.MS_RDONLY:
+        top = _pin(rootfd, dest)
+        sc.mount(None, top, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(top))
+
+
+def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
+    spec = ctx.spec
+    prop = _PROPAGATION.get(spec.linux.rootfs_propagation or "rslave", sc.MS_SLAVE | sc.MS_REC)
+    # invariant: from here on no mount made below propagates back to the host
+    sc.mount(None, "/", None, prop)
+    overlay = spec.annotations.get(ANNOTATION_OVERLAY)
+    if overlay:
+        cfg = json.loads(overlay)
+        layers_dir = cfg["layers_dir"]
+        os.chdir(layers_dir)  # relative lowerdirs keep the option string short
+        opts = f"lowerdir={':'.join(cfg['lower'])},upperdir={cfg['upper']},workdir={cfg['work']}"
+        sc.mount("overlay", rootfs, "overlay", 0, opts)
+        os.chdir("/")
+    else:
+        sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+    rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    for m in spec.mounts:
+        _mount_entry(ctx, rootfd, m)
+    _make_devices(ctx, rootfd)
+    fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+    ctx.fifo = f"/proc/self/fd/{fifo_fd}"
+    os.chdir(rootfs)
+    # pivot_root(".", ".") stacks the old root on top of the new one; detach it from there
+    sc.pivot_root(".", ".")
+    sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    for path in spec.linux.masked_paths:
+        _mask(path)
+    for path in spec.linux.readonly_paths:
+        _readonly(path)
+    if spec.root.readonly:
+        sc.mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags("/"))
+
+
+def _make_devices(ctx: InitContext, rootfd: int) -> None:
+    """Device nodes in the container's /dev tmpfs, and the standard symlinks."""
+    in_userns = ctx.spec.namespace("user") is not None
+    devfd = safepath.open_dir(rootfd, "dev", create=True)
+    try:
+        devices = [(p, t, ma, mi, 0o666, 0, 0) for p, (t, ma, mi) in DEFAULT_DEVICES.items()]
+        devices += [
+            (d.path, d.type, d.major, d.minor, d.file_mode, d.uid, d.gid)
+            for d in ctx.spec.linux.devices
+        ]
+        for path, kind, major, minor, mode, uid, gid in devices:
+            name = os.path.normpath(path).removeprefix("/dev/")
+            if "/" in name:
+                continue
+            with _suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=devfd)
+            if in_userns:  # mknod is not allowed in a user namespace: bind the host's node
+                os.close(
+                    os.open(name, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=devfd)
+                )
+                target = f"/proc/self/fd/{devfd}/{name}"
+                sc.mount(path, target, None, sc.MS_BIND)
+                continue
+            kind_bits = stat.S_IFCHR if kind in ("c", "u") else stat.S_IFBLK
+            os.mknod(name, kind_bits | mode, os.makedev(major, minor), dir_fd=devfd)
+            os.chmod(name, mode, dir_fd=devfd)
+            os.chown(name, uid, gid, dir_fd=devfd, follow_symlinks=False)
+        links = {
+            "fd": "/proc/self/fd",
+            "stdin": "/proc/self/fd/0",
+            "stdout": "/proc/self/fd/1",
+            "stderr": "/proc/self/fd/2",
+            "ptmx": "pts/ptmx",
+            "core": "/proc/kcore",
+        }
+        for name, target in links.items():
+            with _suppress(FileExistsError):
+                os.symlink(target, name, dir_fd=devfd)
+        if ctx.spec.process.terminal:  # /dev/console becomes the pty, bound after it exists
+            os.close(
+                os.open("console", os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600, dir_fd=devfd)
+            )
+    finally:
+        os.close(devfd)
+
+
+class _suppress:
+    def __init__(self, *exc: type[BaseException]) -> None:
+        self.exc = exc
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, t: object, e: object, tb: object) -> bool:
+        return isinstance(e, self.exc)
+
+
+def _mask(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
+    else:
+        sc.mount("/dev/null", path, None, sc.MS_BIND)
+
+
+def _readonly(path: str) -> None:
+    try:
+        sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+    except FileNotFoundError:
+        return
+    sc.mount(
+        None,
+        path,
+        None,
+        sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | _locked_flags(path),
+    )
+
+
+def _terminal(ctx: InitContext) -> None:
+    """Open a pty in the container's devpts, make it our controlling tty, send P the master."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    import fcntl
+    import struct
+
+    fcntl.ioctl(master, 0x40045431, struct.pack("i", 0))  # TIOCSPTLCK: unlock
+    ptn = struct.unpack("I", fcntl.ioctl(master, 0x80045430, b"\0\0\0\0"))[0]  # TIOCGPTN
+    slave_path = f"/dev/pts/{ptn}"
+    slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+    box = ctx.spec.process.console_size
+    if box and box.height and box.width:
+        fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("HHHH", box.height, box.width, 0, 0))
+    with _suppress(OSError):
+        sc.mount(slave_path, "/dev/console", None, sc.MS_BIND)
+    send(ctx.sock, {"type": "pty"}, [master])
+    os.close(master)
+    os.setsid()
+    fcntl.ioctl(slave, TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def _process(ctx: InitContext) -> NoReturn:
+    spec = ctx.spec
+    proc = spec.process
+    for rl in proc.rlimits:
+        if rl.type not in _RLIMITS:
+            raise InitError(f"unknown rlimit {rl.type}")
+        resource.setrlimit(_RLIMITS[rl.type], (rl.soft, rl.hard))
+    if proc.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(proc.oom_score_adj))
+    if proc.terminal:
+        _terminal(ctx)
+    elif ctx.stdio:
+        for target, fd in enumerate(ctx.stdio):
+            if fd != target:
+                os.dup2(fd, target)
+    cwd = proc.cwd or "/"
+    if not os.path.isdir(cwd):
+        os.makedirs(cwd, 0o755, exist_ok=True)  # Docker creates a missing working directory
+    send(ctx.sock, {"type": "created"})
+    # OCI "created": block until start opens the fifo's other end
+    fifo = os.open(ctx.fifo, os.O_WRONLY | os.O_CLOEXEC)
+    os.write(fifo, b"0")
+    os.close(fifo)
+    # invariant: no other process of this container exists yet; keep /proc/1 unreadable
+    # to it until execve replaces this interpreter (the CVE-2019-5736 class)
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    if proc.no_new_privileges:
+        sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
+    if ctx.seccomp_bpf:
+        sc.seccomp_load_bpf(ctx.seccomp_bpf)
+    _credentials(spec)
+    os.chdir(cwd)
+    env = {}
+    for e in proc.env:
+        key, _, value = e.partition("=")
+        env[key] = value
+    # fds beyond stdio never reach the container (the CVE-2024-21626 class); the socket
+    # is close-on-exec so P learns from EOF that execve succeeded
+    keep = ctx.sock.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, _max_fd())
+    try:
+        os.execvpe(proc.args[0], proc.args, env)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            where = "" if "/" in proc.args[0] else " in $PATH"
+            raise InitError(f'exec: "{proc.args[0]}": executable file not found{where}', 127) from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
+            raise InitError(f'exec: "{proc.args[0]}": permission denied', 126) from e
+        raise InitError(f'exec: "{proc.args[0]}": {e.strerror}', 126) from e
+
+
+def _max_fd() -> int:
+    try:
+        return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    except (ValueError, OSError):
+        return 65536
+
+
+def _credentials(spec: Spec) -> None:
+    proc = spec.process
+    user = proc.user
+    c = proc.capabilities
+    last = capmod.last_cap()
+    if c is not None:
+        keep_bounding = capmod.mask(c.bounding)
+        for cap in range(last + 1):
+            if not keep_bounding & (1 << cap):
+                try:
+                    sc.prctl(sc.PR_CAPBSET_DROP, cap)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+    os.setgroups(user.additional_gids)
+    os.setresgid(user.gid, user.gid, user.gid)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 1)
+    os.setresuid(user.uid, user.uid, user.uid)
+    sc.prctl(sc.PR_SET_KEEPCAPS, 0)
+    if user.umask is not None:
+        os.umask(user.umask)
+    if c is not None:
+        held = capmod.bounding_mask()
+        sc.capset(
+            capmod.mask(c.effective) & held,
+            capmod.mask(c.permitted) & held,
+            capmod.mask(c.inheritable) & held,
+        )
+        sc.prctl(sc.PR_CAP_AMBIENT, sc.PR_CAP_AMBIENT_CLEAR_ALL)
+        for name in c.ambient:
+            sc.prctl(
+                sc.PR_CAP_AMBIENT,
+                sc.PR_CAP_AMBIENT_RAISE,
+                capmod.CAP_NUMBER[capmod.normalize(name)],
+            )
