@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.errors import InvalidSpec
+from cove.errors import InvalidSpec, Unsupported
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
 
@@ -141,10 +141,10 @@ def resolve_user(spec: str, group_add: list[str], layers_top_first: list[str]) -
     home = entry[5] if entry else "/"
     if group_part:
         gid = _group_id(group_part, groups)
-    additional: list[int] = []
+    additional: list[int] = [gid]  # as Docker: the primary group is listed too
     if name:
         for g in groups:
-            if name in g[3].split(",") and int(g[2]) != gid:
+            if name in g[3].split(",") and int(g[2]) not in additional:
                 additional.append(int(g[2]))
     for extra in group_add:
         additional.append(_group_id(extra, groups))
@@ -364,6 +364,9 @@ def build_spec(
     if opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
         raise InvalidSpec(f"invalid --userns {opts.userns!r}: want auto or host")
     if opts.userns.startswith("auto") or opts.uidmap:
+        # the runtime can make the namespace and write the maps, but the rootfs, layers and
+        # bind sources live under root-only directories the mapped root cannot reach yet
+        raise Unsupported("user namespaces (--userns=auto, --uidmap) are not supported yet")
         linux.namespaces.append(rt.Namespace("user"))
         if opts.uidmap:
             linux.uid_mappings = [_mapping(m, "--uidmap") for m in opts.uidmap]

@@ -171,6 +171,14 @@ class Engine:
         img = self.images.resolve(name)
         ref = _as_name(name)
         events: list[tuple[str, str]] = []
+        untag_only = ref is not None and ref in img.names and len(img.names) > 1
+        if not force and not untag_only:
+            users = self._image_users(img.id)
+            if users:
+                raise Conflict(
+                    f"conflict: unable to remove image {name} (must be forced) - image is being "
+                    f"used by container {users[0][:12]}"
+                )
         with self.images.edit_index() as entries:
             mine = [e for e in entries if e.manifest.digest == img.manifest_digest]
             if ref is not None and ref in img.names:
@@ -192,10 +200,29 @@ class Engine:
             self.images.collect()
         return events
 
+    def _image_users(self, image_id: str) -> list[str]:
+        if not os.path.exists(os.path.join(self.root, "state.db")):
+            return []
+        from cove.state import Store
+
+        store = Store(self.root)
+        try:
+            return [r.id for r in store.image_users(image_id)]
+        finally:
+            store.close()
+
     def prune_images(self, *, all_images: bool = False) -> tuple[list[tuple[str, str]], int]:
         events: list[tuple[str, str]] = []
+        in_use: set[str] = set()
+        for img in self.images.images():
+            if self._image_users(img.id):
+                in_use.add(img.manifest_digest)
         with self.images.edit_index() as entries:
-            doomed = [e for e in entries if all_images or e.name is None]
+            doomed = [
+                e
+                for e in entries
+                if (all_images or e.name is None) and e.manifest.digest not in in_use
+            ]
             for e in doomed:
                 entries.remove(e)
                 if e.name:

@@ -48,8 +48,11 @@ def cove(cove_root: Path) -> CoveRunner:
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "cove", "--root", str(cove_root), *args],
-            capture_output=True, input=input, text=text, timeout=timeout,
-        )  # fmt: skip
+            capture_output=True,
+            input=input,
+            text=text,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"cove {' '.join(args)} exited {proc.returncode}\n"

@@ -74,22 +74,37 @@ def oci_layout(path: Path, layers: list[bytes], name: str, config_extra: Any = N
     layer_descs = []
     for tar in layers:
         gz = gzip.compress(tar, mtime=0)
-        layer_descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                            "digest": put(gz), "size": len(gz)})  # fmt: skip
+        layer_descs.append(
+            {
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": put(gz),
+                "size": len(gz),
+            }
+        )
     config = {
-        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2024-01-01T00:00:00Z",
         "config": config_extra or {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": [_digest(t) for t in layers]},
-        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
-                    for i in range(len(layers))],
-    }  # fmt: skip
+        "history": [
+            {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
+            for i in range(len(layers))
+        ],
+    }
     cfg = json.dumps(config).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": put(cfg), "size": len(cfg)},
-        "layers": layer_descs,
-    }).encode()  # fmt: skip
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": put(cfg),
+                "size": len(cfg),
+            },
+            "layers": layer_descs,
+        }
+    ).encode()
     mdigest = put(manifest)
     index = {
         "schemaVersion": 2,

@@ -77,13 +77,19 @@ def test_skopeo_and_umoci_read_cove_output(cove: CoveRunner, alpine: str, tmp_pa
         f"docker-archive:{docker_tar}",
     )
     for src in sources:
-        info = json.loads(subprocess.run(["skopeo", "inspect", src], check=True,
-                                         capture_output=True, text=True).stdout)  # fmt: skip
+        info = json.loads(
+            subprocess.run(
+                ["skopeo", "inspect", src], check=True, capture_output=True, text=True
+            ).stdout
+        )
         assert info["Architecture"] == "amd64", src
         assert len(info["Layers"]) == 1, src
     bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{ref}", str(bundle)], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{ref}", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
     assert (bundle / "rootfs" / "etc" / "alpine-release").read_text().strip() == RELEASE
     subprocess.run(["umoci", "stat", "--image", f"{layout}:{ref}"], check=True, capture_output=True)
 
@@ -94,12 +100,15 @@ def test_cove_loads_what_skopeo_writes(cove: CoveRunner, alpine: str, tmp_path: 
     src = f"oci-archive:{oci_tar}:docker.io/library/alpine:3.20"
     sk_layout, sk_docker = tmp_path / "sk", tmp_path / "sk.tar"
     subprocess.run(["skopeo", "copy", "-q", src, f"oci:{sk_layout}:skopeo/alp:oci"], check=True)
-    subprocess.run(["skopeo", "copy", "-q", src, f"docker-archive:{sk_docker}:skopeo/alp:docker"],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["skopeo", "copy", "-q", src, f"docker-archive:{sk_docker}:skopeo/alp:docker"], check=True
+    )
     assert "Loaded image: skopeo/alp:oci" in cove("load", "-i", str(sk_layout)).stdout
     assert "Loaded image: skopeo/alp:docker" in cove("load", "-i", str(sk_docker)).stdout
-    ids = {json.loads(cove("image", "inspect", n).stdout)[0]["Id"]
-           for n in ("alpine:3.20", "skopeo/alp:oci", "skopeo/alp:docker")}  # fmt: skip
+    ids = {
+        json.loads(cove("image", "inspect", n).stdout)[0]["Id"]
+        for n in ("alpine:3.20", "skopeo/alp:oci", "skopeo/alp:docker")
+    }
     assert ids == {alpine}
     for name in ("skopeo/alp:oci", "skopeo/alp:docker"):
         [layer] = cove("image", "unpack", name).stdout.split()
@@ -110,9 +119,12 @@ def test_cove_loads_what_skopeo_writes(cove: CoveRunner, alpine: str, tmp_path: 
 def test_import_compressions(cove: CoveRunner, alpine_tar: Path, tmp_path: Path, kind: str) -> None:
     raw = gzip.decompress(alpine_tar.read_bytes())
     data = {
-        "tar": raw, "stdin": raw, "gz": alpine_tar.read_bytes(),
-        "xz": lzma.compress(raw), "zst": zstandard.ZstdCompressor().compress(raw),
-    }[kind]  # fmt: skip
+        "tar": raw,
+        "stdin": raw,
+        "gz": alpine_tar.read_bytes(),
+        "xz": lzma.compress(raw),
+        "zst": zstandard.ZstdCompressor().compress(raw),
+    }[kind]
     path = tmp_path / f"rootfs.{kind}"
     path.write_bytes(data)
     if kind == "stdin":
@@ -131,9 +143,27 @@ def test_import_compressions(cove: CoveRunner, alpine_tar: Path, tmp_path: Path,
 
 
 def test_import_changes_and_platform(cove: CoveRunner, alpine_tar: Path) -> None:
-    cove("import", "-c", 'ENTRYPOINT ["/bin/echo"]', "-c", "CMD hello world", "-c", "ENV A=1 B=2",
-         "-c", "WORKDIR /srv", "-c", "EXPOSE 80 53/udp", "-c", "LABEL k=v", "-c", "USER nobody",
-         "--platform", "linux/arm64", str(alpine_tar), "custom:1")  # fmt: skip
+    cove(
+        "import",
+        "-c",
+        'ENTRYPOINT ["/bin/echo"]',
+        "-c",
+        "CMD hello world",
+        "-c",
+        "ENV A=1 B=2",
+        "-c",
+        "WORKDIR /srv",
+        "-c",
+        "EXPOSE 80 53/udp",
+        "-c",
+        "LABEL k=v",
+        "-c",
+        "USER nobody",
+        "--platform",
+        "linux/arm64",
+        str(alpine_tar),
+        "custom:1",
+    )
     info = json.loads(cove("image", "inspect", "custom:1").stdout)[0]
     cfg = info["Config"]
     assert cfg["Entrypoint"] == ["/bin/echo"]
@@ -164,8 +194,9 @@ def test_tag_rmi_and_prune(cove: CoveRunner, alpine: str, cove_root: Path) -> No
     assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
-def test_dangling_image_and_prune(cove: CoveRunner, alpine_tar: Path, tmp_path: Path,
-                                  cove_root: Path) -> None:  # fmt: skip
+def test_dangling_image_and_prune(
+    cove: CoveRunner, alpine_tar: Path, tmp_path: Path, cove_root: Path
+) -> None:
     first = cove("import", "-c", "CMD a", str(alpine_tar), "x:1").stdout.strip()
     cove("import", "-c", "CMD b", str(alpine_tar), "x:1")
     rows = [line.split() for line in cove("images").stdout.splitlines()[1:]]
@@ -199,9 +230,12 @@ def test_errors_are_one_line(cove: CoveRunner, alpine: str) -> None:
 
 def test_root_from_environment(alpine_tar: Path, tmp_path: Path) -> None:
     env_root = tmp_path / "envroot"
-    proc = subprocess.run(["python3", "-m", "cove", "import", str(alpine_tar), "e:1"],
-                          env={**os.environ, "COVE_ROOT": str(env_root)},
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        ["python3", "-m", "cove", "import", str(alpine_tar), "e:1"],
+        env={**os.environ, "COVE_ROOT": str(env_root)},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (env_root / "images" / "index.json").exists()
     shutil.rmtree(env_root)

@@ -162,8 +162,9 @@ def test_import_killed_midway_leaves_no_half_image(
     os.mkfifo(fifo)
     proc = subprocess.Popen(
         [sys.executable, "-m", "cove", "--root", str(cove_root), "import", str(fifo), "k:1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     data = alpine_tar.read_bytes()
     with open(fifo, "wb") as w:
         w.write(data[: len(data) // 2])

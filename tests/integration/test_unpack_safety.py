@@ -54,8 +54,9 @@ def layer_of(cove: CoveRunner, name: str = "t:1") -> Path:
     return Path(layer)
 
 
-def test_dotdot_entry_is_refused(cove: CoveRunner, cove_root: Path, tmp_path: Path,
-                                 sentinel: Path) -> None:  # fmt: skip
+def test_dotdot_entry_is_refused(
+    cove: CoveRunner, cove_root: Path, tmp_path: Path, sentinel: Path
+) -> None:
     depth = "../" * 20
     tb = TarBuilder().file("ok", b"fine").file(f"{depth}{str(sentinel)[1:]}/escape", b"evil")
     proc = import_tar(cove, tmp_path, tb)
@@ -181,9 +182,14 @@ def test_sparse_and_large_file(cove: CoveRunner, tmp_path: Path) -> None:
 
 def test_whiteouts_hide_lower_files_through_overlayfs(cove: CoveRunner, tmp_path: Path) -> None:
     lower = (
-        TarBuilder().file("keep", b"k").file("gone", b"g").dir("d")
-        .file("d/old1", b"1").file("d/old2", b"2").bytes()
-    )  # fmt: skip
+        TarBuilder()
+        .file("keep", b"k")
+        .file("gone", b"g")
+        .dir("d")
+        .file("d/old1", b"1")
+        .file("d/old2", b"2")
+        .bytes()
+    )
     upper = TarBuilder().file(".wh.gone").dir("d").file("d/.wh..wh..opq").file("d/new", b"n")
     oci_layout(tmp_path / "layout", [lower, upper.bytes()], "example.com/wh:1")
     cove("load", "-i", str(tmp_path / "layout"))
@@ -193,8 +199,10 @@ def test_whiteouts_hide_lower_files_through_overlayfs(cove: CoveRunner, tmp_path
     assert os.getxattr(Path(top) / "d", "trusted.overlay.opaque") == b"y"
     merged = tmp_path / "merged"
     merged.mkdir()
-    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={top}:{bottom}",
-                    str(merged)], check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={top}:{bottom}", str(merged)],
+        check=True,
+    )
     try:
         assert sorted(os.listdir(merged)) == ["d", "keep"]
         assert os.listdir(merged / "d") == ["new"]

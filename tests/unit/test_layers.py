@@ -20,9 +20,16 @@ def unpack(tb: TarBuilder, dest: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "want"),
-    [("a/b", "a/b"), ("./a//b/", "a/b"), ("/etc/x", "etc/x"), ("a/../b", "b"), ("./", ""),
-     ("/", ""), ("a/./b/..", "a")],
-)  # fmt: skip
+    [
+        ("a/b", "a/b"),
+        ("./a//b/", "a/b"),
+        ("/etc/x", "etc/x"),
+        ("a/../b", "b"),
+        ("./", ""),
+        ("/", ""),
+        ("a/./b/..", "a"),
+    ],
+)
 def test_clean_name(name: str, want: str) -> None:
     assert clean_name(name) == want
 

@@ -67,18 +67,32 @@ def test_config_and_index() -> None:
     assert parsed.diff_ids == [D] and parsed.platform == spec.Platform("linux", "arm", "v7")
     idx = spec.Index.parse(
         json.dumps(
-            {"schemaVersion": 2, "manifests": [{"mediaType": spec.OCI_MANIFEST, "digest": D,
-             "size": 1, "platform": {"os": "linux", "architecture": "arm64"}}]}
+            {
+                "schemaVersion": 2,
+                "manifests": [
+                    {
+                        "mediaType": spec.OCI_MANIFEST,
+                        "digest": D,
+                        "size": 1,
+                        "platform": {"os": "linux", "architecture": "arm64"},
+                    }
+                ],
+            }
         ).encode()
-    )  # fmt: skip
+    )
     assert idx.manifests[0].platform == spec.Platform("linux", "arm64")
 
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [("linux/amd64", "linux/amd64"), ("x86_64", "linux/amd64"), ("linux/aarch64", "linux/arm64"),
-     ("linux/arm64/v8", "linux/arm64"), ("linux/arm/v7", "linux/arm/v7")],
-)  # fmt: skip
+    [
+        ("linux/amd64", "linux/amd64"),
+        ("x86_64", "linux/amd64"),
+        ("linux/aarch64", "linux/arm64"),
+        ("linux/arm64/v8", "linux/arm64"),
+        ("linux/arm/v7", "linux/arm/v7"),
+    ],
+)
 def test_platform_parse(text: str, want: str) -> None:
     assert str(spec.Platform.parse(text)) == want
 
@@ -90,9 +104,19 @@ def test_platform_rejects() -> None:
 
 def test_changes() -> None:
     cfg: dict[str, object] = {"Env": ["A=0", "PATH=/bin"]}
-    for change in ['CMD ["/bin/sh"]', "ENTRYPOINT run me", "ENV A=1 B=two", "ENV C three words",
-                   "EXPOSE 80 53/udp", "LABEL a=b", "VOLUME /data /logs", "USER 1000:1000",
-                   "WORKDIR /w", "STOPSIGNAL SIGINT", "ONBUILD RUN x"]:  # fmt: skip
+    for change in [
+        'CMD ["/bin/sh"]',
+        "ENTRYPOINT run me",
+        "ENV A=1 B=two",
+        "ENV C three words",
+        "EXPOSE 80 53/udp",
+        "LABEL a=b",
+        "VOLUME /data /logs",
+        "USER 1000:1000",
+        "WORKDIR /w",
+        "STOPSIGNAL SIGINT",
+        "ONBUILD RUN x",
+    ]:
         apply_change(cfg, change)
     assert cfg["Cmd"] == ["/bin/sh"]
     assert cfg["Entrypoint"] == ["/bin/sh", "-c", "run me"]
