@@ -10,7 +10,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,7 +40,7 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     symlinks and ``..`` included, resolves as if ``dirfd`` were ``/``, so the
     result can never name a file outside ``dirfd`` (kernel >= 5.6).
     """
-    nr = _SYS_OPENAT2.get(platform.machine())
+    nr = _SYS_OPENAT2.get(os.uname().machine)
     if nr is None:
         raise OSError(errno.ENOSYS, "openat2 syscall number unknown for this machine", path)
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
@@ -165,7 +164,7 @@ def umount2(target: str, flags: int = 0) -> None:
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    nr = _SYSCALL_NR.get(platform.machine(), {}).get("pivot_root")
+    nr = _SYSCALL_NR.get(os.uname().machine, {}).get("pivot_root")
     if nr is None:
         raise OSError(errno.ENOSYS, "pivot_root syscall number unknown for this machine")
     ret = _libc.syscall(ctypes.c_long(nr), os.fsencode(new_root), os.fsencode(put_old))

@@ -20,7 +20,24 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(125)
 
 
-def build_parser() -> argparse.ArgumentParser:
+_CONTAINER_VERBS = {"run", "rm", "ps", "container"}
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The verb in ``argv``, skipping the global options (and --root's value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--root":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given the verb, only that verb's module is imported (a lean start path)."""
     from cove.cli import containers, images
 
     parser = _Parser(prog="cove", description="Run OCI images as containers or as VMs.")
@@ -30,13 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    images.register(sub)
-    containers.register(sub)
+    if command is None or command not in _CONTAINER_VERBS:
+        images.register(sub)
+    if command is None or command in _CONTAINER_VERBS:
+        containers.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -27,14 +27,16 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
 from cove.image import streams
-from cove.image.layers import LayerStats, unpack_stream
 from cove.spec import image as spec
 from cove.spec import reference as refs
 from cove.syscalls import flocked, fsync_dir
+
+if TYPE_CHECKING:
+    from cove.image.layers import LayerStats
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -395,6 +397,8 @@ class ImageStore:
         'gzip' is supported) for inputs that OCI has no media type for.
         Returns the blob's descriptor and the layer's diff id.
         """
+        from cove.image.layers import unpack_stream
+
         writer = self.blobs.writer()
         diff_hash = streams.Hasher()
         tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
@@ -454,6 +458,8 @@ class ImageStore:
         compression = spec.LAYER_COMPRESSION.get(desc.media_type)
         if compression is None:
             raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
+        from cove.image.layers import unpack_stream
+
         src = self.blobs.open(desc.digest, desc.size)
         tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
         try:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
-import lzma
-import zlib
 from typing import IO, Any, BinaryIO, Protocol
 
 from cove.errors import CorruptContent
@@ -117,7 +113,9 @@ class _Checked:
             return data
         except EOFError as e:
             raise CorruptContent(f"{self._what}: compressed stream is truncated") from e
-        except (zlib.error, lzma.LZMAError, OSError, ValueError) as e:
+        except CorruptContent:
+            raise
+        except Exception as e:  # zlib.error, lzma.LZMAError, BadGzipFile (OSError), ValueError
             raise CorruptContent(f"{self._what}: corrupt compressed data: {e}") from e
 
     def readable(self) -> bool:
@@ -145,6 +143,10 @@ def decompressor(src: Any, compression: str, what: str) -> Any:
     """A reader yielding the decompressed bytes of ``src``."""
     if compression == "":
         return src
+    import bz2
+    import gzip
+    import lzma
+
     if compression == "gzip":
         return _Checked(gzip.GzipFile(fileobj=src, mode="rb"), what)
     if compression == "xz":
@@ -161,6 +163,8 @@ class GzipSink:
 
     def __init__(self, out: Sink, level: int = 6) -> None:
         self._out = out
+        import zlib
+
         self._z = zlib.compressobj(level, zlib.DEFLATED, 31)
 
     def write(self, data: bytes) -> None:

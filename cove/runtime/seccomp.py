@@ -8,7 +8,6 @@ import errno
 import hashlib
 import json
 import os
-import platform
 import tempfile
 from typing import Any
 
@@ -119,7 +118,7 @@ def default_profile(caps: list[str]) -> Seccomp:
             errno_ret=errno.EPERM,
         )
     )
-    return Seccomp("SCMP_ACT_ALLOW", _ARCHES.get(platform.machine(), []), rules)
+    return Seccomp("SCMP_ACT_ALLOW", _ARCHES.get(os.uname().machine, []), rules)
 
 
 def _matches(cond: dict[str, Any], caps: set[str], arch: str) -> bool:
@@ -137,7 +136,7 @@ def from_docker_json(data: bytes, caps: list[str], where: str) -> Seccomp:
         raise InvalidSpec(f"seccomp profile {where}: not valid json: {e}") from e
     if not isinstance(doc, dict) or "defaultAction" not in doc:
         raise InvalidSpec(f"seccomp profile {where}: no defaultAction")
-    machine = platform.machine()
+    machine = os.uname().machine
     goarch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
     held = set(caps)
     arches: list[str] = list(doc.get("architectures") or [])
@@ -237,7 +236,7 @@ def bpf_for(profile: Seccomp, cache_dir: str) -> bytes:
     from cove.spec.runtime import to_json
 
     key = hashlib.sha256(
-        json.dumps([to_json(profile), platform.machine()], sort_keys=True).encode()
+        json.dumps([to_json(profile), os.uname().machine], sort_keys=True).encode()
     ).hexdigest()
     path = os.path.join(cache_dir, key + ".bpf")
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +115,7 @@ class Platform:
 
     @classmethod
     def host(cls) -> Platform:
-        machine = _platform.machine().lower()
+        machine = os.uname().machine.lower()
         arch = _GOARCH.get(machine, machine)
         variant = {"armv7l": "v7", "armv6l": "v6"}.get(machine, "")
         return cls("linux", arch, variant)

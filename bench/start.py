@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Benchmark container start: ``cove run --rm --network none alpine:3.20 true`` against
+``runc run`` on a bundle holding the same Alpine rootfs (runc spec's default namespaces, which
+include a fresh network namespace, so both sides are equivalent to ``--network none``).
+
+Run as root. Runs are interleaved (cove, runc, cove, ...) after two warm-ups each, so drift in
+machine load is spread over both sides. ``--json`` prints machine-readable results only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TGZ = (Path(__file__).resolve().parents[2] / "shared" / "images" / "alpine-3.20"
+       / "alpine-minirootfs-3.20.3-x86_64.tar.gz")
+REF = "alpine:3.20"
+
+
+def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, cwd=cwd)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def cove_command() -> tuple[list[str], str]:
+    """The ``cove`` console script on PATH if it imports this checkout, else ``python -m cove``."""
+    script = shutil.which("cove")
+    if script and "/shims/" in script and shutil.which("pyenv"):  # skip the pyenv bash shim
+        real = subprocess.run(["pyenv", "which", "cove"], capture_output=True, text=True)
+        script = real.stdout.strip() if real.returncode == 0 else script
+    if script:
+        first = Path(script).read_bytes()[:256].split(b"\n")[0].decode(errors="replace")
+        interp = first[2:].strip().split()[0] if first.startswith("#!") else ""
+        probe = subprocess.run([interp, "-c", "import cove; print(cove.__file__)"] if interp
+                               else ["false"], capture_output=True, text=True, cwd="/")
+        where = Path(probe.stdout.strip() or "/").resolve()
+        if probe.returncode == 0 and where.is_relative_to(REPO):
+            return [script], f"console script {script}"
+        why = f"{script} imports {where}, not {REPO}" if probe.returncode == 0 else "unusable"
+        print(f"note: not using {script} ({why})", file=sys.stderr)
+    if subprocess.run([sys.executable, "-m", "cove", "--version"], capture_output=True,
+                      cwd=REPO).returncode != 0:
+        sys.exit(f"error: cove is not installed and `{sys.executable} -m cove` fails")
+    return [sys.executable, "-m", "cove"], f"fallback {sys.executable} -m cove"
+
+
+def make_bundle(bundle: Path) -> None:
+    (bundle / "rootfs").mkdir(parents=True)
+    with tarfile.open(TGZ) as tar:
+        tar.extractall(bundle / "rootfs", numeric_owner=True, filter="fully_trusted")
+    run(["runc", "spec"], cwd=bundle)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["true"]
+    (bundle / "config.json").write_text(json.dumps(spec, indent=2))
+
+
+def timed(cmd: list[str], cleanup: list[str] | None = None) -> float:
+    start = time.perf_counter()
+    try:
+        run(cmd)
+    except RuntimeError:
+        if cleanup:
+            subprocess.run(cleanup, capture_output=True)
+        raise
+    return (time.perf_counter() - start) * 1000
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    ordered = sorted(ms)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median_ms": statistics.median(ordered), "min_ms": ordered[0], "p90_ms": p90}
+
+
+def import_times(cove_args: list[str], top: int = 8) -> list[tuple[int, int, str]]:
+    err = run([sys.executable, "-X", "importtime", "-m", "cove", *cove_args]).stderr
+    rows = []
+    for line in err.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and len(parts) == 3 and parts[0].strip().isdigit():
+            rows.append((int(parts[0]), int(parts[1]), parts[2].rstrip()))
+    return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=20, help="measured runs per side (default 20)")
+    ap.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("error: must run as root")
+    if shutil.which("runc") is None:
+        sys.exit("error: runc not found on PATH")
+    if not TGZ.is_file():
+        sys.exit(f"error: rootfs tarball not found: {TGZ}")
+    cove, how = cove_command()
+    tmp = Path(tempfile.mkdtemp(prefix="cove-bench-start.", dir="/var/tmp"))
+    try:
+        root, bundle = tmp / "root", tmp / "bundle"
+        run([*cove, "--root", str(root), "import", "--change", 'CMD ["/bin/sh"]', str(TGZ), REF])
+        make_bundle(bundle)
+        run_args = ["--root", str(root), "run", "--rm", "--network", "none", REF, "true"]
+        times: dict[str, list[float]] = {"cove": [], "runc": []}
+        for i in range(2 + args.runs):
+            cid = f"bench-{os.getpid()}-{i}"
+            c = timed([*cove, *run_args])
+            r = timed(["runc", "run", "-b", str(bundle), cid], ["runc", "delete", "-f", cid])
+            if i >= 2:
+                times["cove"].append(c)
+                times["runc"].append(r)
+        imports = import_times(run_args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stats = {side: summary(ms) for side, ms in times.items()}
+    ratio = stats["cove"]["median_ms"] / stats["runc"]["median_ms"]
+    if args.json:
+        print(json.dumps({"runs": args.runs, "cove_cmd": cove, **stats, "ratio": ratio,
+                          "target_ratio": 1.0, "imports_top": [
+                              {"self_us": s, "cumulative_us": c, "name": n.strip()}
+                              for s, c, n in imports]}, indent=2))
+        return
+    print(f"cove: {how}")
+    print(f"runs: {args.runs} per side, interleaved, after 2 warm-ups each\n")
+    print(f"{'':6}{'median ms':>11}{'min ms':>9}{'p90 ms':>9}")
+    for side, st in stats.items():
+        print(f"{side:6}{st['median_ms']:11.1f}{st['min_ms']:9.1f}{st['p90_ms']:9.1f}")
+    verdict = "met" if ratio <= 1.0 else "NOT met"
+    print(f"\nratio cove/runc (median): {ratio:.2f}  (target <= 1.0: {verdict})\n")
+    print(f"top {len(imports)} imports by cumulative time (python -X importtime, start path):")
+    print(f"{'cumul ms':>9}{'self ms':>9}  module")
+    for s, c, n in imports:
+        print(f"{c / 1000:9.1f}{s / 1000:9.1f}  {n}")
+
+
+if __name__ == "__main__":
+    main()
