@@ -25,5 +25,8 @@ step "$cove" rmi demo/busybox:1
 step "$cove" load -i "$work/busybox.tar"
 layer=$("$cove" image unpack demo/busybox:1)
 step ls -l "$layer/bin"
+step "$cove" run --rm demo/busybox:1 sh -c 'echo "hello from pid $$ on $(hostname)"; ls /proc | grep -c "^[0-9]"'
+step "$cove" run --rm --memory 64m --cpus 0.5 --hostname demo demo/busybox:1 \
+    sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; uname -n'
 echo
-echo "demo done: images work. Containers (cove run) and VMs (cove vm) arrive with the next issues."
+echo "demo done: images and containers work. VMs (cove vm) arrive with a later issue."
