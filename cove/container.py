@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.errors import InvalidSpec, Unsupported
+from cove.errors import InvalidSpec
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
 
@@ -364,9 +364,6 @@ def build_spec(
     if opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
         raise InvalidSpec(f"invalid --userns {opts.userns!r}: want auto or host")
     if opts.userns.startswith("auto") or opts.uidmap:
-        # the runtime can make the namespace and write the maps, but the rootfs, layers and
-        # bind sources live under root-only directories the mapped root cannot reach yet
-        raise Unsupported("user namespaces (--userns=auto, --uidmap) are not supported yet")
         linux.namespaces.append(rt.Namespace("user"))
         if opts.uidmap:
             linux.uid_mappings = [_mapping(m, "--uidmap") for m in opts.uidmap]

@@ -384,7 +384,9 @@ class ContainerEngine:
         created = None
         code = 125
         try:
-            os.makedirs(os.path.join(cdir, "rootfs"), mode=0o700)
+            os.makedirs(os.path.join(self.root, "containers"), mode=0o711, exist_ok=True)
+            os.mkdir(cdir, 0o711)  # searchable: a user-namespaced root reaches its bundle
+            os.mkdir(os.path.join(cdir, "rootfs"), 0o755)
             for d in ("upper", "work"):
                 os.mkdir(os.path.join(cdir, d), 0o755)
             layers = self.engine.unpack(img.manifest_digest)
@@ -398,6 +400,8 @@ class ContainerEngine:
             oci = ctr.build_spec(opts, image_cfg, user, cid, files, None)
             if not opts.privileged and oci.process.capabilities is not None:
                 oci.linux.seccomp = self._seccomp(opts, oci.process.capabilities.bounding)
+            if oci.namespace("user") is not None:
+                self._prepare_userns(cdir, oci)
             oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
                 self.engine.images.layers_dir,
                 top_first,
@@ -465,6 +469,22 @@ class ContainerEngine:
             if opts.rm:
                 self._remove_files(cid)
                 self.store.remove(cid)
+
+    def _prepare_userns(self, cdir: str, oci: Any) -> None:
+        """The mapped root must own its upper layer and reach the bundle by path."""
+        from cove.runtime.api import host_root_ids
+
+        uid, gid = host_root_ids(oci)
+        for d in ("upper", "work"):
+            os.chown(os.path.join(cdir, d), uid, gid)
+        path = cdir
+        while path != "/":
+            if not os.stat(path).st_mode & 0o001:
+                raise InvalidSpec(
+                    f"a user namespace needs every directory above the bundle searchable by "
+                    f"others: {path} is not (chmod o+x, or use a state root elsewhere)"
+                )
+            path = os.path.dirname(path)
 
     def _seccomp(self, opts: Any, caps: list[str]) -> Any:
         from cove.runtime import seccomp

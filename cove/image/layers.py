@@ -30,6 +30,8 @@ from cove.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYM
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+# what overlayfs reads instead when mounted with "userxattr" (inside a user namespace)
+USER_OPAQUE_XATTR = "user.overlay.opaque"
 # xattrs an archive may not set: they would steer overlayfs itself
 _FORBIDDEN_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _XATTR_PAX = "SCHILY.xattr."
@@ -156,6 +158,7 @@ class LayerWriter:
         if base == WHITEOUT_OPAQUE:
             meta = self._dirs.setdefault(parent, _DirMeta(-1, -1, -1, -1.0))
             meta.xattrs[OVERLAY_OPAQUE_XATTR] = b"y"
+            meta.xattrs[USER_OPAQUE_XATTR] = b"y"
             return
         name = base[len(WHITEOUT_PREFIX) :]
         if name in ("", ".", "..") or "/" in name:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cove import syscalls as sc
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
 from cove.runtime.cgroups import Cgroups, read_layout
-from cove.spec.runtime import Spec
+from cove.spec.runtime import IDMapping, Spec
 
 
 class ContainerStartError(CoveError):
@@ -75,13 +75,16 @@ class Runtime:
         spec = self.load_spec(bundle)
         bundle = os.path.abspath(bundle)
         sdir = self._dir(cid)
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        # searchable, not listable: a container's mapped root must reach its own exec fifo
+        os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
         try:
-            os.mkdir(sdir, 0o700)
+            os.mkdir(sdir, 0o711)
         except FileExistsError as e:
             raise Conflict(f"container {cid} already exists in the runtime") from e
         fifo = os.path.join(sdir, "exec.fifo")
         os.mkfifo(fifo, 0o600)
+        if spec.namespace("user") is not None:
+            os.chown(fifo, *host_root_ids(spec))
         layout = read_layout()
         cgroups = Cgroups(spec.linux.cgroups_path or f"cove/{cid}", layout)
         parent_sock: socket.socket | None = None
@@ -95,6 +98,12 @@ class Runtime:
                 from cove.runtime.seccomp import bpf_for
 
                 bpf = bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
+            if spec.namespace("user") is not None:
+                from cove.runtime.init import ANNOTATION_OVERLAY, idmapped_lower_dirs
+
+                overlay = spec.annotations.get(ANNOTATION_OVERLAY)
+                for d in idmapped_lower_dirs(json.loads(overlay)) if overlay else []:
+                    os.makedirs(d, mode=0o755, exist_ok=True)
             parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ctx = init.InitContext(
                 spec=spec,
@@ -149,6 +158,7 @@ class Runtime:
                 kind = msg["type"]
                 if kind == "userns":
                     self._write_id_maps(child, spec)
+                    self._attach_idmapped_layers(child, spec)
                     sock.send(b"ok")
                 elif kind == "pid":
                     pid = int(msg["pid"])
@@ -172,6 +182,44 @@ class Runtime:
         finally:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(child, 0)
+
+    def _attach_idmapped_layers(self, pid: int, spec: Spec) -> None:
+        """Show the lower layers through the container's id map, so its root owns its files.
+
+        The idmapped clones are made here (host root may idmap the host's mounts) and
+        attached by a short-lived helper that joins the container's mount namespace, at
+        ``<bundle>/lower/<n>``: overlayfs inside the user namespace may only stack mounts of
+        its own namespace. Nothing of this is visible on the host.
+        """
+        from cove.runtime.init import ANNOTATION_OVERLAY, idmapped_lower_dirs
+
+        overlay = spec.annotations.get(ANNOTATION_OVERLAY)
+        if not overlay:
+            return
+        cfg = json.loads(overlay)
+        targets = idmapped_lower_dirs(cfg)
+        userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        mntns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        fds: list[int] = []
+        try:
+            for rel in cfg["lower"]:
+                fds.append(sc.idmapped_clone(os.path.join(cfg["layers_dir"], rel), userns))
+            helper = os.fork()
+            if helper == 0:
+                try:
+                    sc.setns(mntns, sc.CLONE_NEWNS)
+                    for fd, target in zip(fds, targets, strict=True):
+                        sc.move_mount_fd(fd, target)
+                    os._exit(0)
+                except BaseException as e:
+                    os.write(2, f"Error: attaching idmapped layers: {e}\n".encode())
+                    os._exit(1)
+            _, status = os.waitpid(helper, 0)
+            if status != 0:
+                raise ContainerStartError("cannot attach the idmapped layers")
+        finally:
+            for fd in (*fds, userns, mntns):
+                os.close(fd)
 
     def _write_id_maps(self, pid: int, spec: Spec) -> None:
         for name, maps in (
@@ -258,6 +306,18 @@ class Runtime:
                 os.kill(int(doc["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
         Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}")).destroy()
         shutil.rmtree(sdir, ignore_errors=True)
+
+
+def host_root_ids(spec: Spec) -> tuple[int, int]:
+    """The host uid and gid that the container's root maps to."""
+
+    def lookup(maps: list[IDMapping]) -> int:
+        for m in maps:
+            if m.container_id <= 0 < m.container_id + m.size:
+                return m.host_id - m.container_id
+        raise InvalidSpec("the id maps do not map the container's root")
+
+    return lookup(spec.linux.uid_mappings), lookup(spec.linux.gid_mappings)
 
 
 def _zombie(pid: int) -> bool:

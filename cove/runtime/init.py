@@ -91,6 +91,14 @@ TIOCSWINSZ = 0x5414
 ANNOTATION_OVERLAY = "io.cove.rootfs.overlay"
 
 
+def idmapped_lower_dirs(overlay: dict[str, object]) -> list[str]:
+    """Where P attaches the idmapped lower layers in a user-namespaced container."""
+    upper = str(overlay["upper"])
+    lower = overlay["lower"]
+    assert isinstance(lower, list)
+    return [os.path.join(os.path.dirname(upper), "lower", str(i)) for i in range(len(lower))]
+
+
 class InitError(Exception):
     """A setup step failed; ``code`` is the exit status the caller reports."""
 
@@ -283,6 +291,8 @@ def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None
     if ctx.pure_v2:
         sc.mount("cgroup2", _target(rootfd, dest, is_dir=True), "cgroup2", flags)
         return
+    # cgroup v1 cannot be mounted inside a user namespace: bind our own directories instead
+    in_userns = ctx.spec.namespace("user") is not None
     sc.mount(
         "tmpfs",
         _target(rootfd, dest, is_dir=True),
@@ -297,6 +307,10 @@ def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None
             continue
         done[name] = ctrl
         target = _target(rootfd, f"{dest}/{name}", is_dir=True)
+        if in_userns:
+            own = os.path.join(mnt, ctx.spec.linux.cgroups_path)
+            sc.mount(own if os.path.isdir(own) else mnt, target, None, sc.MS_BIND | sc.MS_REC)
+            continue
         opts = ",".join(sorted(c for c, m in ctx.host_v1_cgroups.items() if m == mnt))
         sc.mount("cgroup", target, "cgroup", flags, opts)
     if ctx.host_unified:
@@ -315,11 +329,14 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     overlay = spec.annotations.get(ANNOTATION_OVERLAY)
     if overlay:
         cfg = json.loads(overlay)
-        layers_dir = cfg["layers_dir"]
-        os.chdir(layers_dir)  # relative lowerdirs keep the option string short
-        opts = f"lowerdir={':'.join(cfg['lower'])},upperdir={cfg['upper']},workdir={cfg['work']}"
-        sc.mount("overlay", rootfs, "overlay", 0, opts)
-        os.chdir("/")
+        upper = f"upperdir={cfg['upper']},workdir={cfg['work']}"
+        if spec.namespace("user") is not None:  # idmapped layers P attached; user xattrs
+            lower = ":".join(idmapped_lower_dirs(cfg))
+            sc.mount("overlay", rootfs, "overlay", 0, f"lowerdir={lower},{upper},userxattr")
+        else:
+            os.chdir(cfg["layers_dir"])  # relative lowerdirs keep the option string short
+            sc.mount("overlay", rootfs, "overlay", 0, f"lowerdir={':'.join(cfg['lower'])},{upper}")
+            os.chdir("/")
     else:
         sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
     rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -6,9 +6,11 @@ import json
 import os
 import pty
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -368,8 +370,62 @@ def test_init_reaper_and_userns_refusal(cove: CoveRunner, alpine: str) -> None:
         "tr '\\0' ' ' < /proc/1/cmdline; echo; echo $$",
     ).stdout.split("\n")
     assert out[0].startswith("/sbin/cove-init -- sh -c") and out[1] != "1"
-    unsupported = cove("run", "--rm", "--userns=auto", "alpine:3.20", "true", check=False)
-    assert unsupported.returncode == 125 and "not supported yet" in unsupported.stderr
+    # pytest's temporary directories are 0700: a mapped root cannot reach a bundle below them
+    refused = cove("run", "--rm", "--userns=auto", "alpine:3.20", "true", check=False)
+    assert refused.returncode == 125 and "searchable by others" in refused.stderr
+
+
+def test_user_namespace(alpine_tar: Path) -> None:
+    root = Path(tempfile.mkdtemp(prefix="cove-userns-", dir="/var/tmp"))
+    root.chmod(0o711)
+
+    def cove(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cove", "--root", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        assert cove("import", str(alpine_tar), "alpine:3.20").returncode == 0
+        proc = cove(
+            "run",
+            "--name",
+            "ns",
+            "--userns=auto",
+            "-v",
+            f"{PROBE}:/probe.sh:ro",
+            "alpine:3.20",
+            "sh",
+            "-c",
+            "sh /probe.sh; echo extra >> /etc/passwd && echo write-ok; ls -ln /etc/passwd",
+        )
+        assert proc.returncode == 0, proc.stderr
+        p = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        assert p["ns_user"] != host_ns("user") and p["Uid"].split()[0] == "0"
+        container, host, size = p["uid_map"].strip(" ;").split()
+        assert container == "0" and int(host) >= 100000 and size == "65536"
+        assert "write-ok" in proc.stdout
+        assert proc.stdout.split()[-7:-5] == ["0", "0"]  # the image's files belong to its root
+        [cdir] = (root / "containers").iterdir()
+        copied = cdir / "upper" / "etc" / "passwd"
+        assert copied.stat().st_uid == int(host)  # on the host, the mapped uid owns the change
+        out = cove(
+            "run",
+            "--rm",
+            "--uidmap",
+            "0:200000:65536",
+            "alpine:3.20",
+            "sh",
+            "-c",
+            "cat /etc/alpine-release; cat /proc/self/uid_map",
+        ).stdout.split()
+        assert out == ["3.20.3", "0", "200000", "65536"]
+        assert cove("rm", "ns").returncode == 0
+        assert leftovers() == []
+    finally:
+        shutil.rmtree(root)
 
 
 def test_names_state_and_cleanup(cove: CoveRunner, alpine: str, cove_root: Path) -> None:
