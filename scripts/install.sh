@@ -38,7 +38,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-"$venv/bin/python" -m pip install -q -e "$here[test]"
+# compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
+"$venv/bin/python" -m pip install -q -e "$here[test]" --config-settings editable_mode=compat
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 echo "installed: $(/usr/local/bin/cove --version) ($venv)"
 
