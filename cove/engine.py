@@ -107,7 +107,7 @@ class Engine:
             entry[1].extend(n for n in wanted if n not in entry[1])
         save(self.images, list(chosen.values()), out, fmt)
 
-    def list_images(self, *, all_images: bool = True) -> list[ImageRow]:
+    def list_images(self) -> list[ImageRow]:
         rows = []
         for img in self.images.images():
             size = self.image_size(img)
@@ -260,7 +260,9 @@ class Engine:
 
     def unpack(self, name: str) -> list[str]:
         """The unpacked layer directories of an image, lowest first."""
-        img = self.images.resolve(name)
+        return self.unpack_image(self.images.resolve(name))
+
+    def unpack_image(self, img: Image) -> list[str]:
         with self.images.ingest_lock():
             return [
                 self.images.unpack_layer(desc, diff_id)
@@ -389,7 +391,7 @@ class ContainerEngine:
             os.mkdir(os.path.join(cdir, "rootfs"), 0o755)
             for d in ("upper", "work"):
                 os.mkdir(os.path.join(cdir, d), 0o755)
-            layers = self.engine.unpack(img.manifest_digest)
+            layers = self.engine.unpack_image(img)
             top_first = list(reversed(layers))
             image_cfg = img.config.config
             user = ctr.resolve_user(

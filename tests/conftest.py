@@ -35,6 +35,10 @@ def cove_root(tmp_path: Path) -> Path:
     return root
 
 
+def cove_argv(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "cove", "--root", str(root), *args]
+
+
 @pytest.fixture
 def cove(cove_root: Path) -> CoveRunner:
     """Run ``cove --root <fresh root> ARGS``; ``check=True`` asserts success."""
@@ -47,7 +51,7 @@ def cove(cove_root: Path) -> CoveRunner:
         timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [sys.executable, "-m", "cove", "--root", str(cove_root), *args],
+            cove_argv(cove_root, *args),
             capture_output=True,
             input=input,
             text=text,

@@ -290,7 +290,7 @@ class Runtime:
         doc = self.state_doc(cid)
         if doc["status"] == "stopped":
             raise StateError(f"container {cid} is not running")
-        os.kill(int(doc["pid"]), sig)  # type: ignore[call-overload]
+        os.kill(int(str(doc["pid"])), sig)
 
     def delete(self, cid: str, *, force: bool = False) -> None:
         sdir = self._dir(cid)
@@ -303,7 +303,7 @@ class Runtime:
             if not force:
                 raise StateError(f"container {cid} is {doc['status']}: stop it first or force")
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(doc["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+                os.kill(int(str(doc["pid"])), signal.SIGKILL)
         Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}")).destroy()
         shutil.rmtree(sdir, ignore_errors=True)
 

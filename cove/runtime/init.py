@@ -13,6 +13,7 @@ succeeded; an error message means it did not.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -176,7 +177,8 @@ def init(ctx: InitContext) -> NoReturn:
     """Runs in G, the container's first process."""
     try:
         spec = ctx.spec
-        if spec.namespace("user") and not spec.namespace("user").path:  # type: ignore[union-attr]
+        userns = spec.namespace("user")
+        if userns is not None and not userns.path:
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
         new_mount_ns = spec.namespace("mount") is not None
@@ -373,7 +375,7 @@ def _make_devices(ctx: InitContext, rootfd: int) -> None:
             name = os.path.normpath(path).removeprefix("/dev/")
             if "/" in name:
                 continue
-            with _suppress(FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=devfd)
             if in_userns:  # mknod is not allowed in a user namespace: bind the host's node
                 os.close(
@@ -395,7 +397,7 @@ def _make_devices(ctx: InitContext, rootfd: int) -> None:
             "core": "/proc/kcore",
         }
         for name, target in links.items():
-            with _suppress(FileExistsError):
+            with contextlib.suppress(FileExistsError):
                 os.symlink(target, name, dir_fd=devfd)
         if ctx.spec.process.terminal:  # /dev/console becomes the pty, bound after it exists
             os.close(
@@ -403,17 +405,6 @@ def _make_devices(ctx: InitContext, rootfd: int) -> None:
             )
     finally:
         os.close(devfd)
-
-
-class _suppress:
-    def __init__(self, *exc: type[BaseException]) -> None:
-        self.exc = exc
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, t: object, e: object, tb: object) -> bool:
-        return isinstance(e, self.exc)
 
 
 def _mask(path: str) -> None:
@@ -453,7 +444,7 @@ def _terminal(ctx: InitContext) -> None:
     box = ctx.spec.process.console_size
     if box and box.height and box.width:
         fcntl.ioctl(slave, TIOCSWINSZ, struct.pack("HHHH", box.height, box.width, 0, 0))
-    with _suppress(OSError):
+    with contextlib.suppress(OSError):
         sc.mount(slave_path, "/dev/console", None, sc.MS_BIND)
     send(ctx.sock, {"type": "pty"}, [master])
     os.close(master)

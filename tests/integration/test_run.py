@@ -9,12 +9,11 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from conftest import REPO, CoveRunner
+from conftest import REPO, CoveRunner, cove_argv
 
 PROBE = REPO / "tests" / "probe.sh"
 
@@ -297,23 +296,8 @@ def test_entrypoint_and_cmd_rules(cove: CoveRunner, alpine_tar: Path) -> None:
 def test_tty_through_a_pty(cove: CoveRunner, alpine: str, cove_root: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:
-        os.execv(
-            sys.executable,
-            [
-                sys.executable,
-                "-m",
-                "cove",
-                "--root",
-                str(cove_root),
-                "run",
-                "--rm",
-                "-t",
-                "alpine:3.20",
-                "sh",
-                "-c",
-                "tty; stty size",
-            ],
-        )
+        argv = cove_argv(cove_root, "run", "--rm", "-t", "alpine:3.20", "sh", "-c", "tty")
+        os.execv(argv[0], argv)
     out = b""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -334,20 +318,9 @@ def test_tty_through_a_pty(cove: CoveRunner, alpine: str, cove_root: Path) -> No
 
 
 def test_signals_forwarded(cove: CoveRunner, alpine: str, cove_root: Path) -> None:
+    script = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cove",
-            "--root",
-            str(cove_root),
-            "run",
-            "--rm",
-            "alpine:3.20",
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done",
-        ],
+        cove_argv(cove_root, "run", "--rm", "alpine:3.20", "sh", "-c", script),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -381,7 +354,7 @@ def test_user_namespace(alpine_tar: Path) -> None:
 
     def cove(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cove", "--root", str(root), *args],
+            cove_argv(root, *args),
             capture_output=True,
             text=True,
             timeout=120,

@@ -7,12 +7,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
-from conftest import CoveRunner
+from conftest import CoveRunner, cove_argv
 
 
 def flip_byte(path: Path, offset: int | None = None) -> None:
@@ -121,18 +120,7 @@ def test_truncated_rootfs_import(
 def test_parallel_imports_share_blobs(cove: CoveRunner, alpine_tar: Path, cove_root: Path) -> None:
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cove",
-                "--root",
-                str(cove_root),
-                "import",
-                "-c",
-                "CMD sh",
-                str(alpine_tar),
-                f"alpine:p{i}",
-            ],
+            cove_argv(cove_root, "import", "-c", "CMD sh", str(alpine_tar), f"alpine:p{i}"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -161,7 +149,7 @@ def test_import_killed_midway_leaves_no_half_image(
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cove", "--root", str(cove_root), "import", str(fifo), "k:1"],
+        cove_argv(cove_root, "import", str(fifo), "k:1"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
