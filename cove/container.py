@@ -76,6 +76,21 @@ class RunOptions:
     ulimits: list[str] = field(default_factory=list)
     platform: str | None = None
     labels: list[str] = field(default_factory=list)
+    detach: bool = False
+    mounts: list[str] = field(default_factory=list)
+    volumes_from: list[str] = field(default_factory=list)
+    restart: str = "no"
+    health_cmd: str | None = None
+    health_interval: str | None = None
+    health_timeout: str | None = None
+    health_retries: int | None = None
+    health_start_period: str | None = None
+    no_healthcheck: bool = False
+    log_opts: list[str] = field(default_factory=list)
+    stop_signal: str | None = None
+    stop_timeout: int | None = None
+    expose: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
 
 
 # -- user lookup in the image ------------------------------------------------
@@ -217,23 +232,81 @@ def _mapping(text: str, what: str) -> rt.IDMapping:
     return rt.IDMapping(c, h, n)
 
 
-def parse_volume(text: str) -> rt.Mount:
+@dataclass
+class MountRequest:
+    """One of -v, --mount, --tmpfs, --volumes-from or an image VOLUME, before resolution."""
+
+    type: str  # bind | volume | tmpfs
+    source: str  # host path, volume name, or "" for a new anonymous volume
+    target: str
+    readonly: bool = False
+    options: list[str] = field(default_factory=list)
+
+
+def parse_volume(text: str) -> MountRequest:
+    """``-v``: HOST:CTR[:ro], NAME:CTR[:ro] or CTR (an anonymous volume), as Docker."""
     parts = text.split(":")
-    if len(parts) < 2 or len(parts) > 3 or not parts[0] or not parts[1]:
+    if len(parts) == 1:
+        if not text.startswith("/"):
+            raise InvalidSpec(f"invalid volume {text!r}: the container path must be absolute")
+        return MountRequest("volume", "", text)
+    if len(parts) > 3 or not parts[0] or not parts[1]:
         raise InvalidSpec(f"invalid volume {text!r}: want HOST:CONTAINER[:ro|rw]")
     src, dest = parts[0], parts[1]
     mode = parts[2].split(",") if len(parts) == 3 else []
-    if not src.startswith("/"):
-        raise InvalidSpec(f"invalid volume {text!r}: named volumes arrive with a later release")
     if not dest.startswith("/"):
         raise InvalidSpec(f"invalid volume {text!r}: the container path must be absolute")
-    if not os.path.exists(src):
-        raise InvalidSpec(f"invalid volume {text!r}: {src} does not exist")
     bad = [m for m in mode if m not in ("ro", "rw", "z", "Z")]
     if bad:
         raise InvalidSpec(f"invalid volume {text!r}: unknown mode {bad[0]!r}")
-    opts = ["rbind", "rprivate", "ro" if "ro" in mode else "rw"]
-    return rt.Mount(dest, "bind", os.path.abspath(src), opts)
+    if src.startswith("/"):
+        return MountRequest("bind", os.path.abspath(src), dest, "ro" in mode)
+    if src.startswith("."):
+        raise InvalidSpec(f"invalid volume {text!r}: a host path must be absolute")
+    return MountRequest("volume", src, dest, "ro" in mode)
+
+
+def parse_mount(text: str) -> MountRequest:
+    """``--mount type=bind|volume|tmpfs,src=...,dst=...[,readonly]`` as Docker's CSV."""
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not key:
+            continue
+        fields[key] = value if eq else "true"
+    kind = fields.pop("type", "volume")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise InvalidSpec(f"invalid --mount {text!r}: type must be bind, volume or tmpfs")
+    src = fields.pop("source", fields.pop("src", ""))
+    dst = fields.pop("destination", fields.pop("dst", fields.pop("target", "")))
+    ro = False
+    for key in ("readonly", "ro"):
+        if key in fields:
+            value = fields.pop(key).lower()
+            if value not in ("true", "false", "1", "0"):
+                raise InvalidSpec(f"invalid --mount {text!r}: bad value for {key}")
+            ro = value in ("true", "1")
+    options: list[str] = []
+    if kind == "tmpfs":
+        if "tmpfs-size" in fields:
+            options.append(f"size={parse_size(fields.pop('tmpfs-size'), 'tmpfs-size')}")
+        if "tmpfs-mode" in fields:
+            options.append(f"mode={fields.pop('tmpfs-mode')}")
+    for key in ("bind-propagation", "volume-nocopy", "consistency"):
+        fields.pop(key, None)
+    if fields:
+        raise InvalidSpec(f"invalid --mount {text!r}: unexpected key {next(iter(fields))!r}")
+    if not dst.startswith("/"):
+        raise InvalidSpec(f"invalid --mount {text!r}: target must be an absolute path")
+    if kind == "bind":
+        if not src.startswith("/"):
+            raise InvalidSpec(f"invalid --mount {text!r}: bind source must be an absolute path")
+        if not os.path.exists(src):
+            raise InvalidSpec(f"invalid mount config: bind source path does not exist: {src}")
+    if kind == "tmpfs" and src:
+        raise InvalidSpec(f"invalid --mount {text!r}: tmpfs takes no source")
+    return MountRequest(kind, src, dst, ro, options)
 
 
 def parse_tmpfs(text: str) -> rt.Mount:
@@ -315,6 +388,7 @@ def build_spec(
     container_id: str,
     files: dict[str, str],
     seccomp: rt.Seccomp | None,
+    extra_mounts: list[rt.Mount] | None = None,
 ) -> rt.Spec:
     """The OCI spec for a container (Docker's defaults); pure apart from reading env files."""
     env = merge_env(list(image_cfg.get("Env") or []), [])
@@ -401,7 +475,8 @@ def build_spec(
     ]
     for dest, src in files.items():
         mounts.append(rt.Mount(dest, "bind", src, ["rbind", "rprivate"]))
-    mounts += [parse_volume(v) for v in opts.volumes]
+    extra_mounts = extra_mounts or []
+    mounts += extra_mounts
     mounts += [parse_tmpfs(t) for t in opts.tmpfs]
     if opts.init:
         tini = next((t for t in TINI_CANDIDATES if os.path.exists(t)), None)
@@ -458,3 +533,72 @@ def etc_files(dest_dir: str, hostname: str, network: str) -> dict[str, str]:
 def overlay_annotation(layers_dir: str, lower_top_first: list[str], upper: str, work: str) -> str:
     rel = [os.path.relpath(p, layers_dir) for p in lower_top_first]
     return json.dumps({"layers_dir": layers_dir, "lower": rel, "upper": upper, "work": work})
+
+
+_DURATION = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """A Go duration (``30s``, ``1m30s``, ``500ms``) in seconds; a bare number is seconds."""
+    import re
+
+    t = text.strip()
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
+    if not parts or "".join(n + u for n, u in parts) != t:
+        raise InvalidSpec(f"invalid {what} {text!r}: want a duration such as 30s or 1m30s")
+    return sum(float(n) * _DURATION[u] for n, u in parts)
+
+
+def parse_restart(text: str) -> dict[str, Any]:
+    """``--restart``: Docker's RestartPolicy document."""
+    name, _, count = text.partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure"):
+        raise InvalidSpec(f"invalid restart policy {text!r}")
+    if count and name != "on-failure":
+        raise InvalidSpec(f"invalid restart policy {text!r}: only on-failure takes a count")
+    try:
+        n = int(count) if count else 0
+    except ValueError as e:
+        raise InvalidSpec(f"invalid restart policy {text!r}: bad count") from e
+    if n < 0:
+        raise InvalidSpec(f"invalid restart policy {text!r}: negative count")
+    return {"Name": "" if name == "no" else name, "MaximumRetryCount": n}
+
+
+def parse_signal(text: str) -> int:
+    import signal
+
+    t = text.strip().upper()
+    if t.isdigit():
+        return int(t)
+    name = t if t.startswith("SIG") else "SIG" + t
+    try:
+        return int(signal.Signals[name])
+    except KeyError as e:
+        raise InvalidSpec(f"invalid signal: {text}") from e
+
+
+def healthcheck(opts: RunOptions, image_cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The effective Healthcheck document (image HEALTHCHECK overridden by --health-*)."""
+    if opts.no_healthcheck:
+        return None
+    hc = dict(image_cfg.get("Healthcheck") or {})
+    if opts.health_cmd is not None:
+        hc["Test"] = ["CMD-SHELL", opts.health_cmd]
+    test = hc.get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    for key, value in (
+        ("Interval", opts.health_interval),
+        ("Timeout", opts.health_timeout),
+        ("StartPeriod", opts.health_start_period),
+    ):
+        if value is not None:
+            hc[key] = int(parse_duration(value, f"--health-{key.lower()}") * 1e9)
+    if opts.health_retries is not None:
+        hc["Retries"] = opts.health_retries
+    return hc

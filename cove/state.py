@@ -1,13 +1,20 @@
-"""Container records in SQLite (WAL) under the state root, and their lifecycle states."""
+"""Container and volume records in SQLite (WAL) under the state root, and lifecycle states.
+
+Every multi-step operation (create, start, remove) marks its row with ``op`` and the pid
+and start time of the process carrying it out. If that process dies (SIGKILL at any
+point), the next cove command sees an ``op`` whose owner is gone and finishes or rolls it
+back (``ContainerEngine.reconcile``): nothing half-made survives.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cove.errors import Conflict, NotFound, StateError
@@ -28,6 +35,12 @@ class Status(enum.StrEnum):
     def can_kill(self) -> bool:
         return self in (Status.RUNNING, Status.PAUSED, Status.RESTARTING)
 
+    def can_pause(self) -> bool:
+        return self == Status.RUNNING
+
+    def can_unpause(self) -> bool:
+        return self == Status.PAUSED
+
 
 _TRANSITIONS = {
     Status.CREATED: {Status.RUNNING, Status.EXITED, Status.REMOVING, Status.DEAD},
@@ -45,6 +58,12 @@ def check_transition(cid: str, old: Status, new: Status) -> None:
         raise StateError(f"container {cid[:12]}: cannot go from {old} to {new}")
 
 
+# operations in flight (``Record.op``)
+OP_CREATE = "create"  # the row and bundle are being made: roll back = delete everything
+OP_START = "start"  # a monitor is bringing the process up: roll back = back to exited/created
+OP_REMOVE = "remove"  # being removed: roll forward = finish the removal
+
+
 @dataclass
 class Record:
     id: str
@@ -52,110 +71,156 @@ class Record:
     image: str
     image_id: str
     created: float
-    status: Status
-    pid: int
-    start_time: int
-    exit_code: int
-    oom_killed: bool
-    started_at: float
-    finished_at: float
-    config: dict[str, Any]
+    status: Status = Status.CREATED
+    pid: int = 0
+    start_time: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    op: str = ""
+    op_pid: int = 0
+    op_start: int = 0
+    monitor_pid: int = 0
+    monitor_start: int = 0
+    restart_count: int = 0
+    manual_stop: bool = False
+    health: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS containers (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, image TEXT NOT NULL, image_id TEXT NOT NULL,
-    created REAL NOT NULL, status TEXT NOT NULL, pid INTEGER NOT NULL DEFAULT 0,
-    start_time INTEGER NOT NULL DEFAULT 0, exit_code INTEGER NOT NULL DEFAULT 0,
-    oom_killed INTEGER NOT NULL DEFAULT 0, started_at REAL NOT NULL DEFAULT 0,
-    finished_at REAL NOT NULL DEFAULT 0, config TEXT NOT NULL
+_FIELDS = [f.name for f in dataclasses.fields(Record)]
+_JSON = {"config", "health"}
+_BOOL = {"oom_killed", "manual_stop"}
+_SQL_TYPES = {
+    "id": "TEXT PRIMARY KEY",
+    "name": "TEXT NOT NULL UNIQUE",
+    "created": "REAL NOT NULL",
+    "started_at": "REAL NOT NULL DEFAULT 0",
+    "finished_at": "REAL NOT NULL DEFAULT 0",
+}
+
+
+def _sql_type(name: str) -> str:
+    if name in _SQL_TYPES:
+        return _SQL_TYPES[name]
+    default = Record.__dataclass_fields__[name].default
+    if isinstance(default, bool | int):
+        return "INTEGER NOT NULL DEFAULT 0"
+    if isinstance(default, float):
+        return "REAL NOT NULL DEFAULT 0"
+    return "TEXT NOT NULL DEFAULT ''"
+
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS containers ({", ".join(f"{n} {_sql_type(n)}" for n in _FIELDS)});
+CREATE TABLE IF NOT EXISTS volumes (
+    name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL DEFAULT 0,
+    labels TEXT NOT NULL DEFAULT '{{}}', options TEXT NOT NULL DEFAULT '{{}}'
 );
 """
-_COLUMNS = (
-    "id, name, image, image_id, created, status, pid, start_time, exit_code, oom_killed, "
-    "started_at, finished_at, config"
-)
+
+
+@dataclass
+class Volume:
+    name: str
+    created: float
+    anonymous: bool
+    labels: dict[str, str]
+    options: dict[str, str]
 
 
 class Store:
     def __init__(self, root: str) -> None:
         self.path = os.path.join(root, "state.db")
         os.makedirs(root, mode=0o711, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(containers)")}
+        for name in _FIELDS:
+            if name not in have:  # a state root made by an older cove
+                self.db.execute(f"ALTER TABLE containers ADD COLUMN {name} {_sql_type(name)}")
 
     def close(self) -> None:
         self.db.close()
 
     def _row(self, row: tuple[Any, ...]) -> Record:
-        return Record(
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            Status(row[5]),
-            row[6],
-            row[7],
-            row[8],
-            bool(row[9]),
-            row[10],
-            row[11],
-            json.loads(row[12]),
-        )
+        values: dict[str, Any] = dict(zip(_FIELDS, row, strict=True))
+        for k in _JSON:
+            values[k] = json.loads(values[k] or "{}")
+        for k in _BOOL:
+            values[k] = bool(values[k])
+        values["status"] = Status(values["status"])
+        return Record(**values)
+
+    @staticmethod
+    def _value(name: str, value: Any) -> Any:
+        if name in _JSON:
+            return json.dumps(value)
+        if name in _BOOL:
+            return int(value)
+        if name == "status":
+            return Status(value).value
+        return value
 
     def add(self, rec: Record) -> None:
+        values = [self._value(n, getattr(rec, n)) for n in _FIELDS]
         try:
             self.db.execute(
-                f"INSERT INTO containers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    rec.id,
-                    rec.name,
-                    rec.image,
-                    rec.image_id,
-                    rec.created,
-                    rec.status.value,
-                    rec.pid,
-                    rec.start_time,
-                    rec.exit_code,
-                    int(rec.oom_killed),
-                    rec.started_at,
-                    rec.finished_at,
-                    json.dumps(rec.config),
-                ),
+                f"INSERT INTO containers ({', '.join(_FIELDS)}) "
+                f"VALUES ({', '.join('?' * len(_FIELDS))})",
+                values,
             )
         except sqlite3.IntegrityError as e:
             raise Conflict(
                 f'the container name "/{rec.name}" is already in use by another container'
             ) from e
 
-    def update(self, cid: str, **fields: Any) -> None:
-        if "status" in fields:
-            old = self.get(cid).status
-            check_transition(cid, old, Status(fields["status"]))
-            fields["status"] = Status(fields["status"]).value
-        if "oom_killed" in fields:
-            fields["oom_killed"] = int(fields["oom_killed"])
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE containers SET {sets} WHERE id = ?", (*fields.values(), cid))
+    def update(self, cid: str, *, expect: Status | None = None, **fields: Any) -> None:
+        """Change fields; a status change is checked against the legal transitions.
+
+        The read and the write are one transaction, so two processes racing to move
+        the same container cannot both win.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            if "status" in fields:
+                row = self.db.execute("SELECT status FROM containers WHERE id = ?", (cid,))
+                found = row.fetchone()
+                if found is None:
+                    raise NotFound(f"no such container: {cid}")
+                old = Status(found[0])
+                if expect is not None and old != expect:
+                    raise StateError(f"container {cid[:12]} is {old}, not {expect}")
+                check_transition(cid, old, Status(fields["status"]))
+            if fields:
+                sets = ", ".join(f"{k} = ?" for k in fields)
+                values = [self._value(k, v) for k, v in fields.items()]
+                self.db.execute(f"UPDATE containers SET {sets} WHERE id = ?", (*values, cid))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def remove(self, cid: str) -> None:
         self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
 
     def all(self) -> list[Record]:
-        rows = self.db.execute(f"SELECT {_COLUMNS} FROM containers ORDER BY created DESC")
+        rows = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM containers ORDER BY created DESC")
         return [self._row(r) for r in rows]
 
     def get(self, ref: str) -> Record:
         """By full id, name, or unique id prefix (Docker's lookup order)."""
+        cols = ", ".join(_FIELDS)
         rows = self.db.execute(
-            f"SELECT {_COLUMNS} FROM containers WHERE id = ? OR name = ?", (ref, ref.lstrip("/"))
+            f"SELECT {cols} FROM containers WHERE id = ? OR name = ?", (ref, ref.lstrip("/"))
         ).fetchall()
         if not rows and ref and all(c in "0123456789abcdef" for c in ref):
             rows = self.db.execute(
-                f"SELECT {_COLUMNS} FROM containers WHERE id LIKE ?", (ref + "%",)
+                f"SELECT {cols} FROM containers WHERE id LIKE ?", (ref + "%",)
             ).fetchall()
             if len(rows) > 1:
                 raise Conflict(f"multiple containers found with provided prefix: {ref}")
@@ -165,6 +230,41 @@ class Store:
 
     def image_users(self, image_id: str) -> list[Record]:
         return [r for r in self.all() if r.image_id == image_id]
+
+    # -- volumes ------------------------------------------------------------
+
+    def add_volume(self, vol: Volume) -> bool:
+        """Insert; False if a volume of that name already exists."""
+        try:
+            self.db.execute(
+                "INSERT INTO volumes (name, created, anonymous, labels, options) "
+                "VALUES (?,?,?,?,?)",
+                (
+                    vol.name,
+                    vol.created,
+                    int(vol.anonymous),
+                    json.dumps(vol.labels),
+                    json.dumps(vol.options),
+                ),
+            )
+            return True
+        except sqlite3.IntegrityError:
+            return False
+
+    def volumes(self) -> list[Volume]:
+        rows = self.db.execute(
+            "SELECT name, created, anonymous, labels, options FROM volumes ORDER BY name"
+        )
+        return [Volume(r[0], r[1], bool(r[2]), json.loads(r[3]), json.loads(r[4])) for r in rows]
+
+    def get_volume(self, name: str) -> Volume:
+        for v in self.volumes():
+            if v.name == name:
+                return v
+        raise NotFound(f"no such volume: {name}")
+
+    def remove_volume(self, name: str) -> None:
+        self.db.execute("DELETE FROM volumes WHERE name = ?", (name,))
 
 
 def now() -> float:

@@ -20,9 +20,6 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(125)
 
 
-_CONTAINER_VERBS = {"run", "rm", "ps", "container"}
-
-
 def _command(argv: Sequence[str]) -> str | None:
     """The verb in ``argv``, skipping the global options (and --root's value)."""
     skip = False
@@ -40,6 +37,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; given the verb, only that verb's module is imported (a lean start path)."""
     from cove.cli import containers, images
 
+    container_verbs = containers.VERBS
+
     parser = _Parser(prog="cove", description="Run OCI images as containers or as VMs.")
     parser.add_argument("--version", action="version", version=f"cove version {__version__}")
     parser.add_argument(
@@ -47,9 +46,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    if command is None or command not in _CONTAINER_VERBS:
+    if command is None or command not in container_verbs:
         images.register(sub)
-    if command is None or command in _CONTAINER_VERBS:
+    if command is None or command in container_verbs:
         containers.register(sub)
     return parser
 

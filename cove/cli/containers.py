@@ -1,15 +1,52 @@
-"""Container verbs: run, rm, ps, and container inspect."""
+"""Container verbs: parse, call ``cove.containers``, format."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from cove.cli import fmt
-from cove.engine import ContainerEngine, Engine
+from cove.engine import Engine
 from cove.errors import CoveError
+
+VERBS = {
+    "run",
+    "create",
+    "start",
+    "stop",
+    "kill",
+    "restart",
+    "rm",
+    "wait",
+    "pause",
+    "unpause",
+    "exec",
+    "attach",
+    "logs",
+    "inspect",
+    "top",
+    "stats",
+    "cp",
+    "diff",
+    "export",
+    "commit",
+    "rename",
+    "port",
+    "ps",
+    "container",
+    "volume",
+}
+
+
+def _ce(engine: Engine) -> Any:
+    from cove.containers import ContainerEngine
+
+    return ContainerEngine(engine)
 
 
 def _opts(args: argparse.Namespace) -> Any:
@@ -53,86 +90,580 @@ def _opts(args: argparse.Namespace) -> Any:
         ulimits=args.ulimit,
         platform=args.platform,
         labels=args.label,
+        detach=getattr(args, "detach", False),
+        mounts=args.mount,
+        volumes_from=args.volumes_from,
+        restart=args.restart,
+        health_cmd=args.health_cmd,
+        health_interval=args.health_interval,
+        health_timeout=args.health_timeout,
+        health_retries=args.health_retries,
+        health_start_period=args.health_start_period,
+        no_healthcheck=args.no_healthcheck,
+        log_opts=args.log_opt,
+        stop_signal=args.stop_signal,
+        stop_timeout=args.stop_timeout,
+        expose=args.expose,
+        publish=args.publish,
     )
 
 
-def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+def _start_errors(fn: Callable[[], int]) -> int:
+    """Anything that kept the container from starting is cove's 125, or the exec code."""
     from cove.runtime.api import ContainerStartError
 
     try:
-        return ContainerEngine(engine).run(_opts(args))
+        return fn()
     except ContainerStartError as e:
         sys.stderr.write(f"Error: {e}\n")
         return e.exit_code
-    except CoveError as e:  # anything that kept the container from starting is cove's: 125
+    except CoveError as e:
         sys.stderr.write(f"Error: {e}\n")
         return 125
 
 
-def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
+def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+    opts = _opts(args)
+    ce = _ce(engine)
+
+    def go() -> int:
+        if opts.detach:
+            print(ce.run_detached(opts))
+            return 0
+        if (opts.restart or "no") != "no" or args.health_cmd or args.log_opt:
+            return int(ce.run_attached(opts))
+        return int(ce.run_foreground(opts))
+
+    return _start_errors(go)
+
+
+def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
+    opts = _opts(args)
+    opts.detach = True
+    return _start_errors(lambda: print(_ce(engine).create(opts)) or 0)
+
+
+def _each(refs: list[str], fn: Callable[[str], Any], echo: bool = True) -> int:
     rc = 0
-    ce = ContainerEngine(engine)
-    for ref in args.containers:
+    for ref in refs:
         try:
-            ce.remove(ref, force=args.force)
-            print(ref)
+            fn(ref)
+            if echo:
+                print(ref)
         except CoveError as e:
             sys.stderr.write(f"Error: {e}\n")
             rc = 1
     return rc
 
 
+def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    if not args.attach and not args.interactive:
+        return _start_errors(lambda: _each(args.containers, ce.start))
+    if len(args.containers) != 1:
+        sys.stderr.write("Error: you cannot start and attach multiple containers at once\n")
+        return 1
+
+    def go() -> int:
+        import socket
+
+        from cove.containers import _attach_stream, _forward_signals_to
+
+        rec = ce.get(args.containers[0])
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            started = ce.start(rec.id, attach_fd=theirs.fileno())
+        finally:
+            theirs.close()
+        tty = bool(rec.config.get("Config", {}).get("Tty"))
+        with _forward_signals_to(ce, rec.id):
+            _attach_stream(mine, args.interactive, tty)
+        return int(ce.wait(rec.id, after=started.started_at))
+
+    return _start_errors(go)
+
+
+def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.container import parse_signal
+
+    ce = _ce(engine)
+    sig = parse_signal(args.signal) if args.signal else None
+    return _each(args.containers, lambda r: ce.stop(r, timeout=args.time, sig=sig))
+
+
+def cmd_kill(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.container import parse_signal
+
+    ce = _ce(engine)
+    sig = parse_signal(args.signal)
+    return _each(args.containers, lambda r: ce.kill(r, sig))
+
+
+def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    return _start_errors(lambda: _each(args.containers, lambda r: ce.restart(r, timeout=args.time)))
+
+
+def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    return _each(args.containers, lambda r: ce.remove(r, force=args.force, volumes=args.volumes))
+
+
+def cmd_wait(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    return _each(args.containers, lambda r: print(ce.wait(r)), echo=False)
+
+
+def cmd_pause(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    return _each(args.containers, ce.pause)
+
+
+def cmd_unpause(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    return _each(args.containers, ce.unpause)
+
+
+def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.exec import ExecOptions, exec_in
+
+    if not args.command:
+        sys.stderr.write("Error: exec needs a command\n")
+        return 125
+    o = ExecOptions(
+        command=list(args.command),
+        detach=args.detach,
+        interactive=args.interactive,
+        tty=args.tty,
+        env=args.env,
+        user=args.user,
+        workdir=args.workdir,
+        privileged=args.privileged,
+    )
+    return _start_errors(lambda: exec_in(_ce(engine), args.container, o))
+
+
+def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.containers import _attach_stream, _forward_signals_to, connect_attach
+
+    ce = _ce(engine)
+    rec = ce.get(args.container)
+    if rec.status.value != "running":
+        sys.stderr.write("Error: you cannot attach to a stopped container, start it first\n")
+        return 1
+    sock = connect_attach(ce, rec)
+    cfg = rec.config.get("Config", {})
+    interactive = bool(cfg.get("OpenStdin")) and not args.no_stdin
+    ctx = _forward_signals_to(ce, rec.id) if args.sig_proxy else _nullcontext()
+    with ctx:
+        _attach_stream(sock, interactive, bool(cfg.get("Tty")))
+    return int(ce.wait(rec.id, after=rec.started_at))
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.logs import read_logs
+
+    ce = _ce(engine)
+    rec = ce.get(args.container)
+    for stream, ts, line in read_logs(
+        ce,
+        rec,
+        follow=args.follow,
+        tail=args.tail,
+        since=args.since,
+        until=args.until,
+    ):
+        out = sys.stderr.buffer if stream == "stderr" else sys.stdout.buffer
+        if args.timestamps:
+            out.write(ts.encode() + b" ")
+        out.write(line)
+        out.flush()
+    return 0
+
+
+def _status_text(rec: Any, now: float) -> str:
+    from cove.state import Status
+
+    if rec.status == Status.RUNNING or rec.status == Status.PAUSED:
+        text = "Up " + fmt.human_duration(now - rec.started_at)
+        if rec.status == Status.PAUSED:
+            text += " (Paused)"
+        health = (rec.health or {}).get("Status")
+        if health == "starting":
+            text += " (health: starting)"
+        elif health:
+            text += f" ({health})"
+        return text
+    if rec.status == Status.RESTARTING:
+        return f"Restarting ({rec.exit_code}) {fmt.ago_ts(rec.finished_at)}"
+    if rec.status == Status.EXITED and rec.started_at:
+        return f"Exited ({rec.exit_code}) {fmt.ago_ts(rec.finished_at)}"
+    if rec.status == Status.REMOVING:
+        return "Removal In Progress"
+    if rec.status == Status.DEAD:
+        return "Dead"
+    return "Created"
+
+
+def _matches(rec: Any, filters: list[str], ce: Any) -> bool:
+    for f in filters:
+        key, _, value = f.partition("=")
+        if key == "status" and rec.status.value != value:
+            return False
+        if key == "name" and value not in rec.name:
+            return False
+        if key == "id" and not rec.id.startswith(value):
+            return False
+        if key == "label":
+            labels = rec.config.get("Config", {}).get("Labels") or {}
+            k, eq, v = value.partition("=")
+            if k not in labels or (eq and labels[k] != v):
+                return False
+        if key == "ancestor":
+            try:
+                img = ce.engine.image(value)
+            except CoveError:
+                if rec.image != value:
+                    return False
+            else:
+                if img.id != rec.image_id:
+                    return False
+        if key == "exited" and (rec.status.value != "exited" or str(rec.exit_code) != value):
+            return False
+        if key == "health" and (rec.health or {}).get("Status", "none") != value:
+            return False
+    return True
+
+
+def _size(path: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
-    ce = ContainerEngine(engine)
+    ce = _ce(engine)
+    now = time.time()
+    for f in args.filter:
+        if f.partition("=")[0] not in (
+            "status",
+            "name",
+            "label",
+            "ancestor",
+            "id",
+            "exited",
+            "health",
+        ):
+            sys.stderr.write(f"Error: invalid filter '{f.partition('=')[0]}'\n")
+            return 125
     rows = []
-    for rec in ce.list():
-        info = ce.inspect(rec.id)
-        state = info["State"]
-        if not args.all and not state["Running"]:
+    records = ce.all()
+    if args.last is not None and args.last >= 0:
+        records = records[: args.last]
+    for rec in records:
+        running = rec.status.value in ("running", "paused", "restarting")
+        if not args.all and not running and not args.filter and args.last is None:
             continue
-        if state["Running"]:
-            status = "Up " + fmt.human_duration(_now() - rec.started_at)
-        elif rec.started_at:
-            status = f"Exited ({rec.exit_code}) {fmt.ago_ts(rec.finished_at)}"
-        else:
-            status = "Created"
-        rows.append(
-            {
-                "ID": rec.id[:12],
-                "Image": rec.image,
-                "Command": "",
-                "Names": rec.name,
-                "Status": status,
-                "State": state["Status"],
-                "CreatedAt": rec.created,
-            }
-        )
+        if not _matches(rec, args.filter, ce):
+            continue
+        cfg = rec.config
+        cmd = " ".join([cfg.get("Path", ""), *cfg.get("Args", [])]).strip()
+        row = {
+            "ID": rec.id if args.no_trunc else rec.id[:12],
+            "Image": rec.image,
+            "Command": json.dumps(
+                ensure_ascii=False, obj=cmd if args.no_trunc or len(cmd) <= 20 else cmd[:19] + "…"
+            ),
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(rec.created)),
+            "RunningFor": fmt.ago_ts(rec.created),
+            "Status": _status_text(rec, now),
+            "State": rec.status.value,
+            "Ports": "",
+            "Names": rec.name,
+            "Labels": ",".join(
+                f"{k}={v}" for k, v in (cfg.get("Config", {}).get("Labels") or {}).items()
+            ),
+            "Mounts": ",".join(m.get("Name") or m.get("Source", "") for m in cfg.get("Mounts", [])),
+        }
+        if args.size:
+            row["Size"] = fmt.human_size(_size(os.path.join(ce.cdir(rec.id), "upper")))
+        rows.append(row)
     if args.quiet:
         if rows:
             print("\n".join(r["ID"] for r in rows))
         return 0
-    out = fmt.format_rows(
-        args.format,
-        ["CONTAINER ID", "IMAGE", "STATUS", "NAMES"],
-        rows,
-        lambda r: [r["ID"], r["Image"], r["Status"], r["Names"]],
-    )
-    print(out)
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+    cols = ["ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names"]
+    if args.size:
+        headers.append("SIZE")
+        cols.append("Size")
+    print(fmt.format_rows(args.format, headers, rows, lambda r: [r[c] for c in cols]))
     return 0
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
-
-
-def cmd_container_inspect(engine: Engine, args: argparse.Namespace) -> int:
-    ce = ContainerEngine(engine)
+def cmd_inspect(engine: Engine, args: argparse.Namespace) -> int:
+    """``inspect``: containers first, then images (``--type`` narrows it), as Docker."""
+    ce = _ce(engine)
     out, rc = [], 0
     for ref in args.names:
         try:
-            out.append(ce.inspect(ref))
+            if args.type in (None, "container"):
+                try:
+                    out.append(ce.inspect(ref))
+                    continue
+                except CoveError:
+                    if args.type == "container":
+                        raise
+            out.append(engine.inspect_image(ref))
+        except CoveError as e:
+            sys.stderr.write(
+                f"Error: no such object: {ref}\n" if args.type is None else f"Error: {e}\n"
+            )
+            rc = 1
+    if args.format:
+        for o in out:
+            print(fmt.render(args.format, o))
+    else:
+        print(json.dumps(out, indent=4))
+    return rc
+
+
+def cmd_container_inspect(engine: Engine, args: argparse.Namespace) -> int:
+    args.type = "container"
+    return cmd_inspect(engine, args)
+
+
+def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
+    import subprocess
+
+    from cove.runtime.cgroups import Cgroups
+
+    ce = _ce(engine)
+    rec = ce.get(args.container)
+    if rec.status.value not in ("running", "paused"):
+        sys.stderr.write(f"Error: container {rec.id} is not running\n")
+        return 1
+    pids = Cgroups(f"cove/{rec.id}").pids()
+    ps_args = args.ps_args or ["-ef"]
+    res = subprocess.run(["ps", *ps_args], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        sys.stderr.write(f"Error: ps {' '.join(ps_args)}: {res.stderr.strip()}\n")
+        return 1
+    lines = res.stdout.splitlines()
+    if not lines:
+        return 0
+    header = lines[0].split()
+    if "PID" not in header:
+        sys.stderr.write("Error: couldn't find PID field in ps output\n")
+        return 1
+    col = header.index("PID")
+    print(lines[0])
+    for line in lines[1:]:
+        fields = line.split()
+        if len(fields) > col and fields[col].isdigit() and int(fields[col]) in pids:
+            print(line)
+    return 0
+
+
+def cmd_stats(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.stats import sample_all
+
+    ce = _ce(engine)
+    refs = args.containers
+    first = True
+    while True:
+        rows = sample_all(ce, refs, all_containers=args.all)
+        out = fmt.format_rows(
+            args.format,
+            [
+                "CONTAINER ID",
+                "NAME",
+                "CPU %",
+                "MEM USAGE / LIMIT",
+                "MEM %",
+                "NET I/O",
+                "BLOCK I/O",
+                "PIDS",
+            ],
+            rows,
+            lambda r: [
+                r["ID"],
+                r["Name"],
+                r["CPUPerc"],
+                r["MemUsage"],
+                r["MemPerc"],
+                r["NetIO"],
+                r["BlockIO"],
+                r["PIDs"],
+            ],
+        )
+        if not args.no_stream and not first and sys.stdout.isatty():
+            sys.stdout.write("\033[2J\033[H")
+        print(out, flush=True)
+        first = False
+        if args.no_stream:
+            return 0
+
+
+def _split_cp(arg: str) -> tuple[str | None, str]:
+    if arg.startswith(("/", ".")) or ":" not in arg:
+        return None, arg
+    ref, _, path = arg.partition(":")
+    return ref, path
+
+
+def cmd_cp(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.files import copy
+
+    src_ctr, src = _split_cp(args.src)
+    dst_ctr, dst = _split_cp(args.dest)
+    if (src_ctr is None) == (dst_ctr is None):
+        sys.stderr.write(
+            "Error: copying between containers or on the host is not supported: "
+            "one of SRC and DEST must be CONTAINER:PATH\n"
+        )
+        return 1
+    copy(_ce(engine), src_ctr, src, dst_ctr, dst, follow_link=args.follow_link)
+    return 0
+
+
+def cmd_diff(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.files import diff
+
+    for kind, path in diff(_ce(engine), args.container):
+        print(f"{kind} {path}")
+    return 0
+
+
+def cmd_export(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.files import export
+
+    if not args.output and sys.stdout.isatty():
+        sys.stderr.write(
+            "Error: cowardly refusing to save to a terminal. Use the -o flag or redirect\n"
+        )
+        return 1
+    export(_ce(engine), args.container, args.output)
+    return 0
+
+
+def cmd_commit(engine: Engine, args: argparse.Namespace) -> int:
+    from cove.files import commit
+
+    image_id = commit(
+        _ce(engine),
+        args.container,
+        args.repository,
+        changes=args.change,
+        message=args.message or "",
+        author=args.author or "",
+        pause=args.pause,
+    )
+    print(image_id)
+    return 0
+
+
+def cmd_rename(engine: Engine, args: argparse.Namespace) -> int:
+    _ce(engine).rename(args.container, args.new_name)
+    return 0
+
+
+def cmd_port(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    rec = ce.get(args.container)
+    ports = rec.config.get("NetworkSettings", {}).get("Ports") or {}
+    for cport, bindings in sorted(ports.items()):
+        if args.private_port and cport not in (args.private_port, f"{args.private_port}/tcp"):
+            continue
+        for b in bindings or []:
+            line = f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}"
+            print(line if args.private_port else f"{cport} -> {line}")
+    return 0
+
+
+def cmd_container_prune(engine: Engine, args: argparse.Namespace) -> int:
+    removed = _ce(engine).prune()
+    if removed:
+        print("Deleted Containers:")
+        print("\n".join(removed))
+        print()
+    print("Total reclaimed space: 0B" if not removed else f"Deleted {len(removed)} containers")
+    return 0
+
+
+# -- volumes ------------------------------------------------------------------------------
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    return {k: v for k, _, v in (i.partition("=") for i in items)}
+
+
+def cmd_volume_create(engine: Engine, args: argparse.Namespace) -> int:
+    vols = _ce(engine).volumes()
+    opts = _labels(args.opt)
+    vol, _ = vols.create(args.name, labels=_labels(args.label), options=opts)
+    print(vol.name)
+    return 0
+
+
+def cmd_volume_ls(engine: Engine, args: argparse.Namespace) -> int:
+    vols = _ce(engine).volumes()
+    rows = []
+    for v in vols.all():
+        if args.filter:
+            users = vols.users(v.name)
+            keep = True
+            for f in args.filter:
+                key, _, value = f.partition("=")
+                if key == "dangling":
+                    keep &= (not users) == (value.lower() in ("true", "1"))
+                elif key == "name":
+                    keep &= value in v.name
+                elif key == "label":
+                    k, eq, val = value.partition("=")
+                    keep &= k in v.labels and (not eq or v.labels[k] == val)
+            if not keep:
+                continue
+        rows.append(
+            {
+                "Driver": "local",
+                "Name": v.name,
+                "Mountpoint": vols.path(v.name),
+                "Scope": "local",
+                "Labels": ",".join(f"{k}={x}" for k, x in v.labels.items()),
+            }
+        )
+    if args.quiet:
+        if rows:
+            print("\n".join(r["Name"] for r in rows))
+        return 0
+    print(
+        fmt.format_rows(
+            args.format, ["DRIVER", "VOLUME NAME"], rows, lambda r: [r["Driver"], r["Name"]]
+        )
+    )
+    return 0
+
+
+def cmd_volume_inspect(engine: Engine, args: argparse.Namespace) -> int:
+    vols = _ce(engine).volumes()
+    out, rc = [], 0
+    for name in args.names:
+        try:
+            out.append(vols.inspect(name))
         except CoveError as e:
             sys.stderr.write(f"Error: {e}\n")
             rc = 1
@@ -142,6 +673,24 @@ def cmd_container_inspect(engine: Engine, args: argparse.Namespace) -> int:
     else:
         print(json.dumps(out, indent=4))
     return rc
+
+
+def cmd_volume_rm(engine: Engine, args: argparse.Namespace) -> int:
+    vols = _ce(engine).volumes()
+    return _each(args.names, lambda n: vols.remove(n, force=args.force))
+
+
+def cmd_volume_prune(engine: Engine, args: argparse.Namespace) -> int:
+    removed, freed = _ce(engine).volumes().prune(all_volumes=args.all)
+    if removed:
+        print("Deleted Volumes:")
+        print("\n".join(removed))
+        print()
+    print(f"Total reclaimed space: {fmt.human_size(freed)}")
+    return 0
+
+
+# -- parsers ------------------------------------------------------------------------------
 
 
 def _list(p: argparse.ArgumentParser, *names: str, help: str, dest: str | None = None) -> None:
@@ -162,7 +711,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", help="working directory inside the container")
     p.add_argument("-u", "--user", help="username or UID (format: <name|uid>[:<group|gid>])")
     _list(p, "--group-add", help="add additional groups to join")
-    _list(p, "-v", "--volume", help="bind mount a volume HOST:CONTAINER[:ro]")
+    _list(p, "-v", "--volume", help="bind mount or volume: HOST:CTR[:ro], NAME:CTR[:ro], CTR")
+    _list(p, "--mount", help="type=bind|volume|tmpfs,src=...,dst=...[,readonly]")
+    _list(p, "--volumes-from", help="mount volumes from the specified container(s)")
     _list(p, "--tmpfs", help="mount a tmpfs directory PATH[:OPTIONS]")
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     p.add_argument("--entrypoint", help="overwrite the default ENTRYPOINT of the image")
@@ -187,42 +738,236 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     _list(p, "--ulimit", help="ulimit options NAME=SOFT[:HARD]")
     p.add_argument("--platform", help="os/arch the image must match")
     _list(p, "-l", "--label", help="set metadata on a container")
+    p.add_argument("--restart", default="no", help="no, on-failure[:N], always, unless-stopped")
+    p.add_argument("--health-cmd", help="command to run to check health")
+    p.add_argument("--health-interval", help="time between running the check (e.g. 30s)")
+    p.add_argument("--health-timeout", help="maximum time to allow one check to run")
+    p.add_argument("--health-retries", type=int, help="consecutive failures to report unhealthy")
+    p.add_argument("--health-start-period", help="start period before failures count")
+    p.add_argument("--no-healthcheck", action="store_true", help="disable any HEALTHCHECK")
+    p.add_argument(
+        "--log-driver",
+        default="json-file",
+        choices=["json-file"],
+        help="logging driver (json-file)",
+    )
+    _list(p, "--log-opt", help="log driver options: max-size=10m, max-file=3")
+    p.add_argument("--stop-signal", help="signal to stop the container")
+    p.add_argument("--stop-timeout", type=int, help="timeout (in seconds) to stop a container")
+    _list(p, "--expose", help="expose a port or a range of ports")
+    _list(p, "-p", "--publish", help="publish ports (with networking, a later release)")
 
 
-def register(sub: Any) -> None:
+def _containers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("containers", nargs="+", metavar="CONTAINER")
+
+
+def _register_common(sub: Any, prefix: str) -> None:
+    """Verbs that exist both top-level and under ``container``."""
     p = sub.add_parser("run", help="create and run a new container from an image", add_help=False)
     p.add_argument("--help", action="help", help="show this help message and exit")
     add_run_flags(p)
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     p.set_defaults(func=cmd_run)
 
-    for name in ("rm",):
-        p = sub.add_parser(name, help="remove one or more containers")
-        p.add_argument("containers", nargs="+", metavar="CONTAINER")
-        p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
-        p.add_argument("-v", "--volumes", action="store_true", help="accepted for compatibility")
-        p.set_defaults(func=cmd_rm)
-    for name in ("ps",):
-        p = sub.add_parser(name, help="list containers")
-        p.add_argument("-a", "--all", action="store_true", help="show all containers")
-        p.add_argument("-q", "--quiet", action="store_true", help="only display container IDs")
-        p.add_argument("--format", help="table, json, or a Go template")
-        p.set_defaults(func=cmd_ps)
+    p = sub.add_parser("create", help="create a new container", add_help=False)
+    p.add_argument("--help", action="help", help="show this help message and exit")
+    add_run_flags(p)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser("start", help="start one or more stopped containers")
+    p.add_argument("-a", "--attach", action="store_true", help="attach STDOUT/STDERR")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach STDIN")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", help="stop one or more running containers")
+    p.add_argument("-t", "--time", "--timeout", type=float, help="seconds to wait before killing")
+    p.add_argument("-s", "--signal", help="signal to send (default: the STOPSIGNAL)")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("kill", help="kill one or more running containers")
+    p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("restart", help="restart one or more containers")
+    p.add_argument("-t", "--time", "--timeout", type=float, help="seconds to wait before killing")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_restart)
+
+    p = sub.add_parser("wait", help="block until containers stop, print their exit codes")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_wait)
+
+    for name, fn in (("pause", cmd_pause), ("unpause", cmd_unpause)):
+        p = sub.add_parser(name, help=f"{name} all processes within containers")
+        _containers_arg(p)
+        p.set_defaults(func=fn)
+
+    p = sub.add_parser("exec", help="execute a command in a running container")
+    p.add_argument("-d", "--detach", action="store_true", help="run the command in the background")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+    _list(p, "-e", "--env", help="set environment variables")
+    p.add_argument("-u", "--user", help="username or UID (format: <name|uid>[:<group|gid>])")
+    p.add_argument("-w", "--workdir", help="working directory inside the container")
+    p.add_argument("--privileged", action="store_true", help="extended privileges")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("attach", help="attach to a running container's output (and input)")
+    p.add_argument("--no-stdin", action="store_true", help="do not attach STDIN")
+    p.add_argument(
+        "--sig-proxy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="proxy received signals to the process",
+    )
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(func=cmd_attach)
+
+    p = sub.add_parser("logs", help="fetch the logs of a container")
+    p.add_argument("-f", "--follow", action="store_true", help="follow log output")
+    p.add_argument("-n", "--tail", default="all", help="lines from the end (default all)")
+    p.add_argument("--since", help="since timestamp (2013-01-02T13:23:37Z) or relative (42m)")
+    p.add_argument("--until", help="before timestamp or relative")
+    p.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
+    p.add_argument("--details", action="store_true", help="accepted for compatibility")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("top", help="display the running processes of a container")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS OPTIONS")
+    p.set_defaults(func=cmd_top)
+
+    p = sub.add_parser("stats", help="live resource usage statistics of containers")
+    p.add_argument("-a", "--all", action="store_true", help="show all containers")
+    p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
+    p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
+    p.add_argument("--format", help="table, json, or a Go template")
+    p.add_argument("containers", nargs="*", metavar="CONTAINER")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("cp", help="copy files between a container and the host")
+    p.add_argument("-L", "--follow-link", action="store_true", help="follow a symlink in SRC")
+    p.add_argument("-a", "--archive", action="store_true", help="accepted for compatibility")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dest", metavar="DEST")
+    p.set_defaults(func=cmd_cp)
+
+    p = sub.add_parser("diff", help="changes to files or directories of a container")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("export", help="export a container's filesystem as a tar archive")
+    p.add_argument("-o", "--output", help="write to a file instead of STDOUT")
+    p.add_argument("container", metavar="CONTAINER")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("commit", help="create a new image from a container's changes")
+    p.add_argument("-a", "--author", help="author")
+    p.add_argument("-m", "--message", help="commit message")
+    _list(p, "-c", "--change", help="apply Dockerfile instruction to the created image")
+    p.add_argument(
+        "-p",
+        "--pause",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="pause the container during commit (default true)",
+    )
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
+    p.set_defaults(func=cmd_commit)
+
+    p = sub.add_parser("rename", help="rename a container")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("new_name", metavar="NEW_NAME")
+    p.set_defaults(func=cmd_rename)
+
+    p = sub.add_parser("port", help="list port mappings of the container")
+    p.add_argument("container", metavar="CONTAINER")
+    p.add_argument("private_port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+    p.set_defaults(func=cmd_port)
+
+
+def _rm_parser(sub: Any, name: str, aliases: list[str] | None = None) -> None:
+    p = sub.add_parser(name, aliases=aliases or [], help="remove one or more containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-v", "--volumes", action="store_true", help="remove anonymous volumes")
+    _containers_arg(p)
+    p.set_defaults(func=cmd_rm)
+
+
+def _ps_parser(sub: Any, name: str, aliases: list[str] | None = None) -> None:
+    p = sub.add_parser(name, aliases=aliases or [], help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="show all containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only display container IDs")
+    p.add_argument("-s", "--size", action="store_true", help="display total file sizes")
+    p.add_argument("-n", "--last", type=int, help="show n last created containers")
+    p.add_argument("-l", "--latest", dest="last", action="store_const", const=1)
+    p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    _list(p, "-f", "--filter", help="filter: status=, name=, label=, ancestor=, id=, exited=")
+    p.add_argument("--format", help="table, json, or a Go template")
+    p.set_defaults(func=cmd_ps)
+
+
+def register(sub: Any) -> None:
+    _register_common(sub, "")
+    _rm_parser(sub, "rm")
+    _ps_parser(sub, "ps")
+    p = sub.add_parser("inspect", help="low-level information on containers or images")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("-f", "--format", help="format with a Go template")
+    p.add_argument("--type", choices=["container", "image"], help="only this type")
+    p.set_defaults(func=cmd_inspect)
+
     container = sub.add_parser("container", help="manage containers")
     csub = container.add_subparsers(
         dest="container_command", metavar="COMMAND", parser_class=type(container)
     )
+    _register_common(csub, "container ")
+    _rm_parser(csub, "rm", ["remove"])
+    _ps_parser(csub, "ls", ["list", "ps"])
     p = csub.add_parser("inspect", help="display detailed information on containers")
     p.add_argument("names", nargs="+", metavar="CONTAINER")
     p.add_argument("-f", "--format", help="format with a Go template")
     p.set_defaults(func=cmd_container_inspect)
-    p = csub.add_parser("rm", help="remove one or more containers")
-    p.add_argument("containers", nargs="+", metavar="CONTAINER")
-    p.add_argument("-f", "--force", action="store_true")
-    p.set_defaults(func=cmd_rm)
-    p = csub.add_parser("ls", aliases=["list"], help="list containers")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.add_argument("--format")
-    p.set_defaults(func=cmd_ps)
+    p = csub.add_parser("prune", help="remove all stopped containers")
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    p.set_defaults(func=cmd_container_prune)
+
+    volume = sub.add_parser("volume", help="manage volumes")
+    vsub = volume.add_subparsers(
+        dest="volume_command", metavar="COMMAND", parser_class=type(volume)
+    )
+    p = vsub.add_parser("create", help="create a volume")
+    p.add_argument("name", nargs="?", metavar="VOLUME")
+    p.add_argument("-d", "--driver", default="local", choices=["local"], help="driver (local)")
+    _list(p, "--label", help="set metadata for a volume")
+    _list(p, "-o", "--opt", help="driver specific options")
+    p.set_defaults(func=cmd_volume_create)
+    p = vsub.add_parser("ls", aliases=["list"], help="list volumes")
+    p.add_argument("-q", "--quiet", action="store_true", help="only display volume names")
+    _list(p, "-f", "--filter", help="filter: dangling=, name=, label=")
+    p.add_argument("--format", help="table, json, or a Go template")
+    p.set_defaults(func=cmd_volume_ls)
+    p = vsub.add_parser("inspect", help="display detailed information on volumes")
+    p.add_argument("names", nargs="+", metavar="VOLUME")
+    p.add_argument("-f", "--format", help="format with a Go template")
+    p.set_defaults(func=cmd_volume_inspect)
+    p = vsub.add_parser("rm", aliases=["remove"], help="remove one or more volumes")
+    p.add_argument("-f", "--force", action="store_true", help="force the removal")
+    p.add_argument("names", nargs="+", metavar="VOLUME")
+    p.set_defaults(func=cmd_volume_rm)
+    p = vsub.add_parser("prune", help="remove unused anonymous volumes (-a: all unused)")
+    p.add_argument("-a", "--all", action="store_true", help="remove all unused volumes")
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    p.set_defaults(func=cmd_volume_prune)

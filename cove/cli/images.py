@@ -272,7 +272,6 @@ def register(sub: Any) -> None:
     _add_load(sub, "load")
     _add_save(sub, "save")
     _add_ls(sub, "images")
-    _add_inspect(sub, "inspect")
     _add_tag(sub, "tag")
     _add_rmi(sub, "rmi")
     _add_history(sub, "history")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from cove import syscalls as sc
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
 from cove.runtime.cgroups import Cgroups, read_layout
-from cove.spec.runtime import IDMapping, Spec
+from cove.spec.runtime import IDMapping, Process, Spec
 
 
 class ContainerStartError(CoveError):
@@ -145,6 +145,83 @@ class Runtime:
                 cgroups.destroy()
             shutil.rmtree(sdir, ignore_errors=True)
             raise
+
+    def exec_process(
+        self,
+        cid: str,
+        process: Process,
+        *,
+        stdio: tuple[int, int, int] | None = None,
+        seccomp: bool = True,
+    ) -> Created:
+        """Start ``process`` inside running container ``cid``: its namespaces, cgroups, and
+        (unless ``seccomp`` is False, for --privileged) its seccomp filter.
+
+        Returns like ``create``; follow with ``wait_exec``. The process is reparented to
+        us (we become a child subreaper), so the caller waits for it.
+        """
+        from cove.runtime import init
+
+        doc = self.state_doc(cid)
+        if doc["status"] != "running":
+            raise StateError(f"container {cid} is not running")
+        spec = self.load_spec(str(doc["bundle"]))
+        spec.process = process
+        pid = int(str(doc["pid"]))
+        ns_fds: list[tuple[int, int]] = []
+        order = ("user", "ipc", "uts", "net", "pid", "cgroup", "mnt")
+        flags = {
+            "user": sc.CLONE_NEWUSER,
+            "ipc": sc.CLONE_NEWIPC,
+            "uts": sc.CLONE_NEWUTS,
+            "net": sc.CLONE_NEWNET,
+            "pid": sc.CLONE_NEWPID,
+            "cgroup": sc.CLONE_NEWCGROUP,
+            "mnt": sc.CLONE_NEWNS,
+        }
+        layout = read_layout()
+        cgroups = Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}"), layout)
+        parent_sock: socket.socket | None = None
+        try:
+            for kind in order:
+                theirs = os.readlink(f"/proc/{pid}/ns/{kind}")
+                if theirs != os.readlink(f"/proc/self/ns/{kind}"):
+                    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                    ns_fds.append((fd, flags[kind]))
+            bpf = None
+            if seccomp and spec.linux.seccomp is not None:
+                from cove.runtime.seccomp import bpf_for
+
+                bpf = bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            ctx = init.InitContext(
+                spec=spec,
+                bundle=str(doc["bundle"]),
+                sock=child_sock,
+                fifo="",
+                cgroup_procs=cgroups.procs_files(),
+                stdio=stdio,
+                seccomp_bpf=bpf,
+                host_v1_cgroups=layout.v1,
+                host_unified=layout.unified,
+                pure_v2=layout.pure_v2,
+            )
+            # invariant: the exec'd process is reparented to us when X exits
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+            child = os.fork()
+            if child == 0:
+                parent_sock.close()
+                init.exec_child(ctx, ns_fds)
+            child_sock.close()
+            got, pty = self._handshake(parent_sock, child, spec)
+            return Created(cid, got, pty, parent_sock, cgroups)
+        except BaseException:
+            if parent_sock is not None:
+                parent_sock.close()
+            raise
+        finally:
+            for fd, _ in ns_fds:
+                os.close(fd)
 
     def _handshake(self, sock: socket.socket, child: int, spec: Spec) -> tuple[int, int | None]:
         pid: int | None = None

@@ -213,6 +213,91 @@ class Cgroups:
             pass
         return False
 
+    def freeze(self, frozen: bool) -> None:
+        """Freeze or thaw every task (v1 freezer or v2 cgroup.freeze) and wait until done."""
+        freezer = self._v1("freezer")
+        if freezer and not self.layout.pure_v2:
+            path, want = os.path.join(freezer, "freezer.state"), "FROZEN" if frozen else "THAWED"
+            for _ in range(1000):
+                _write(path, want)
+                if _read(path).strip() == want:
+                    return
+                time.sleep(0.01)
+            raise OSError(errno.EBUSY, f"cgroup did not reach {want}", path)
+        unified = self.dirs().get("")
+        if not unified:
+            raise OSError(errno.ENOTSUP, "no freezer cgroup for this container", self.path)
+        _write(os.path.join(unified, "cgroup.freeze"), "1" if frozen else "0")
+        events = os.path.join(unified, "cgroup.events")
+        for _ in range(1000):
+            if f"frozen {int(frozen)}" in _read(events):
+                return
+            time.sleep(0.01)
+        raise OSError(errno.EBUSY, "cgroup did not freeze", events)
+
+    def stats(self) -> dict[str, int]:
+        """Raw counters: cpu_ns, mem_usage, mem_limit, io_read, io_write, pids."""
+        out = {"cpu_ns": 0, "mem_usage": 0, "mem_limit": 0, "io_read": 0, "io_write": 0, "pids": 0}
+        unified = self.dirs().get("") if self.layout.pure_v2 else None
+
+        def num(path: str) -> int:
+            try:
+                text = _read(path).strip()
+            except OSError:
+                return 0
+            return int(text) if text.isdigit() else 0
+
+        if unified:
+            with contextlib.suppress(OSError):
+                for line in _read(os.path.join(unified, "cpu.stat")).splitlines():
+                    if line.startswith("usage_usec "):
+                        out["cpu_ns"] = int(line.split()[1]) * 1000
+            usage = num(os.path.join(unified, "memory.current"))
+            inactive = 0
+            with contextlib.suppress(OSError):
+                for line in _read(os.path.join(unified, "memory.stat")).splitlines():
+                    if line.startswith("inactive_file "):
+                        inactive = int(line.split()[1])
+            out["mem_usage"] = max(0, usage - inactive)
+            out["mem_limit"] = num(os.path.join(unified, "memory.max"))
+            with contextlib.suppress(OSError):
+                for line in _read(os.path.join(unified, "io.stat")).splitlines():
+                    for item in line.split()[1:]:
+                        k, _, v = item.partition("=")
+                        if k == "rbytes":
+                            out["io_read"] += int(v)
+                        elif k == "wbytes":
+                            out["io_write"] += int(v)
+            out["pids"] = num(os.path.join(unified, "pids.current"))
+            return out
+        cpuacct = self._v1("cpuacct")
+        if cpuacct:
+            out["cpu_ns"] = num(os.path.join(cpuacct, "cpuacct.usage"))
+        mem = self._v1("memory")
+        if mem:
+            usage = num(os.path.join(mem, "memory.usage_in_bytes"))
+            inactive = 0
+            with contextlib.suppress(OSError):
+                for line in _read(os.path.join(mem, "memory.stat")).splitlines():
+                    if line.startswith("total_inactive_file "):
+                        inactive = int(line.split()[1])
+            out["mem_usage"] = max(0, usage - inactive)
+            out["mem_limit"] = num(os.path.join(mem, "memory.limit_in_bytes"))
+        blkio = self._v1("blkio")
+        if blkio:
+            with contextlib.suppress(OSError):
+                path = os.path.join(blkio, "blkio.throttle.io_service_bytes")
+                for line in _read(path).splitlines():
+                    parts = line.split()
+                    if len(parts) == 3 and parts[1] == "Read":
+                        out["io_read"] += int(parts[2])
+                    elif len(parts) == 3 and parts[1] == "Write":
+                        out["io_write"] += int(parts[2])
+        pids = self._v1("pids")
+        if pids:
+            out["pids"] = num(os.path.join(pids, "pids.current"))
+        return out
+
     def pids(self) -> list[int]:
         out: set[int] = set()
         for f in self.procs_files():

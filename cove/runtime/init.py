@@ -164,6 +164,29 @@ def child(ctx: InitContext) -> NoReturn:
         _fail(ctx.sock, e)
 
 
+def exec_child(ctx: InitContext, ns_fds: list[tuple[int, int]]) -> NoReturn:
+    """Runs in X for ``exec``: joins the container's cgroups and namespaces, forks the process.
+
+    The user namespace comes first (joining the others needs its capabilities) and the
+    mount namespace last but one; setns(CLONE_NEWNS) moves our root to the container's
+    (pivoted) root. The pid namespace applies to children only, hence the fork.
+    """
+    try:
+        for path in ctx.cgroup_procs:
+            with open(path, "w") as f:
+                f.write("0")
+        for fd, flag in ns_fds:
+            sc.setns(fd, flag)
+            os.close(fd)
+        pid = os.fork()
+        if pid == 0:
+            _process(ctx)
+        send(ctx.sock, {"type": "pid", "pid": pid})
+        os._exit(0)
+    except BaseException as e:
+        _fail(ctx.sock, e)
+
+
 def _fail(sock: socket.socket, e: BaseException) -> NoReturn:
     code = e.code if isinstance(e, InitError) else 125
     msg = str(e) if isinstance(e, InitError | OSError) else f"{type(e).__name__}: {e}"
@@ -474,12 +497,16 @@ def _process(ctx: InitContext) -> NoReturn:
                 os.dup2(fd, target)
     cwd = proc.cwd or "/"
     if not os.path.isdir(cwd):
-        os.makedirs(cwd, 0o755, exist_ok=True)  # Docker creates a missing working directory
+        if ctx.fifo:
+            os.makedirs(cwd, 0o755, exist_ok=True)  # Docker creates a missing working directory
+        else:
+            raise InitError(f'chdir to cwd ("{cwd}") set in config.json failed: no such file', 126)
     send(ctx.sock, {"type": "created"})
-    # OCI "created": block until start opens the fifo's other end
-    fifo = os.open(ctx.fifo, os.O_WRONLY | os.O_CLOEXEC)
-    os.write(fifo, b"0")
-    os.close(fifo)
+    if ctx.fifo:
+        # OCI "created": block until start opens the fifo's other end
+        fifo = os.open(ctx.fifo, os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fifo, b"0")
+        os.close(fifo)
     # invariant: no other process of this container exists yet; keep /proc/1 unreadable
     # to it until execve replaces this interpreter (the CVE-2019-5736 class)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
@@ -498,6 +525,7 @@ def _process(ctx: InitContext) -> NoReturn:
     keep = ctx.sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, _max_fd())
+    reset_signals()
     try:
         os.execvpe(proc.args[0], proc.args, env)
     except OSError as e:
@@ -507,6 +535,16 @@ def _process(ctx: InitContext) -> NoReturn:
         if e.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
             raise InitError(f'exec: "{proc.args[0]}": permission denied', 126) from e
         raise InitError(f'exec: "{proc.args[0]}": {e.strerror}', 126) from e
+
+
+def reset_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive execve: a container's
+    ``yes | head`` must end as it does everywhere else."""
+    import signal
+
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
 def _max_fd() -> int:

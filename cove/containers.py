@@ -1,0 +1,1098 @@
+"""Container verbs: the lifecycle (create, start, stop, kill, rm, pause, restart, wait),
+the monitor hand-off for detached containers, and reconciliation with the kernel.
+
+Kept apart from ``cove.engine`` so that image-only commands never import the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cove.engine import Engine
+from cove.errors import Conflict, InvalidSpec, NotFound, StateError
+from cove.spec import image as spec
+from cove.state import OP_CREATE, OP_REMOVE, OP_START, Record, Status, Store, now
+
+_ADJECTIVES = (
+    "agile",
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "gentle",
+    "happy",
+    "keen",
+    "lucid",
+    "merry",
+    "nifty",
+    "proud",
+    "quiet",
+    "sharp",
+    "tender",
+    "vivid",
+    "witty",
+    "zen",
+)
+_NAMES = (
+    "babbage",
+    "curie",
+    "darwin",
+    "euler",
+    "fermi",
+    "gauss",
+    "hopper",
+    "kepler",
+    "lovelace",
+    "meitner",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "turing",
+    "wirth",
+)
+
+
+def container_name(cid: str) -> str:
+    n = int(cid[:8], 16)
+    return f"{_ADJECTIVES[n % len(_ADJECTIVES)]}_{_NAMES[(n >> 8) % len(_NAMES)]}_{cid[:4]}"
+
+
+def alive(pid: int, start_time: int) -> bool:
+    from cove.runtime.api import proc_start_time
+
+    return pid > 0 and start_time > 0 and proc_start_time(pid) == start_time
+
+
+def crash_point(name: str) -> None:
+    """Tests kill cove at named steps (``COVE_CRASH_AT``) to prove nothing half-made stays."""
+    if os.environ.get("COVE_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _self_ids() -> tuple[int, int]:
+    from cove.runtime.api import proc_start_time
+
+    return os.getpid(), proc_start_time(os.getpid()) or 0
+
+
+class ContainerEngine:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.root = engine.root
+        self.store = Store(engine.root)
+
+    # -- plumbing -----------------------------------------------------------
+
+    def runtime(self) -> Any:
+        from cove.runtime.api import Runtime
+
+        return Runtime(os.path.join(self.root, "runtime"), os.path.join(self.root, "cache"))
+
+    def cdir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
+
+    def log_path(self, cid: str) -> str:
+        return os.path.join(self.cdir(cid), f"{cid}-json.log")
+
+    def volumes(self) -> Any:
+        from cove.volumes import Volumes
+
+        return Volumes(self.root, self.store)
+
+    def get(self, ref: str) -> Record:
+        return self.reconcile(self.store.get(ref))
+
+    def all(self) -> list[Record]:
+        out = []
+        for rec in self.store.all():
+            with contextlib.suppress(NotFound):
+                out.append(self.reconcile(rec))
+        return out
+
+    # -- reconciliation -------------------------------------------------------
+
+    def reconcile(self, rec: Record, *, settle: float = 2.0) -> Record:
+        """Make ``rec`` true to the kernel: finish or undo what a dead process left half-done,
+        and notice containers whose process or monitor died. Raises NotFound if the
+        container turns out never to have been finished."""
+        if rec.op and not alive(rec.op_pid, rec.op_start):
+            if rec.op == OP_CREATE:
+                self._purge(rec)
+                raise NotFound(f"no such container: {rec.id}")
+            if rec.op == OP_REMOVE:
+                self._purge(rec)
+                raise NotFound(f"no such container: {rec.id}")
+            if rec.op == OP_START:
+                with contextlib.suppress(Exception):
+                    self.runtime().delete(rec.id, force=True)
+                back = Status.EXITED if rec.started_at else Status.CREATED
+                self.store.db.execute(
+                    "UPDATE containers SET status = ?, op = '', op_pid = 0, op_start = 0, "
+                    "monitor_pid = 0, pid = 0 WHERE id = ?",
+                    (back.value, rec.id),
+                )
+                return self.store.get(rec.id)
+        if rec.op or not rec.status.can_kill():
+            return rec
+        if rec.status != Status.RESTARTING and alive(rec.pid, rec.start_time):
+            if not _zombie(rec.pid):
+                return rec
+        monitor = alive(rec.monitor_pid, rec.monitor_start)
+        if monitor:
+            # the monitor is recording the exit (or waiting out a restart back-off)
+            if rec.status == Status.RESTARTING:
+                return rec
+            deadline = time.monotonic() + settle
+            while time.monotonic() < deadline:
+                fresh = self.store.get(rec.id)
+                if fresh.status != rec.status or fresh.pid != rec.pid:
+                    return fresh
+                time.sleep(0.02)
+            return self.store.get(rec.id)
+        # neither the process nor its monitor: the exit code went with the monitor
+        with contextlib.suppress(Exception):
+            self.runtime().delete(rec.id, force=True)
+        with contextlib.suppress(StateError):
+            self.store.update(
+                rec.id,
+                status=Status.EXITED,
+                exit_code=rec.exit_code if rec.status == Status.RESTARTING else 255,
+                finished_at=rec.finished_at if rec.status == Status.RESTARTING else now(),
+                pid=0,
+                monitor_pid=0,
+                error="" if rec.status == Status.RESTARTING else "container monitor died",
+            )
+        return self.store.get(rec.id)
+
+    def _purge(self, rec: Record) -> None:
+        """Remove every trace of a container: processes, cgroups, files, the row."""
+        import shutil
+
+        if alive(rec.monitor_pid, rec.monitor_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.monitor_pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.runtime().delete(rec.id, force=True)
+        if alive(rec.pid, rec.start_time):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
+        self.store.remove(rec.id)
+
+    # -- create ---------------------------------------------------------------
+
+    def create(self, opts: Any, *, op: str = "") -> str:
+        """``docker create``: the record, the bundle and the volumes; no process yet.
+
+        With ``op`` the row stays marked as in flight (``run`` hands it on to ``start``).
+        """
+        from cove import container as ctr
+        from cove.runtime.init import ANNOTATION_OVERLAY
+
+        img = self.engine.images.resolve(opts.image)
+        host = spec.Platform.host()
+        want = spec.Platform.parse(opts.platform) if opts.platform else None
+        have = img.config.platform
+        if want and (want.os, want.architecture) != (have.os, have.architecture):
+            raise InvalidSpec(f"image {opts.image} is {have}, not the requested {want}")
+        if (have.os, have.architecture) != (host.os, host.architecture):
+            raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+        restart = ctr.parse_restart(opts.restart or "no")
+        if restart["Name"] and opts.rm:
+            raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
+        log_cfg = _log_config(opts.log_opts)
+        stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
+        ctr.parse_signal(stop_signal)
+        cid = secrets.token_hex(32)
+        me, me_start = _self_ids()
+        rec = Record(
+            cid,
+            opts.name or container_name(cid),
+            opts.image,
+            img.id,
+            now(),
+            op=op or OP_CREATE,
+            op_pid=me,
+            op_start=me_start,
+        )
+        if opts.name is not None and not _valid_name(opts.name):
+            raise InvalidSpec(
+                f'invalid container name "{opts.name}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+            )
+        self.store.add(rec)
+        crash_point("create-row")
+        cdir = self.cdir(cid)
+        try:
+            os.makedirs(os.path.join(self.root, "containers"), mode=0o711, exist_ok=True)
+            os.mkdir(cdir, 0o711)  # searchable: a user-namespaced root reaches its bundle
+            os.mkdir(os.path.join(cdir, "rootfs"), 0o755)
+            for d in ("upper", "work"):
+                os.mkdir(os.path.join(cdir, d), 0o755)
+            crash_point("create-dirs")
+            layers = self.engine.unpack_image(img)
+            top_first = list(reversed(layers))
+            image_cfg = img.config.config
+            user = ctr.resolve_user(
+                opts.user or image_cfg.get("User") or "", opts.group_add, top_first
+            )
+            hostname = opts.hostname or cid[:12]
+            files = ctr.etc_files(cdir, hostname, opts.network)
+            mounts, docker_mounts = self._resolve_mounts(opts, image_cfg, top_first)
+            oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
+            if not opts.privileged and oci.process.capabilities is not None:
+                oci.linux.seccomp = self._seccomp(opts, oci.process.capabilities.bounding)
+            if oci.namespace("user") is not None:
+                self._prepare_userns(cdir, oci)
+            oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
+                self.engine.images.layers_dir,
+                top_first,
+                os.path.join(cdir, "upper"),
+                os.path.join(cdir, "work"),
+            )
+            if opts.tty:
+                from cove.engine_io import terminal_size
+
+                size = terminal_size()
+                if size:
+                    from cove.spec.runtime import Box
+
+                    oci.process.console_size = Box(*size)
+            with open(os.path.join(cdir, "config.json"), "wb") as f:
+                f.write(oci.to_bytes())
+            crash_point("create-bundle")
+            config = _docker_config(opts, img, oci, hostname, restart, log_cfg, stop_signal)
+            config["Mounts"] = docker_mounts
+            config["LogPath"] = self.log_path(cid)
+            if op:
+                self.store.update(cid, config=config)
+            else:
+                self.store.update(cid, config=config, op="", op_pid=0, op_start=0)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._purge(self.store.get(cid))
+            raise
+        return cid
+
+    def _resolve_mounts(
+        self, opts: Any, image_cfg: dict[str, Any], top_first: list[str]
+    ) -> tuple[list[Any], list[dict[str, Any]]]:
+        """-v, --mount, --volumes-from and the image's VOLUMEs as OCI mounts plus Docker's
+        ``Mounts`` records. New volumes get the image's content at their path."""
+        from cove import container as ctr
+        from cove.spec import runtime as rt
+
+        reqs = [ctr.parse_volume(v) for v in opts.volumes]
+        reqs += [ctr.parse_mount(m) for m in opts.mounts]
+        targets = {r.target.rstrip("/") or "/" for r in reqs}
+        for ref in opts.volumes_from:
+            name, _, mode = ref.partition(":")
+            other = self.get(name)
+            for m in other.config.get("Mounts", []):
+                if m["Destination"] in targets:
+                    continue
+                ro = (not m.get("RW", True)) if mode not in ("ro", "rw") else mode == "ro"
+                src = m["Name"] if m["Type"] == "volume" else m["Source"]
+                reqs.append(ctr.MountRequest(m["Type"], src, m["Destination"], ro))
+                targets.add(m["Destination"])
+        for path in image_cfg.get("Volumes") or {}:
+            if path.rstrip("/") not in targets:
+                reqs.append(ctr.MountRequest("volume", "", path))
+        vols = self.volumes()
+        mounts: list[Any] = []
+        records: list[dict[str, Any]] = []
+        for r in reqs:
+            mode = "ro" if r.readonly else "rw"
+            if r.type == "tmpfs":
+                options = ["nosuid", "nodev", *(r.options or ["mode=1777"])]
+                if r.readonly:
+                    options.append("ro")
+                mounts.append(rt.Mount(r.target, "tmpfs", "tmpfs", options))
+                records.append(
+                    {
+                        "Type": "tmpfs",
+                        "Source": "",
+                        "Destination": r.target,
+                        "Mode": "",
+                        "RW": not r.readonly,
+                        "Propagation": "",
+                    }
+                )
+                continue
+            if r.type == "bind":
+                if not os.path.exists(r.source):
+                    os.makedirs(r.source, 0o755)  # Docker's -v makes a missing host directory
+                mounts.append(rt.Mount(r.target, "bind", r.source, ["rbind", "rprivate", mode]))
+                records.append(
+                    {
+                        "Type": "bind",
+                        "Source": r.source,
+                        "Destination": r.target,
+                        "Mode": "",
+                        "RW": not r.readonly,
+                        "Propagation": "rprivate",
+                    }
+                )
+                continue
+            vol, made = vols.create(r.source or None)
+            path = vols.path(vol.name)
+            if made or not os.listdir(path):
+                from cove.rootfs import copy_merged
+
+                copy_merged(top_first, r.target.strip("/"), path)
+            mounts.append(rt.Mount(r.target, "bind", path, ["rbind", "rprivate", mode]))
+            records.append(
+                {
+                    "Type": "volume",
+                    "Name": vol.name,
+                    "Source": path,
+                    "Destination": r.target,
+                    "Driver": "local",
+                    "Mode": "z" if not r.readonly else "ro",
+                    "RW": not r.readonly,
+                    "Propagation": "",
+                    "Anonymous": vol.anonymous,
+                }
+            )
+        return mounts, records
+
+    def _prepare_userns(self, cdir: str, oci: Any) -> None:
+        """The mapped root must own its upper layer and reach the bundle by path."""
+        from cove.runtime.api import host_root_ids
+
+        uid, gid = host_root_ids(oci)
+        for d in ("upper", "work"):
+            os.chown(os.path.join(cdir, d), uid, gid)
+        path = cdir
+        while path != "/":
+            if not os.stat(path).st_mode & 0o001:
+                raise InvalidSpec(
+                    f"a user namespace needs every directory above the bundle searchable by "
+                    f"others: {path} is not (chmod o+x, or use a state root elsewhere)"
+                )
+            path = os.path.dirname(path)
+
+    def _seccomp(self, opts: Any, caps: list[str]) -> Any:
+        from cove.runtime import seccomp
+
+        for so in opts.security_opt:
+            key, _, value = so.partition("=" if "=" in so else ":")
+            if key != "seccomp":
+                continue
+            if value == "unconfined":
+                return None
+            try:
+                with open(value, "rb") as f:
+                    return seccomp.from_docker_json(f.read(), caps, value)
+            except OSError as e:
+                raise InvalidSpec(f"cannot read seccomp profile {value}: {e.strerror}") from e
+        return seccomp.default_profile(caps)
+
+    # -- start ------------------------------------------------------------------
+
+    def start(self, ref: str, *, attach_fd: int = -1, op: str = OP_START) -> Record:
+        """Hand the container to a new monitor and wait until its process runs.
+
+        ``attach_fd`` (one end of a socketpair) is registered with the monitor before the
+        process starts, so an attached client sees all of its output.
+        """
+        from cove.runtime.api import ContainerStartError, proc_start_time
+
+        rec = self.get(ref) if op == OP_START else self.store.get(ref)
+        if op == OP_START:
+            if rec.status == Status.PAUSED:
+                raise Conflict(f"cannot start a paused container {rec.name}, try unpause instead")
+            if rec.status in (Status.RUNNING, Status.RESTARTING):
+                return rec  # Docker: starting a running container is a no-op
+            if not rec.status.can_start():
+                raise StateError(f"container {rec.name} is {rec.status}: cannot start it")
+            me, me_start = _self_ids()
+            self.store.db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self.store.db.execute(
+                    "SELECT op, status FROM containers WHERE id = ?", (rec.id,)
+                ).fetchone()
+                if cur is None or cur[0] or not Status(cur[1]).can_start():
+                    raise Conflict(f"container {rec.name} is being changed by another command")
+                self.store.db.execute(
+                    "UPDATE containers SET op = ?, op_pid = ?, op_start = ?, manual_stop = 0, "
+                    "restart_count = 0, error = '' WHERE id = ?",
+                    (OP_START, me, me_start, rec.id),
+                )
+                self.store.db.execute("COMMIT")
+            except BaseException:
+                self.store.db.execute("ROLLBACK")
+                raise
+        cfg = rec.config
+        hc = cfg.get("Config", {}).get("Healthcheck") or {}
+        interval = hc.get("Interval") or 30_000_000_000
+        args = {
+            "root": self.root,
+            "cid": rec.id,
+            "log": self.log_path(rec.id),
+            "max_size": str(cfg.get("HostConfig", {}).get("LogConfig", {}).get("MaxSize", 0)),
+            "max_file": str(cfg.get("HostConfig", {}).get("LogConfig", {}).get("MaxFile", 1)),
+            "tty": "1" if cfg.get("Config", {}).get("Tty") else "0",
+            "stdin": "1" if cfg.get("Config", {}).get("OpenStdin") else "0",
+            "health_interval": str(interval / 1e9 if hc else 0),
+        }
+        go_r, go_w = os.pipe()
+        st_r, st_w = os.pipe()
+        args["go"], args["status"] = str(go_r), str(st_w)
+        if attach_fd >= 0:
+            args["attach"] = str(attach_fd)
+        argv = _monitor_argv(args)
+        pid = os.fork()
+        if pid == 0:  # the intermediate: a new session, then the monitor, then gone
+            try:
+                os.setsid()
+                mpid = os.fork()
+                if mpid == 0:
+                    os.close(go_w)
+                    os.close(st_r)
+                    for fd in (go_r, st_w, attach_fd):
+                        if fd >= 0:
+                            os.set_inheritable(fd, True)
+                    os.execv(sys.executable, argv)
+                os.write(st_w, f"{mpid}\n".encode())
+            finally:
+                os._exit(0)
+        os.close(go_r)
+        os.close(st_w)
+        os.waitpid(pid, 0)
+        reader = os.fdopen(st_r, "rb")
+        with reader:
+            try:
+                line = reader.readline()
+                mpid = int(line)
+                mstart = proc_start_time(mpid) or 0
+                crash_point("start-before-handoff")
+                self.store.update(
+                    rec.id,
+                    op_pid=mpid,
+                    op_start=mstart,
+                    monitor_pid=mpid,
+                    monitor_start=mstart,
+                )
+                crash_point("start-handoff")
+                os.write(go_w, b"g")
+            finally:
+                os.close(go_w)
+            result = reader.readline().decode().strip()
+        if result != "ok":
+            code, _, msg = result.partition(" ")
+            fresh = self.store.get(rec.id)
+            if not result:
+                self.reconcile(fresh)
+                raise ContainerStartError(f"container {rec.name}: its monitor exited early")
+            raise ContainerStartError(msg or "start failed", int(code) if code.isdigit() else 125)
+        return self.store.get(rec.id)
+
+    def run_foreground(self, opts: Any) -> int:
+        """``docker run`` without -d: this process is the container's parent and monitor
+        (the lean path: no monitor process, output straight to our stdio)."""
+        from cove.engine_io import forward_signals, proxy_tty
+        from cove.runtime.api import ContainerStartError, exit_status, proc_start_time
+
+        cid = self.create(opts)
+        runtime = self.runtime()
+        code = 125
+        me, me_start = _self_ids()
+        try:
+            stdio = None
+            devnull = -1
+            if not opts.interactive and not opts.tty:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                stdio = (devnull, 1, 2)
+            try:
+                created = runtime.create(cid, self.cdir(cid), stdio=stdio)
+            finally:
+                if devnull >= 0:
+                    os.close(devnull)
+            self.store.update(
+                cid,
+                status=Status.RUNNING,
+                pid=created.pid,
+                start_time=proc_start_time(created.pid) or 0,
+                started_at=now(),
+                monitor_pid=me,
+                monitor_start=me_start,
+            )
+            with forward_signals(created.pid):
+                runtime.start(cid)
+                try:
+                    runtime.wait_exec(created)
+                except Exception:
+                    os.waitpid(created.pid, 0)
+                    raise
+                if created.pty_master is not None:
+                    status = proxy_tty(created.pty_master, created.pid, opts.interactive)
+                else:
+                    _, status = os.waitpid(created.pid, 0)
+            code = exit_status(status)
+            oom = created.cgroups.oom_killed()
+            if oom:
+                code = 137
+            self.store.update(
+                cid,
+                status=Status.EXITED,
+                exit_code=code,
+                oom_killed=oom,
+                finished_at=now(),
+                monitor_pid=0,
+            )
+            return code
+        except BaseException as e:
+            code = e.exit_code if isinstance(e, ContainerStartError) else 125
+            with contextlib.suppress(Exception):
+                rec = self.store.get(cid)
+                fields: dict[str, Any] = {"exit_code": code, "monitor_pid": 0, "error": str(e)}
+                if rec.status == Status.RUNNING:
+                    fields.update(status=Status.EXITED, finished_at=now())
+                self.store.update(cid, **fields)
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                runtime.delete(cid, force=True)
+            if opts.rm:
+                with contextlib.suppress(Exception):
+                    self.discard(self.store.get(cid), volumes=True)
+
+    def run_detached(self, opts: Any) -> str:
+        from cove.runtime.api import ContainerStartError
+
+        cid = self.create(opts, op=OP_CREATE)
+        try:
+            self.start(cid, op=OP_CREATE)
+        except ContainerStartError:
+            if opts.rm:
+                with contextlib.suppress(Exception):
+                    self._purge(self.store.get(cid))
+            raise
+        return cid
+
+    def run_attached(self, opts: Any) -> int:
+        """Foreground run through a monitor (restart policies, health checks): attach, then
+        return the first run's exit code, as ``docker run`` does."""
+        import socket
+
+        cid = self.create(opts, op=OP_CREATE)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.start(cid, attach_fd=theirs.fileno(), op=OP_CREATE)
+        finally:
+            theirs.close()
+        started = self.store.get(cid).started_at
+        with _forward_signals_to(self, cid):
+            _attach_stream(mine, opts.interactive, opts.tty)
+        return self.wait(cid, after=started)
+
+    # -- stop, kill, wait, restart, pause ----------------------------------------
+
+    def _signal_monitor(self, rec: Record) -> None:
+        if alive(rec.monitor_pid, rec.monitor_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.monitor_pid, signal.SIGUSR1)
+
+    def stop(self, ref: str, *, timeout: float | None = None, sig: int | None = None) -> Record:
+        from cove import container as ctr
+
+        rec = self.get(ref)
+        if not rec.status.can_kill():
+            return rec
+        self.store.update(rec.id, manual_stop=True)
+        if rec.status == Status.RESTARTING:
+            self._signal_monitor(rec)
+            return self._await_exit(rec, 10)
+        cfg = rec.config.get("Config", {})
+        if sig is None:
+            sig = ctr.parse_signal(cfg.get("StopSignal") or "SIGTERM")
+        if timeout is None:
+            timeout = cfg.get("StopTimeout")
+            timeout = 10 if timeout is None else timeout
+        pidfd = _pidfd(rec.pid)
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, sig)
+            if rec.status == Status.PAUSED:
+                self._freeze(rec, False)
+            if pidfd is not None and not _wait_fd(pidfd, timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
+                _wait_fd(pidfd, 10)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        return self._await_exit(rec, 10)
+
+    def _await_exit(self, rec: Record, timeout: float) -> Record:
+        deadline = time.monotonic() + timeout
+        while True:
+            fresh = self.reconcile(self.store.get(rec.id), settle=0.0)
+            if fresh.status not in (Status.RUNNING, Status.PAUSED) or fresh.pid != rec.pid:
+                if fresh.status != Status.RESTARTING or not fresh.manual_stop:
+                    return fresh
+            if time.monotonic() > deadline:
+                return fresh
+            time.sleep(0.02)
+
+    def kill(self, ref: str, sig: int = signal.SIGKILL) -> Record:
+        from cove import container as ctr
+
+        rec = self.get(ref)
+        if rec.status not in (Status.RUNNING, Status.PAUSED):
+            raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
+        stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
+        if sig in (signal.SIGKILL, stop_sig):
+            self.store.update(rec.id, manual_stop=True)
+        os.kill(rec.pid, sig)
+        if sig == signal.SIGKILL:
+            if rec.status == Status.PAUSED:
+                self._freeze(rec, False)
+            return self._await_exit(rec, 10)
+        return rec
+
+    def wait(self, ref: str, *, after: float = 0.0) -> int:
+        """Block until the container is not running; its exit code (``docker wait``)."""
+        rec = self.store.get(ref)
+        while True:
+            try:
+                fresh = self.reconcile(self.store.get(rec.id), settle=0.0)
+            except NotFound:
+                return rec.exit_code
+            if after and fresh.finished_at >= after:
+                return fresh.exit_code
+            if fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op:
+                return fresh.exit_code
+            time.sleep(0.05)
+
+    def restart(self, ref: str, *, timeout: float | None = None) -> Record:
+        rec = self.get(ref)
+        if rec.status.can_kill():
+            self.stop(rec.id, timeout=timeout)
+        return self.start(rec.id)
+
+    def _freeze(self, rec: Record, frozen: bool) -> None:
+        from cove.runtime.cgroups import Cgroups
+
+        Cgroups(f"cove/{rec.id}").freeze(frozen)
+
+    def pause(self, ref: str) -> Record:
+        rec = self.get(ref)
+        if rec.status == Status.PAUSED:
+            raise Conflict(f"container {rec.id} is already paused")
+        if not rec.status.can_pause():
+            raise Conflict(f"container {rec.id} is not running")
+        self._freeze(rec, True)
+        self.store.update(rec.id, status=Status.PAUSED)
+        return self.store.get(rec.id)
+
+    def unpause(self, ref: str) -> Record:
+        rec = self.get(ref)
+        if not rec.status.can_unpause():
+            raise Conflict(f"container {rec.id} is not paused")
+        self._freeze(rec, False)
+        self.store.update(rec.id, status=Status.RUNNING)
+        return self.store.get(rec.id)
+
+    # -- remove -----------------------------------------------------------------
+
+    def remove(self, ref: str, *, force: bool = False, volumes: bool = False) -> str:
+        rec = self.get(ref)
+        running = rec.status.can_kill()
+        if running and not force:
+            state = "paused" if rec.status == Status.PAUSED else "running"
+            raise Conflict(
+                f"cannot remove container {rec.name}: container is {state}: "
+                f"stop the container before removing or force remove"
+            )
+        if rec.op and alive(rec.op_pid, rec.op_start):
+            raise Conflict(f"container {rec.name} is being changed by another command")
+        me, me_start = _self_ids()
+        self.store.update(
+            rec.id,
+            status=Status.REMOVING,
+            op=OP_REMOVE,
+            op_pid=me,
+            op_start=me_start,
+            manual_stop=True,
+        )
+        crash_point("remove-marked")
+        if running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            if rec.status == Status.PAUSED:
+                with contextlib.suppress(OSError):
+                    self._freeze(rec, False)
+            self._signal_monitor(rec)
+        # let the monitor finish writing its log and exit: it holds files in the bundle
+        deadline = time.monotonic() + 5
+        while alive(rec.monitor_pid, rec.monitor_start) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.discard(rec, volumes=volumes)
+        return rec.id
+
+    def discard(self, rec: Record, *, volumes: bool) -> None:
+        """Purge a stopped container, and with ``volumes`` its anonymous volumes."""
+        self._purge(rec)
+        if volumes:
+            vols = self.volumes()
+            for m in rec.config.get("Mounts", []):
+                if m.get("Type") == "volume" and m.get("Anonymous"):
+                    with contextlib.suppress(NotFound, Conflict):
+                        vols.remove(m["Name"])
+
+    def prune(self) -> list[str]:
+        out = []
+        for rec in self.all():
+            if rec.status in (Status.EXITED, Status.CREATED, Status.DEAD) and not rec.op:
+                with contextlib.suppress(Conflict, NotFound):
+                    out.append(self.remove(rec.id))
+        return out
+
+    def rename(self, ref: str, new: str) -> None:
+        import sqlite3
+
+        rec = self.get(ref)
+        if not _valid_name(new):
+            raise InvalidSpec(
+                f'invalid container name "{new}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+            )
+        if new == rec.name:
+            raise InvalidSpec("renaming a container with the same name as its current name")
+        try:
+            self.store.db.execute("UPDATE containers SET name = ? WHERE id = ?", (new, rec.id))
+        except sqlite3.IntegrityError as e:
+            raise Conflict(
+                f'the container name "/{new}" is already in use by another container'
+            ) from e
+
+    # -- inspect ------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        rec = self.get(ref)
+        return self.inspect_record(rec)
+
+    def inspect_record(self, rec: Record) -> dict[str, Any]:
+        running = rec.status in (Status.RUNNING, Status.PAUSED)
+        cfg = rec.config
+        state: dict[str, Any] = {
+            "Status": rec.status.value,
+            "Running": running,
+            "Paused": rec.status == Status.PAUSED,
+            "Restarting": rec.status == Status.RESTARTING,
+            "OOMKilled": rec.oom_killed,
+            "Dead": rec.status == Status.DEAD,
+            "Pid": rec.pid if running else 0,
+            "ExitCode": rec.exit_code,
+            "Error": rec.error,
+            "StartedAt": _ts(rec.started_at),
+            "FinishedAt": _ts(rec.finished_at),
+        }
+        if cfg.get("Config", {}).get("Healthcheck"):
+            state["Health"] = rec.health or {"Status": "starting", "FailingStreak": 0, "Log": []}
+        return {
+            "Id": rec.id,
+            "Created": _ts(rec.created),
+            "Path": cfg.get("Path", ""),
+            "Args": cfg.get("Args", []),
+            "State": state,
+            "Image": rec.image_id,
+            "ResolvConfPath": os.path.join(self.cdir(rec.id), "resolv.conf"),
+            "HostnamePath": os.path.join(self.cdir(rec.id), "hostname"),
+            "HostsPath": os.path.join(self.cdir(rec.id), "hosts"),
+            "LogPath": self.log_path(rec.id),
+            "Name": "/" + rec.name,
+            "RestartCount": rec.restart_count,
+            "Driver": "overlay",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "HostConfig": cfg.get("HostConfig", {}),
+            "GraphDriver": {
+                "Name": "overlay",
+                "Data": {
+                    "UpperDir": os.path.join(self.cdir(rec.id), "upper"),
+                    "WorkDir": os.path.join(self.cdir(rec.id), "work"),
+                },
+            },
+            "Mounts": [
+                {k: v for k, v in m.items() if k != "Anonymous"} for m in cfg.get("Mounts", [])
+            ],
+            "Config": cfg.get("Config", {"Image": rec.image}),
+            "NetworkSettings": cfg.get(
+                "NetworkSettings",
+                {"Networks": {}, "Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""},
+            ),
+        }
+
+    # -- helpers shared with exec and the file verbs -------------------------------------
+
+    def oci_spec(self, rec: Record) -> Any:
+        from cove.spec.runtime import Spec
+
+        with open(os.path.join(self.cdir(rec.id), "config.json"), "rb") as f:
+            return Spec.parse(f.read())
+
+    def layers_top_first(self, rec: Record) -> list[str]:
+        """The container's upper dir, then the image's layers, top first."""
+        from cove.runtime.init import ANNOTATION_OVERLAY
+
+        oci = self.oci_spec(rec)
+        overlay = json.loads(oci.annotations[ANNOTATION_OVERLAY])
+        lowers = [os.path.join(overlay["layers_dir"], p) for p in overlay["lower"]]
+        return [overlay["upper"], *lowers]
+
+    def id_shift(self, rec: Record) -> tuple[int, int]:
+        from cove.runtime.api import host_root_ids
+
+        oci = self.oci_spec(rec)
+        if oci.namespace("user") is None:
+            return 0, 0
+        return host_root_ids(oci)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    return bool(re.match(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$", name))
+
+
+def _ts(t: float) -> str:
+    import datetime
+
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _zombie(pid: int) -> bool:
+    from cove.runtime.api import _zombie as z
+
+    return z(pid)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+
+
+def _wait_fd(fd: int, timeout: float) -> bool:
+    import select
+
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(ready)
+
+
+def _log_config(opts: list[str]) -> dict[str, Any]:
+    from cove import container as ctr
+
+    cfg: dict[str, str] = {}
+    out: dict[str, Any] = {"Type": "json-file", "Config": cfg, "MaxSize": 0, "MaxFile": 1}
+    for o in opts:
+        key, eq, value = o.partition("=")
+        if not eq:
+            raise InvalidSpec(f"invalid log option {o!r}: want KEY=VALUE")
+        if key == "max-size":
+            out["MaxSize"] = ctr.parse_size(value, "max-size")
+        elif key == "max-file":
+            if not value.isdigit() or int(value) < 1:
+                raise InvalidSpec(f"invalid max-file {value!r}: want a positive number")
+            out["MaxFile"] = int(value)
+        else:
+            raise InvalidSpec(f"unknown log opt '{key}' for json-file log driver")
+        cfg[key] = value
+    return out
+
+
+def _docker_config(
+    opts: Any,
+    img: Any,
+    oci: Any,
+    hostname: str,
+    restart: dict[str, Any],
+    log_cfg: dict[str, Any],
+    stop_signal: str,
+) -> dict[str, Any]:
+    from cove import container as ctr
+
+    image_cfg = img.config.config
+    labels = dict(image_cfg.get("Labels") or {})
+    for label in opts.labels:
+        k, _, v = label.partition("=")
+        labels[k] = v
+    exposed = dict(image_cfg.get("ExposedPorts") or {})
+    for e in opts.expose:
+        exposed[e if "/" in e else f"{e}/tcp"] = {}
+    args = list(oci.process.args)
+    entrypoint = (
+        (opts.entrypoint.split() if opts.entrypoint else [])
+        if opts.entrypoint is not None
+        else image_cfg.get("Entrypoint")
+    )
+    cmd = list(opts.command) if opts.command else image_cfg.get("Cmd")
+    hc = ctr.healthcheck(opts, image_cfg)
+    res = oci.linux.resources
+    config = {
+        "Hostname": hostname,
+        "Domainname": "",
+        "User": opts.user or image_cfg.get("User") or "",
+        "AttachStdin": opts.interactive and not opts.detach,
+        "AttachStdout": not opts.detach,
+        "AttachStderr": not opts.detach,
+        "ExposedPorts": exposed or None,
+        "Tty": opts.tty,
+        "OpenStdin": opts.interactive,
+        "StdinOnce": opts.interactive and not opts.detach,
+        "Env": oci.process.env,
+        "Cmd": cmd,
+        "Image": opts.image,
+        "Volumes": image_cfg.get("Volumes"),
+        "WorkingDir": oci.process.cwd if oci.process.cwd != "/" else "",
+        "Entrypoint": entrypoint,
+        "Labels": labels,
+        "StopSignal": stop_signal,
+    }
+    if opts.stop_timeout is not None:
+        config["StopTimeout"] = opts.stop_timeout
+    if hc:
+        config["Healthcheck"] = hc
+    host = {
+        "Binds": list(opts.volumes) or None,
+        "LogConfig": log_cfg,
+        "NetworkMode": opts.network,
+        "PortBindings": {},
+        "RestartPolicy": restart,
+        "AutoRemove": opts.rm,
+        "VolumesFrom": list(opts.volumes_from) or None,
+        "CapAdd": list(opts.cap_add) or None,
+        "CapDrop": list(opts.cap_drop) or None,
+        "Init": opts.init,
+        "Privileged": opts.privileged,
+        "ReadonlyRootfs": opts.read_only,
+        "SecurityOpt": list(opts.security_opt) or None,
+        "Tmpfs": {t.partition(":")[0]: t.partition(":")[2] for t in opts.tmpfs} or None,
+        "Memory": res.memory.limit if res and res.memory and res.memory.limit else 0,
+        "NanoCpus": int(float(opts.cpus) * 1e9) if opts.cpus else 0,
+        "PidsLimit": opts.pids_limit,
+        "Mounts": list(opts.mounts) or None,
+    }
+    return {
+        "Config": config,
+        "HostConfig": host,
+        "Path": args[0],
+        "Args": args[1:],
+    }
+
+
+def _monitor_argv(args: dict[str, str]) -> list[str]:
+    """A fresh interpreter without site (-I -S): the monitor's memory is every container's
+    cost. Our sys.path is handed over so it finds cove and, in its helpers, the deps."""
+    import cove
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(cove.__file__)))
+    path = [here, *(p for p in sys.path if p and os.path.isdir(p) and p != here)]
+    code = f"import sys; sys.path[:0] = {path!r}; from cove.monitor import main; main()"
+    return [sys.executable, "-I", "-S", "-c", code, *(f"{k}={v}" for k, v in args.items())]
+
+
+@contextlib.contextmanager
+def _forward_signals_to(ce: ContainerEngine, cid: str) -> Iterator[None]:
+    sigs = [
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ]
+
+    def forward(signum: int, _frame: Any) -> None:
+        rec = ce.store.get(cid)
+        if rec.pid and alive(rec.pid, rec.start_time):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signum)
+
+    old = {s: signal.signal(s, forward) for s in sigs}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
+    """Copy a monitor's framed output to our stdout/stderr, our stdin to it, until it ends."""
+    import select
+
+    stdin = 0
+    saved = None
+    if tty and interactive and os.isatty(stdin):
+        import termios
+        import tty as ttymod
+
+        saved = termios.tcgetattr(stdin)
+        ttymod.setraw(stdin)
+    buf = b""
+    fds = [sock.fileno()] + ([stdin] if interactive else [])
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except InterruptedError:
+                continue
+            if sock.fileno() in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 8:
+                    size = int.from_bytes(buf[4:8], "big")
+                    if len(buf) < 8 + size:
+                        break
+                    out = 2 if buf[0] == 2 else 1
+                    os.write(out, buf[8 : 8 + size])
+                    buf = buf[8 + size :]
+            if interactive and stdin in ready:
+                data = os.read(stdin, 65536)
+                if not data:
+                    fds.remove(stdin)
+                    import socket
+
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                else:
+                    sock.sendall(data)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        sock.close()
+
+
+def connect_attach(ce: ContainerEngine, rec: Record) -> Any:
+    import socket
+
+    dfd = os.open(ce.cdir(rec.id), os.O_PATH | os.O_DIRECTORY)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/proc/self/fd/{dfd}/attach.sock")
+    except OSError as e:
+        s.close()
+        raise Conflict(f"cannot attach to container {rec.name}: its monitor is gone") from e
+    finally:
+        os.close(dfd)
+    return s

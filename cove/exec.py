@@ -1,0 +1,143 @@
+"""``exec``: a new process in a running container, with its namespaces, cgroups, and the
+same capabilities, seccomp filter and no_new_privs as the container's own process."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cove.errors import Conflict
+from cove.state import Record, Status
+
+
+@dataclass
+class ExecOptions:
+    command: list[str]
+    detach: bool = False
+    interactive: bool = False
+    tty: bool = False
+    env: list[str] = field(default_factory=list)
+    user: str | None = None
+    workdir: str | None = None
+    privileged: bool = False
+
+
+def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
+    from cove import container as ctr
+    from cove.runtime import caps as capmod
+    from cove.spec import runtime as rt
+
+    oci = ce.oci_spec(rec)
+    proc: rt.Process = copy.deepcopy(oci.process)
+    proc.args = list(o.command)
+    proc.env = ctr.merge_env(proc.env, o.env)
+    proc.terminal = o.tty
+    proc.console_size = None
+    if o.workdir:
+        proc.cwd = o.workdir
+    if o.user:
+        u = ctr.resolve_user(o.user, [], ce.layers_top_first(rec))
+        proc.user = rt.User(u.uid, u.gid, proc.user.umask, u.additional)
+        home = [e for e in proc.env if e.startswith("HOME=")]
+        if not home:
+            proc.env.append(f"HOME={u.home}")
+    caps = proc.capabilities
+    if o.privileged:
+        every = [c for i, c in enumerate(capmod.CAPS) if i <= capmod.last_cap()]
+        caps = rt.Capabilities(bounding=every, effective=every, permitted=every)
+    if caps is not None and proc.user.uid != 0:
+        caps = rt.Capabilities(bounding=caps.bounding)
+    elif caps is not None:
+        caps = rt.Capabilities(
+            bounding=caps.bounding, effective=caps.bounding, permitted=caps.bounding
+        )
+    proc.capabilities = caps
+    return proc, not o.privileged
+
+
+def _check_running(rec: Record) -> None:
+    if rec.status == Status.PAUSED:
+        raise Conflict(f"container {rec.id} is paused, unpause the container before exec")
+    if rec.status != Status.RUNNING:
+        raise Conflict(f"container {rec.id} is not running")
+
+
+def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
+    """Run ``o.command`` in the container; its exit code (0 at once with ``detach``)."""
+    from cove.runtime.api import exit_status
+
+    rec = ce.get(ref)
+    _check_running(rec)
+    proc, seccomp = _process(ce, rec, o)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        if o.detach:
+            stdio: tuple[int, int, int] | None = (devnull, devnull, devnull)
+        elif o.tty:
+            stdio = None
+        else:
+            stdio = (0 if o.interactive else devnull, 1, 2)
+        runtime = ce.runtime()
+        created = runtime.exec_process(rec.id, proc, stdio=stdio, seccomp=seccomp)
+    finally:
+        os.close(devnull)
+    runtime.wait_exec(created)
+    if o.detach:
+        return 0
+    from cove.engine_io import forward_signals, proxy_tty
+
+    with forward_signals(created.pid):
+        if created.pty_master is not None:
+            status = proxy_tty(created.pty_master, created.pid, o.interactive)
+        else:
+            _, status = os.waitpid(created.pid, 0)
+    return exit_status(status)
+
+
+def run_check(ce: Any, rec: Record, args: list[str], timeout: float) -> tuple[int, str]:
+    """A health check: run ``args`` in the container, capture its output, kill it at
+    ``timeout`` (exit code -1, as Docker reports a timed-out check)."""
+    from cove.runtime.api import exit_status
+
+    _check_running(rec)
+    proc, seccomp = _process(ce, rec, ExecOptions(args))
+    r, w = os.pipe()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        created = ce.runtime().exec_process(rec.id, proc, stdio=(devnull, w, w), seccomp=seccomp)
+    finally:
+        os.close(w)
+        os.close(devnull)
+    out = b""
+    try:
+        ce.runtime().wait_exec(created)
+    except Exception as e:
+        os.close(r)
+        return 127 if "not found" in str(e) else 126, str(e)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            timed_out = True
+            break
+        ready, _, _ = select.select([r], [], [], left)
+        if not ready:
+            continue
+        data = os.read(r, 65536)
+        if not data:
+            break
+        out = (out + data)[-65536:]
+    os.close(r)
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(created.pid, 9)
+    _, status = os.waitpid(created.pid, 0)
+    if timed_out:
+        return -1, f"Health check exceeded timeout ({timeout:g}s)"
+    return exit_status(status), out.decode("utf-8", "replace")

@@ -1,0 +1,231 @@
+"""A container's files from the host: ``cp``, ``diff``, ``export``, ``commit``.
+
+``cp`` resolves every container path inside the container's root (``cove.fscopy``):
+a running container's root is its ``/proc/PID/root``; a stopped one's is its overlay,
+mounted for the copy in a private mount namespace of a short-lived child, so the host
+never sees the mount. ``diff``, ``export`` and ``commit`` read the upper directory and
+the image layers directly (``cove.rootfs``) and never follow a link in them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy as copymod
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from cove.errors import CoveError
+from cove.state import Record, Status
+
+
+def _in_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
+    if rec.status in (Status.RUNNING, Status.PAUSED) and rec.pid:
+        fd = os.open(f"/proc/{rec.pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            action(fd)
+        finally:
+            os.close(fd)
+        return
+    _in_mounted_root(ce, rec, action)
+
+
+def _in_mounted_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
+    """Run ``action`` in a child with the stopped container's rootfs mounted privately."""
+    from cove import syscalls as sc
+
+    layers = ce.layers_top_first(rec)
+    upper, lowers = layers[0], layers[1:]
+    cdir = ce.cdir(rec.id)
+    userns = ce.oci_spec(rec).namespace("user") is not None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            # invariant: a new mount namespace, private from /, so nothing reaches the host
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            rootfs = os.path.join(cdir, "rootfs")
+            data = (
+                f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={os.path.join(cdir, 'work')}"
+                + (",userxattr" if userns else "")
+            )
+            sc.mount("overlay", rootfs, "overlay", 0, data)
+            rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+            from cove import safepath
+
+            for m in rec.config.get("Mounts", []):
+                if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
+                    continue
+                with contextlib.suppress(OSError):
+                    target = safepath.open_dir(rootfd, m["Destination"].lstrip("/"), create=False)
+                    sc.mount(m["Source"], f"/proc/self/fd/{target}", None, sc.MS_BIND | sc.MS_REC)
+                    os.close(target)
+            rootfd2 = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+            action(rootfd2)
+            os._exit(0)
+        except BaseException as e:
+            msg = str(e) if isinstance(e, CoveError | OSError) else f"{type(e).__name__}: {e}"
+            os.write(w, msg.encode()[:4000])
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        err = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise CoveError(err or "copy failed")
+
+
+def copy(
+    ce: Any,
+    src_ctr: str | None,
+    src: str,
+    dst_ctr: str | None,
+    dst: str,
+    *,
+    follow_link: bool = False,
+) -> None:
+    from cove import fscopy
+
+    ref = src_ctr or dst_ctr
+    assert ref is not None
+    rec = ce.get(ref)
+    if src_ctr is not None:
+        _in_root(ce, rec, lambda fd: fscopy.copy_out(fd, src, dst, follow_link=follow_link))
+    else:
+        uid, gid = ce.id_shift(rec)
+        _in_root(
+            ce,
+            rec,
+            lambda fd: fscopy.copy_in(src, fd, dst, uid=uid, gid=gid, follow_link=follow_link),
+        )
+
+
+def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
+    from cove.rootfs import changes
+
+    rec = ce.get(ref)
+    layers = ce.layers_top_first(rec)
+    result: list[tuple[str, str]] = changes(layers[0], layers[1:])
+    return result
+
+
+def export(ce: Any, ref: str, output: str | None) -> None:
+    from cove.rootfs import write_merged_tar
+
+    rec = ce.get(ref)
+    layers = ce.layers_top_first(rec)
+    uid, gid = ce.id_shift(rec)
+    if output:
+        tmp = output + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                write_merged_tar(layers, f, uid_shift=uid, gid_shift=gid)
+            os.replace(tmp, output)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    else:
+        write_merged_tar(layers, sys.stdout.buffer, uid_shift=uid, gid_shift=gid)
+        sys.stdout.buffer.flush()
+
+
+# what ``commit`` carries from the container's config into the image's
+_IMAGE_KEYS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Cmd",
+    "Healthcheck",
+    "Volumes",
+    "WorkingDir",
+    "Entrypoint",
+    "Labels",
+    "StopSignal",
+)
+
+
+def commit(
+    ce: Any,
+    ref: str,
+    repository: str | None,
+    *,
+    changes: list[str],
+    message: str = "",
+    author: str = "",
+    pause: bool = True,
+) -> str:
+    from cove.image.importer import now_rfc3339
+    from cove.rootfs import write_layer_tar
+    from cove.spec import changes as changes_spec
+    from cove.spec import image as spec
+    from cove.spec import reference as refs
+
+    rec = ce.get(ref)
+    names = [refs.parse(repository)] if repository else []
+    if repository and not names[0].tag and not names[0].digest:
+        names = [refs.parse(repository + ":latest")]
+    store = ce.engine.images
+    img = store.resolve(rec.image_id)
+    layers = ce.layers_top_first(rec)
+    uid, gid = ce.id_shift(rec)
+    store.ensure()
+    frozen = False
+    fd, tmp = tempfile.mkstemp(dir=store.tmpdir, prefix="commit-")
+    try:
+        if pause and rec.status == Status.RUNNING:
+            ce.pause(rec.id)
+            frozen = True
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write_layer_tar(layers[0], f, uid_shift=uid, gid_shift=gid)
+        finally:
+            if frozen:
+                ce.unpause(rec.id)
+        cfg = rec.config.get("Config", {})
+        container_config = dict(img.config.config)
+        for key in _IMAGE_KEYS:
+            if cfg.get(key) is not None:
+                container_config[key] = copymod.deepcopy(cfg[key])
+        for change in changes:
+            changes_spec.apply_change(container_config, change)
+        with store.ingest_lock():
+            with open(tmp, "rb") as src:
+                desc, diff_id = store.ingest_layer(
+                    src, "", what=f"commit of {rec.name}", store_as="gzip"
+                )
+            created = now_rfc3339()
+            doc = copymod.deepcopy(img.config.raw)
+            doc["created"] = created
+            doc["config"] = container_config
+            doc["rootfs"] = {"type": "layers", "diff_ids": [*img.config.diff_ids, diff_id]}
+            if author:
+                doc["author"] = author
+            history = list(doc.get("history") or [])
+            entry: dict[str, Any] = {
+                "created": created,
+                "created_by": " ".join([rec.config.get("Path", ""), *rec.config.get("Args", [])]),
+            }
+            if message:
+                entry["comment"] = message
+            if author:
+                entry["author"] = author
+            history.append(entry)
+            doc["history"] = history
+            config_bytes = spec.canonical_json(doc)
+            config_digest = store.blobs.put(config_bytes)
+            manifest = spec.Manifest(
+                spec.OCI_MANIFEST,
+                spec.Descriptor(spec.OCI_CONFIG, config_digest, len(config_bytes)),
+                (*img.manifest.layers, desc),
+            )
+            manifest_bytes = manifest.to_bytes()
+            digest = store.blobs.put(manifest_bytes)
+            store.add_image(spec.Descriptor(spec.OCI_MANIFEST, digest, len(manifest_bytes)), names)
+        return str(config_digest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

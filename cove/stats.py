@@ -1,0 +1,101 @@
+"""``docker stats``: CPU %, memory, network and block I/O, pids, from cgroups and /proc."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from cove.state import Record, Status
+
+
+def _system_ns() -> int:
+    """Total CPU time of the host in ns, as Docker's system usage (all of /proc/stat's cpu)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:8]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields) * 1_000_000_000 // ticks
+
+
+def _net(pid: int) -> tuple[int, int]:
+    rx = tx = 0
+    try:
+        with open(f"/proc/{pid}/net/dev") as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return 0, 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            continue
+        cols = rest.split()
+        rx += int(cols[0])
+        tx += int(cols[8])
+    return rx, tx
+
+
+def _mem_total() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> list[dict[str, str]]:
+    from cove.cli.fmt import human_size
+    from cove.runtime.cgroups import Cgroups
+
+    recs: list[Record]
+    if refs:
+        recs = [ce.get(r) for r in refs]
+    else:
+        recs = [r for r in ce.all() if all_containers or r.status == Status.RUNNING]
+    live = [r for r in recs if r.status in (Status.RUNNING, Status.PAUSED)]
+    groups = {r.id: Cgroups(f"cove/{r.id}") for r in live}
+    before = {cid: g.stats()["cpu_ns"] for cid, g in groups.items()}
+    sys_before = _system_ns()
+    if groups:
+        time.sleep(0.5)
+    sys_after = _system_ns()
+    ncpu = os.cpu_count() or 1
+    total_mem = _mem_total()
+    rows = []
+    for r in recs:
+        row = {
+            "ID": r.id[:12],
+            "Container": r.id[:12],
+            "Name": r.name,
+            "CPUPerc": "0.00%",
+            "MemUsage": "0B / 0B",
+            "MemPerc": "0.00%",
+            "NetIO": "0B / 0B",
+            "BlockIO": "0B / 0B",
+            "PIDs": "0",
+        }
+        if r.id in groups:
+            s = groups[r.id].stats()
+            d_cpu = s["cpu_ns"] - before[r.id]
+            d_sys = sys_after - sys_before
+            cpu = (d_cpu / d_sys) * ncpu * 100 if d_sys > 0 else 0.0
+            limit = s["mem_limit"] if 0 < s["mem_limit"] < total_mem else total_mem
+            rx, tx = _net(r.pid)
+            row.update(
+                CPUPerc=f"{cpu:.2f}%",
+                MemUsage=f"{_bin(s['mem_usage'])} / {_bin(limit)}",
+                MemPerc=f"{(s['mem_usage'] / limit * 100) if limit else 0:.2f}%",
+                NetIO=f"{human_size(rx)} / {human_size(tx)}",
+                BlockIO=f"{human_size(s['io_read'])} / {human_size(s['io_write'])}",
+                PIDs=str(s["pids"]),
+            )
+        rows.append(row)
+    return rows
+
+
+def _bin(n: float) -> str:
+    """Docker's BytesSize: binary units."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n:.4g}TiB"

@@ -1,0 +1,122 @@
+"""Named and anonymous volumes: directories under ``<root>/volumes/<name>/_data``.
+
+Records live in the state database (the ``volumes`` table); a volume is in use while a
+container's recorded mounts name it. Creation makes the directory before the row, so a
+crash in between leaves a directory that the next create of that name adopts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from typing import Any
+
+from cove.errors import Conflict, InvalidSpec, NotFound
+from cove.state import Store, Volume, now
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+class Volumes:
+    def __init__(self, root: str, store: Store) -> None:
+        self.dir = os.path.join(root, "volumes")
+        self.store = store
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name, "_data")
+
+    def create(
+        self,
+        name: str | None = None,
+        *,
+        labels: dict[str, str] | None = None,
+        options: dict[str, str] | None = None,
+        anonymous: bool = False,
+    ) -> tuple[Volume, bool]:
+        """The volume (made if missing) and whether this call made it (Docker: idempotent)."""
+        if name is None:
+            name = secrets.token_hex(32)
+            anonymous = True
+        if not valid_name(name):
+            raise InvalidSpec(
+                f'"{name}" includes invalid characters for a local volume name, only '
+                f'"[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed'
+            )
+        for key in options or {}:
+            raise InvalidSpec(f"invalid option key: {key!r}")
+        os.makedirs(self.dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.path(name), mode=0o755, exist_ok=True)
+        vol = Volume(name, now(), anonymous, dict(labels or {}), dict(options or {}))
+        made = self.store.add_volume(vol)
+        return (vol if made else self.store.get_volume(name)), made
+
+    def get(self, name: str) -> Volume:
+        return self.store.get_volume(name)
+
+    def all(self) -> list[Volume]:
+        return self.store.volumes()
+
+    def users(self, name: str) -> list[str]:
+        return [
+            r.id
+            for r in self.store.all()
+            if any(
+                m.get("Type") == "volume" and m.get("Name") == name
+                for m in r.config.get("Mounts", [])
+            )
+        ]
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        import datetime
+
+        v = self.get(name)
+        created = datetime.datetime.fromtimestamp(v.created, datetime.UTC).isoformat()
+        return {
+            "CreatedAt": created.replace("+00:00", "Z"),
+            "Driver": "local",
+            "Labels": v.labels or None,
+            "Mountpoint": self.path(v.name),
+            "Name": v.name,
+            "Options": v.options or None,
+            "Scope": "local",
+        }
+
+    def remove(self, name: str, *, force: bool = False) -> None:
+        self.get(name)
+        users = self.users(name)
+        if users and not force:
+            ids = ", ".join(users)
+            raise Conflict(f"remove {name}: volume is in use - [{ids}]")
+        self.store.remove_volume(name)
+        shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+
+    def prune(self, *, all_volumes: bool = False) -> tuple[list[str], int]:
+        """Unused anonymous volumes (all unused ones with ``all_volumes``), as Docker 23+."""
+        removed: list[str] = []
+        freed = 0
+        for v in self.all():
+            if (v.anonymous or all_volumes) and not self.users(v.name):
+                freed += _du(self.path(v.name))
+                try:
+                    self.remove(v.name)
+                except (Conflict, NotFound):
+                    continue
+                removed.append(v.name)
+        return removed, freed
+
+
+def _du(path: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
