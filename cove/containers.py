@@ -144,14 +144,12 @@ class ContainerEngine:
                 return self.store.get(rec.id)
         if rec.op or not rec.status.can_kill():
             return rec
-        if rec.status != Status.RESTARTING and alive(rec.pid, rec.start_time):
-            if not _zombie(rec.pid):
+        running = rec.status != Status.RESTARTING and alive(rec.pid, rec.start_time)
+        running = running and not _zombie(rec.pid)
+        if alive(rec.monitor_pid, rec.monitor_start):
+            if running or rec.status == Status.RESTARTING:
                 return rec
-        monitor = alive(rec.monitor_pid, rec.monitor_start)
-        if monitor:
-            # the monitor is recording the exit (or waiting out a restart back-off)
-            if rec.status == Status.RESTARTING:
-                return rec
+            # the process is gone and its monitor is recording that
             deadline = time.monotonic() + settle
             while time.monotonic() < deadline:
                 fresh = self.store.get(rec.id)
@@ -159,18 +157,24 @@ class ContainerEngine:
                     return fresh
                 time.sleep(0.02)
             return self.store.get(rec.id)
-        # neither the process nor its monitor: the exit code went with the monitor
+        # the monitor died: no one reads the output, reaps, restarts or records any more.
+        # A container is never left in that state: it is stopped and reported
         with contextlib.suppress(Exception):
             self.runtime().delete(rec.id, force=True)
+        if running:
+            from cove.runtime.cgroups import Cgroups
+
+            with contextlib.suppress(Exception):
+                Cgroups(f"cove/{rec.id}").destroy()
         with contextlib.suppress(StateError):
             self.store.update(
                 rec.id,
                 status=Status.EXITED,
-                exit_code=rec.exit_code if rec.status == Status.RESTARTING else 255,
-                finished_at=rec.finished_at if rec.status == Status.RESTARTING else now(),
+                exit_code=137 if running else (rec.exit_code if rec.finished_at else 255),
+                finished_at=now(),
                 pid=0,
                 monitor_pid=0,
-                error="" if rec.status == Status.RESTARTING else "container monitor died",
+                error="container monitor died",
             )
         return self.store.get(rec.id)
 
@@ -247,8 +251,15 @@ class ContainerEngine:
             )
             hostname = opts.hostname or cid[:12]
             files = ctr.etc_files(cdir, hostname, opts.network)
-            mounts, docker_mounts = self._resolve_mounts(opts, image_cfg, top_first)
+            mounts, docker_mounts, copy_up = self._resolve_mounts(opts, image_cfg, top_first)
             oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
+            if copy_up:
+                from cove.rootfs import copy_merged
+                from cove.runtime.api import host_root_ids
+
+                shift = host_root_ids(oci) if oci.namespace("user") is not None else (0, 0)
+                for rel, path in copy_up:
+                    copy_merged(top_first, rel, path, uid_shift=shift[0], gid_shift=shift[1])
             if not opts.privileged and oci.process.capabilities is not None:
                 oci.linux.seccomp = self._seccomp(opts, oci.process.capabilities.bounding)
             if oci.namespace("user") is not None:
@@ -285,9 +296,10 @@ class ContainerEngine:
 
     def _resolve_mounts(
         self, opts: Any, image_cfg: dict[str, Any], top_first: list[str]
-    ) -> tuple[list[Any], list[dict[str, Any]]]:
+    ) -> tuple[list[Any], list[dict[str, Any]], list[tuple[str, str]]]:
         """-v, --mount, --volumes-from and the image's VOLUMEs as OCI mounts plus Docker's
-        ``Mounts`` records. New volumes get the image's content at their path."""
+        ``Mounts`` records, and the (image path, volume dir) pairs of new, empty volumes
+        that get the image's content."""
         from cove import container as ctr
         from cove.spec import runtime as rt
 
@@ -308,6 +320,7 @@ class ContainerEngine:
             if path.rstrip("/") not in targets:
                 reqs.append(ctr.MountRequest("volume", "", path))
         vols = self.volumes()
+        copy_up: list[tuple[str, str]] = []
         mounts: list[Any] = []
         records: list[dict[str, Any]] = []
         for r in reqs:
@@ -346,9 +359,7 @@ class ContainerEngine:
             vol, made = vols.create(r.source or None)
             path = vols.path(vol.name)
             if made or not os.listdir(path):
-                from cove.rootfs import copy_merged
-
-                copy_merged(top_first, r.target.strip("/"), path)
+                copy_up.append((r.target.strip("/"), path))
             mounts.append(rt.Mount(r.target, "bind", path, ["rbind", "rprivate", mode]))
             records.append(
                 {
@@ -363,7 +374,7 @@ class ContainerEngine:
                     "Anonymous": vol.anonymous,
                 }
             )
-        return mounts, records
+        return mounts, records, copy_up
 
     def _prepare_userns(self, cdir: str, oci: Any) -> None:
         """The mapped root must own its upper layer and reach the bundle by path."""
@@ -487,6 +498,7 @@ class ContainerEngine:
                 os.write(go_w, b"g")
             finally:
                 os.close(go_w)
+            crash_point("start-go")
             result = reader.readline().decode().strip()
         if result != "ok":
             code, _, msg = result.partition(" ")

@@ -236,8 +236,13 @@ def test_volumes_readonly_tmpfs(cove: CoveRunner, alpine: str, tmp_path: Path) -
         "touch /rootfile 2>/dev/null; echo root=$?; touch /tmp/f; echo tmp=$?",
     ).stdout
     assert out.split() == ["root=1", "tmp=0"]
-    bad = cove("run", "--rm", "-v", "/nonexistent/x:/x", "alpine:3.20", "true", check=False)
+    missing = host.parent / "made-by-v"
+    bad = cove("run", "--rm", "--mount", f"type=bind,src={missing},dst=/x", "alpine:3.20", "true",
+               check=False)  # fmt: skip
     assert bad.returncode == 125 and "does not exist" in bad.stderr
+    # -v, unlike --mount, makes a missing host directory (as Docker does)
+    cove("run", "--rm", "-v", f"{missing}:/x", "alpine:3.20", "true")
+    assert missing.is_dir()
 
 
 def test_user_workdir_env(cove: CoveRunner, alpine: str, tmp_path: Path) -> None:
