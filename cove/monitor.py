@@ -93,6 +93,7 @@ class Monitor:
         self.log = Log(opts.log, opts.max_size, opts.max_file)
         self.reaped: dict[int, int] = {}
         self.clients: list[_socket.socket] = []
+        self.half_closed: list[_socket.socket] = []
         self.partial: dict[int, bytes] = {0: b"", 1: b""}
         self.outputs: dict[int, int] = {}  # fd -> stream (0 stdout, 1 stderr)
         self.stdin_w = -1
@@ -144,7 +145,8 @@ class Monitor:
             data = b""
         target = self.pty if self.pty >= 0 else self.stdin_w
         if not data:
-            self._drop(c)
+            # the client closed its input (stdin ended): it still gets the output
+            self.half_closed.append(c)
             if target == self.stdin_w and target >= 0:
                 os.close(self.stdin_w)  # the attached stdin closed: the container sees EOF
                 self.stdin_w = -1
@@ -158,6 +160,8 @@ class Monitor:
     def _drop(self, c: _socket.socket) -> None:
         if c in self.clients:
             self.clients.remove(c)
+        if c in self.half_closed:
+            self.half_closed.remove(c)
         c.close()
 
     def _broadcast(self, stream: int, data: bytes) -> None:
@@ -303,7 +307,7 @@ class Monitor:
         next_health = time.monotonic() + (interval if interval else 1e18)
         while self.pid not in self.reaped:
             fds = [self.wake_r, self.listener.fileno(), *self.outputs]
-            fds += [c.fileno() for c in self.clients]
+            fds += [c.fileno() for c in self.clients if c not in self.half_closed]
             timeout = max(0.0, next_health - time.monotonic())
             try:
                 ready, _, _ = select.select(fds, [], [], min(timeout, 3600))

@@ -412,6 +412,14 @@ def test_create_start_attach_wait_rename_pause(
     assert started.returncode == 4 and started.stdout == "hi\n" and started.stderr == "err\n"
     assert cove("wait", "later").stdout.strip() == "4"
     assert cid.stdout.strip().startswith(cove("ps", "-aq").stdout.strip())
+    cove("run", "-d", "-i", "--name", "reader", "alpine:3.20", "sh", "-c",
+         "read x; echo got $x; exit 5")  # fmt: skip
+    att = cove("attach", "reader", input="hello\n", check=False)
+    assert att.stdout == "got hello\n" and att.returncode == 5
+    cove("run", "-d", "-t", "--name", "tty", "alpine:3.20", "sh", "-c", "tty; sleep 1000")
+    wait_for("tty output", lambda: cove("logs", "tty").stdout)
+    assert cove("logs", "tty").stdout.strip() == "/dev/pts/0"
+    cove("rm", "-f", "reader", "tty")
     cove("rename", "later", "renamed")
     assert cove("ps", "-a", "--format", "{{.Names}}").stdout.strip() == "renamed"
 
