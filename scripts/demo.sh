@@ -5,14 +5,18 @@ set -euo pipefail
 cove=${COVE:-cove}
 root=$(mktemp -d /tmp/cove-demo.XXXXXX)
 work=$(mktemp -d /tmp/cove-demo-work.XXXXXX)
-trap 'rm -rf "$root" "$work"' EXIT
+cleanup() {
+    ids=$("$cove" ps -aq 2>/dev/null) && [ -n "$ids" ] && "$cove" rm -f $ids >/dev/null 2>&1
+    rm -rf "$root" "$work"
+}
+trap cleanup EXIT
 export COVE_ROOT=$root
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 mkdir -p "$work/rootfs/bin" "$work/rootfs/etc"
 cp /bin/busybox "$work/rootfs/bin/busybox"
-for applet in sh echo cat ls uname; do ln -s busybox "$work/rootfs/bin/$applet"; done
+for applet in sh echo cat ls uname sleep hostname; do ln -s busybox "$work/rootfs/bin/$applet"; done
 echo "demo" > "$work/rootfs/etc/hostname"
 tar --numeric-owner -C "$work/rootfs" -czf "$work/busybox.tar.gz" .
 
@@ -28,5 +32,14 @@ step ls -l "$layer/bin"
 step "$cove" run --rm demo/busybox:1 sh -c 'echo "hello from pid $$ on $(hostname)"; ls /proc | grep -c "^[0-9]"'
 step "$cove" run --rm --memory 64m --cpus 0.5 --hostname demo demo/busybox:1 \
     sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; uname -n'
+step "$cove" run -d --name ticker demo/busybox:1 \
+    sh -c 'i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.2; done'
+sleep 1
+step "$cove" ps
+step "$cove" logs --tail 2 ticker
+step "$cove" exec ticker hostname
+step "$cove" stop -t 1 ticker
+step "$cove" ps -a
+step "$cove" rm ticker
 echo
 echo "demo done: images and containers work. VMs (cove vm) arrive with a later issue."

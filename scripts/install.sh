@@ -21,6 +21,8 @@ packages=(
     skopeo umoci     # interop tests and benchmarks
     debootstrap      # bench/: a large Debian rootfs
     libseccomp2 tini runc  # seccomp (through pyseccomp), --init, the start benchmark's peer
+    procps           # cove top runs ps
+    conmon           # bench/lifecycle.py's peer for cove's per-container monitor
 )
 missing=()
 for p in "${packages[@]}"; do
