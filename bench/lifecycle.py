@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from start import REF, TGZ, cove_command, make_bundle, run  # noqa: E402
+from start import REF, TGZ, cove_command, make_bundle, run
 
 
 def memory(pid: int) -> tuple[int, int]:

@@ -133,6 +133,14 @@ def test_detached_lifecycle(cove: CoveRunner, cove_root: Path, alpine: str, clea
     assert cove("exec", "-w", "/etc", "-e", "X=1", "loop", "sh", "-c", "echo $PWD $X").stdout == (
         "/etc 1\n"
     )
+    priv = cove("exec", "--privileged", "loop", "grep", "-E", "^(Seccomp|CapEff):",
+                "/proc/self/status").stdout  # fmt: skip
+    assert "Seccomp:\t0" in priv and "CapEff:\t00000000a80425fb" not in priv
+    cove("exec", "-d", "loop", "sh", "-c", "sleep 0.3; touch /tmp/detached")
+    wait_for("exec -d", lambda: cove("exec", "loop", "test", "-e", "/tmp/detached",
+                                     check=False).returncode == 0)  # fmt: skip
+    assert cove("logs", "--until", "2000-01-01T00:00:00Z", "loop").stdout == ""
+    assert cove("logs", "--since", "1h", "--tail", "1", "loop").stdout.strip().isdigit()
     top = cove("top", "loop").stdout
     assert "PID" in top.splitlines()[0] and "while true" in top
     stats = cove("stats", "--no-stream", "loop").stdout.splitlines()
@@ -243,7 +251,10 @@ def test_parallel_detached_runs(
         for _ in range(10)
     ]
     results = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), results
+    failed = [
+        (p.returncode, err) for p, (_, err) in zip(procs, results, strict=True) if p.returncode
+    ]
+    assert not failed, failed
     ids = {out.strip() for out, _ in results}
     assert len(ids) == 10
     rows = cove("ps", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}}").stdout.split("\n")
@@ -443,6 +454,14 @@ def test_create_start_attach_wait_rename_pause(
     assert cove("wait", "pp").stdout.strip() == "137"
     cove("container", "prune", "-f")
     assert cove("ps", "-aq").stdout == ""
+
+
+def test_detached_rm(cove: CoveRunner, cove_root: Path, alpine: str, clean: None) -> None:
+    cove("run", "-d", "--rm", "-v", "/scratch", "alpine:3.20", "sh", "-c", "echo bye")
+    wait_for("auto-removal", lambda: cove("ps", "-aq").stdout == "" and not monitors(cove_root))
+    assert cove("volume", "ls", "-q").stdout == ""  # its anonymous volume went with it
+    failed = cove("run", "-d", "--rm", "alpine:3.20", "nosuch", check=False)
+    assert failed.returncode == 127 and cove("ps", "-aq").stdout == ""
 
 
 def test_log_max_size(cove: CoveRunner, cove_root: Path, alpine: str, clean: None) -> None:
