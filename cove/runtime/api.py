@@ -226,6 +226,7 @@ class Runtime:
     def _handshake(self, sock: socket.socket, child: int, spec: Spec) -> tuple[int, int | None]:
         pid: int | None = None
         pty: int | None = None
+        created = False
         try:
             while True:
                 data, fds, _, _ = socket.recv_fds(sock, 65536, 1)
@@ -242,11 +243,12 @@ class Runtime:
                 elif kind == "pty":
                     pty = fds[0]
                 elif kind == "created":
-                    if pid is None:
-                        raise ContainerStartError("container process did not report its pid")
-                    return pid, pty
+                    created = True
                 elif kind == "error":
                     raise ContainerStartError(msg["message"], int(msg.get("code", 125)))
+                # the forking parent reports the pid and the child "created": either may come first
+                if created and pid is not None:
+                    return pid, pty
         except BaseException:
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
