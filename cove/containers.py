@@ -458,22 +458,16 @@ class ContainerEngine:
         }
         go_r, go_w = os.pipe()
         st_r, st_w = os.pipe()
-        args["go"], args["status"] = str(go_r), str(st_w)
+        args["status"] = str(st_w)
         if attach_fd >= 0:
             args["attach"] = str(attach_fd)
-        argv = _monitor_argv(args)
         pid = os.fork()
         if pid == 0:  # the intermediate: a new session, then the monitor, then gone
             try:
                 os.setsid()
                 mpid = os.fork()
                 if mpid == 0:
-                    os.close(go_w)
-                    os.close(st_r)
-                    for fd in (go_r, st_w, attach_fd):
-                        if fd >= 0:
-                            os.set_inheritable(fd, True)
-                    os.execv(sys.executable, argv)
+                    self._become_monitor(rec, args, go_r, (go_w, st_r))
                 os.write(st_w, f"{mpid}\n".encode())
             finally:
                 os._exit(0)
@@ -508,6 +502,34 @@ class ContainerEngine:
                 raise ContainerStartError(f"container {rec.name}: its monitor exited early")
             raise ContainerStartError(msg or "start failed", int(code) if code.isdigit() else 125)
         return self.store.get(rec.id)
+
+    def _become_monitor(
+        self, rec: Record, args: dict[str, str], go_r: int, close: tuple[int, int]
+    ) -> None:
+        """In the monitor-to-be: fork the first start's helper while this process still has
+        cove imported (it waits for the launcher's go), then exec the lean monitor."""
+        try:
+            from cove import syscalls as sc
+            from cove.supervise import prefork_start
+
+            for fd in close:
+                os.close(fd)
+            # invariant: the container's pid 1 is reparented to us when the helper that made
+            # it exits; the flag survives execve
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+            keep = [int(args["status"]), int(args.get("attach", "-1"))]
+            first = prefork_start(
+                self.root, rec.id, go_r, args["tty"] == "1", args["stdin"] == "1", keep
+            )
+            os.close(go_r)
+            args["first"] = ",".join(str(x) for x in first)
+            for fd in (*keep, *first[:4]):
+                if fd >= 0:
+                    os.set_inheritable(fd, True)
+            os.execv(sys.executable, _monitor_argv(args))
+        except BaseException as e:
+            os.write(2, f"Error: cannot start the monitor: {e}\n".encode())
+        os._exit(1)
 
     def run_foreground(self, opts: Any) -> int:
         """``docker run`` without -d: this process is the container's parent and monitor

@@ -30,7 +30,9 @@ class Options:
         kv = dict(a.split("=", 1) for a in argv)
         self.root = kv["root"]
         self.cid = kv["cid"]
-        self.go_fd = int(kv["go"])
+        # the first start's helper, forked by the launcher before it became us:
+        # "out_r,err_r,in_w,sock,pid"
+        self.first = [int(x) for x in kv["first"].split(",")] if kv.get("first") else []
         self.status_fd = int(kv["status"])
         self.log = kv["log"]
         self.max_size = int(kv.get("max_size", "0"))
@@ -247,29 +249,13 @@ class Monitor:
 
     # -- one run of the container ----------------------------------------------
 
-    def _start(self) -> str:
+    def _start(self, pre: list[int] | None = None) -> str:
         """Create and start the container in a helper; '' or the error line."""
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = (-1, -1) if self.o.tty else os.pipe2(os.O_CLOEXEC)
-        in_r, in_w = os.pipe2(os.O_CLOEXEC) if self.o.stdin and not self.o.tty else (-1, -1)
-        left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
-        pid = os.fork()
-        if pid == 0:
-            left.close()
-            code = 125
-            try:
-                from cove import supervise
-
-                code = supervise.start(
-                    self.o.root, self.o.cid, (in_r, out_w, err_w), right.fileno()
-                )
-            except BaseException as e:
-                os.write(2, f"cove-monitor: start: {e}\n".encode())
-            os._exit(code)
-        right.close()
-        for fd in (out_w, err_w, in_r):
-            if fd >= 0:
-                os.close(fd)
+        if pre:
+            out_r, err_r, in_w, sockfd, pid = pre
+            left = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, sockfd)
+        else:
+            out_r, err_r, in_w, left, pid = self._spawn()
         msg, fds = b"", []
         try:
             msg, anc, _flags, _addr = left.recvmsg(4096, 64)
@@ -300,6 +286,30 @@ class Monitor:
         for fd in self.outputs:
             os.set_blocking(fd, False)
         return ""
+
+    def _spawn(self) -> tuple[int, int, int, _socket.socket, int]:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = (-1, -1) if self.o.tty else os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC) if self.o.stdin and not self.o.tty else (-1, -1)
+        left, right = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            left.close()
+            code = 125
+            try:
+                from cove import supervise
+
+                code = supervise.start(
+                    self.o.root, self.o.cid, (in_r, out_w, err_w), right.fileno()
+                )
+            except BaseException as e:
+                os.write(2, f"cove-monitor: start: {e}\n".encode())
+            os._exit(code)
+        right.close()
+        for fd in (out_w, err_w, in_r):
+            if fd >= 0:
+                os.close(fd)
+        return out_r, err_r, in_w, left, pid
 
     def _pump(self) -> int:
         """Until the container's process exits: logs, attach clients, health checks."""
@@ -395,7 +405,7 @@ class Monitor:
         delay = 0.1
         first = True
         while True:
-            err = self._start()
+            err = self._start(self.o.first if first else None)
             if first:
                 _report(self.o.status_fd, err or "ok")
                 first = False
@@ -430,17 +440,9 @@ def _report(fd: int, text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # the launcher made us a child subreaper before execve (the flag survives it): the
+    # container's pid 1 is reparented to us when the helper that made it exits
     opts = Options(sys.argv[1:] if argv is None else argv)
-    # the launcher says go once it has recorded our pid; EOF means it died first
-    go = os.read(opts.go_fd, 1)
-    os.close(opts.go_fd)
-    if go != b"g":
-        os._exit(0)
-    import ctypes
-
-    # invariant: the container's pid 1 is reparented to us when the helper that made it exits
-    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    del ctypes
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)

@@ -82,6 +82,37 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
     return 0
 
 
+def prefork_start(
+    root: str, cid: str, go_r: int, tty: bool, stdin: bool, close: list[int]
+) -> tuple[int, int, int, int, int]:
+    """Fork the first start's helper from the launcher's image (everything is imported
+    already); it waits for the launcher's go, so nothing starts before the launcher has
+    recorded who owns the start. Returns (out_r, err_r, in_w, sock, pid) for the monitor."""
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = (-1, -1) if tty else os.pipe2(os.O_CLOEXEC)
+    in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin and not tty else (-1, -1)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            left.close()
+            for fd in (out_r, err_r, in_w, *close):
+                if fd >= 0:
+                    os.close(fd)
+            if os.read(go_r, 1) == b"g":  # EOF: the launcher died before recording us
+                os.close(go_r)
+                code = start(root, cid, (in_r, out_w, err_w), right.detach())
+        except BaseException as e:
+            os.write(2, f"cove-monitor: start: {e}\n".encode())
+        os._exit(code)  # never run the launcher's exit handlers or close its database
+    right.close()
+    for fd in (out_w, err_w, in_r):
+        if fd >= 0:
+            os.close(fd)
+    return out_r, err_r, in_w, left.detach(), pid
+
+
 def _policy_restarts(rec: Record, code: int) -> bool:
     policy = rec.config.get("HostConfig", {}).get("RestartPolicy") or {}
     name = policy.get("Name") or "no"

@@ -49,7 +49,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if command is None or command not in container_verbs:
         images.register(sub)
     if command is None or command in container_verbs:
-        containers.register(sub)
+        containers.register(sub, command)
     return parser
 
 

@@ -14,6 +14,11 @@ from cove.cli import fmt
 from cove.engine import Engine
 from cove.errors import CoveError
 
+# verbs _register_common builds alone (the rest need the whole tree: container, volume, ...)
+COMMON = {
+    "run", "create", "start", "stop", "kill", "restart", "wait", "pause", "unpause", "exec",
+    "attach", "logs", "top", "stats", "cp", "diff", "export", "commit", "rename", "port",
+}  # fmt: skip
 VERBS = {
     "run",
     "create",
@@ -762,140 +767,150 @@ def _containers_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("containers", nargs="+", metavar="CONTAINER")
 
 
-def _register_common(sub: Any, prefix: str) -> None:
-    """Verbs that exist both top-level and under ``container``."""
-    p = sub.add_parser("run", help="create and run a new container from an image", add_help=False)
-    p.add_argument("--help", action="help", help="show this help message and exit")
-    add_run_flags(p)
-    p.add_argument("-d", "--detach", action="store_true", help="run in the background")
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("create", help="create a new container", add_help=False)
-    p.add_argument("--help", action="help", help="show this help message and exit")
-    add_run_flags(p)
-    p.add_argument("image", metavar="IMAGE")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
-    p.set_defaults(func=cmd_create)
-
-    p = sub.add_parser("start", help="start one or more stopped containers")
-    p.add_argument("-a", "--attach", action="store_true", help="attach STDOUT/STDERR")
-    p.add_argument("-i", "--interactive", action="store_true", help="attach STDIN")
-    _containers_arg(p)
-    p.set_defaults(func=cmd_start)
-
-    p = sub.add_parser("stop", help="stop one or more running containers")
-    p.add_argument("-t", "--time", "--timeout", type=float, help="seconds to wait before killing")
-    p.add_argument("-s", "--signal", help="signal to send (default: the STOPSIGNAL)")
-    _containers_arg(p)
-    p.set_defaults(func=cmd_stop)
-
-    p = sub.add_parser("kill", help="kill one or more running containers")
-    p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
-    _containers_arg(p)
-    p.set_defaults(func=cmd_kill)
-
-    p = sub.add_parser("restart", help="restart one or more containers")
-    p.add_argument("-t", "--time", "--timeout", type=float, help="seconds to wait before killing")
-    _containers_arg(p)
-    p.set_defaults(func=cmd_restart)
-
-    p = sub.add_parser("wait", help="block until containers stop, print their exit codes")
-    _containers_arg(p)
-    p.set_defaults(func=cmd_wait)
-
-    for name, fn in (("pause", cmd_pause), ("unpause", cmd_unpause)):
-        p = sub.add_parser(name, help=f"{name} all processes within containers")
+def _register_common(sub: Any, only: str | None = None) -> None:
+    """Verbs that exist both top-level and under ``container``; ``only`` builds just one
+    (parsers cost milliseconds each, and a verb needs only its own)."""
+    if only is None or only == "run":
+        p = sub.add_parser(
+            "run", help="create and run a new container from an image", add_help=False
+        )
+        p.add_argument("--help", action="help", help="show this help message and exit")
+        add_run_flags(p)
+        p.add_argument("-d", "--detach", action="store_true", help="run in the background")
+        p.add_argument("image", metavar="IMAGE")
+        p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+        p.set_defaults(func=cmd_run)
+    if only is None or only == "create":
+        p = sub.add_parser("create", help="create a new container", add_help=False)
+        p.add_argument("--help", action="help", help="show this help message and exit")
+        add_run_flags(p)
+        p.add_argument("image", metavar="IMAGE")
+        p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+        p.set_defaults(func=cmd_create)
+    if only is None or only == "start":
+        p = sub.add_parser("start", help="start one or more stopped containers")
+        p.add_argument("-a", "--attach", action="store_true", help="attach STDOUT/STDERR")
+        p.add_argument("-i", "--interactive", action="store_true", help="attach STDIN")
         _containers_arg(p)
-        p.set_defaults(func=fn)
-
-    p = sub.add_parser("exec", help="execute a command in a running container")
-    p.add_argument("-d", "--detach", action="store_true", help="run the command in the background")
-    p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
-    p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
-    _list(p, "-e", "--env", help="set environment variables")
-    p.add_argument("-u", "--user", help="username or UID (format: <name|uid>[:<group|gid>])")
-    p.add_argument("-w", "--workdir", help="working directory inside the container")
-    p.add_argument("--privileged", action="store_true", help="extended privileges")
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
-    p.set_defaults(func=cmd_exec)
-
-    p = sub.add_parser("attach", help="attach to a running container's output (and input)")
-    p.add_argument("--no-stdin", action="store_true", help="do not attach STDIN")
-    p.add_argument(
-        "--sig-proxy",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="proxy received signals to the process",
-    )
-    p.add_argument("container", metavar="CONTAINER")
-    p.set_defaults(func=cmd_attach)
-
-    p = sub.add_parser("logs", help="fetch the logs of a container")
-    p.add_argument("-f", "--follow", action="store_true", help="follow log output")
-    p.add_argument("-n", "--tail", default="all", help="lines from the end (default all)")
-    p.add_argument("--since", help="since timestamp (2013-01-02T13:23:37Z) or relative (42m)")
-    p.add_argument("--until", help="before timestamp or relative")
-    p.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
-    p.add_argument("--details", action="store_true", help="accepted for compatibility")
-    p.add_argument("container", metavar="CONTAINER")
-    p.set_defaults(func=cmd_logs)
-
-    p = sub.add_parser("top", help="display the running processes of a container")
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS OPTIONS")
-    p.set_defaults(func=cmd_top)
-
-    p = sub.add_parser("stats", help="live resource usage statistics of containers")
-    p.add_argument("-a", "--all", action="store_true", help="show all containers")
-    p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
-    p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
-    p.add_argument("--format", help="table, json, or a Go template")
-    p.add_argument("containers", nargs="*", metavar="CONTAINER")
-    p.set_defaults(func=cmd_stats)
-
-    p = sub.add_parser("cp", help="copy files between a container and the host")
-    p.add_argument("-L", "--follow-link", action="store_true", help="follow a symlink in SRC")
-    p.add_argument("-a", "--archive", action="store_true", help="accepted for compatibility")
-    p.add_argument("src", metavar="SRC")
-    p.add_argument("dest", metavar="DEST")
-    p.set_defaults(func=cmd_cp)
-
-    p = sub.add_parser("diff", help="changes to files or directories of a container")
-    p.add_argument("container", metavar="CONTAINER")
-    p.set_defaults(func=cmd_diff)
-
-    p = sub.add_parser("export", help="export a container's filesystem as a tar archive")
-    p.add_argument("-o", "--output", help="write to a file instead of STDOUT")
-    p.add_argument("container", metavar="CONTAINER")
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("commit", help="create a new image from a container's changes")
-    p.add_argument("-a", "--author", help="author")
-    p.add_argument("-m", "--message", help="commit message")
-    _list(p, "-c", "--change", help="apply Dockerfile instruction to the created image")
-    p.add_argument(
-        "-p",
-        "--pause",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="pause the container during commit (default true)",
-    )
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
-    p.set_defaults(func=cmd_commit)
-
-    p = sub.add_parser("rename", help="rename a container")
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("new_name", metavar="NEW_NAME")
-    p.set_defaults(func=cmd_rename)
-
-    p = sub.add_parser("port", help="list port mappings of the container")
-    p.add_argument("container", metavar="CONTAINER")
-    p.add_argument("private_port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
-    p.set_defaults(func=cmd_port)
+        p.set_defaults(func=cmd_start)
+    if only is None or only == "stop":
+        p = sub.add_parser("stop", help="stop one or more running containers")
+        p.add_argument(
+            "-t", "--time", "--timeout", type=float, help="seconds to wait before killing"
+        )
+        p.add_argument("-s", "--signal", help="signal to send (default: the STOPSIGNAL)")
+        _containers_arg(p)
+        p.set_defaults(func=cmd_stop)
+    if only is None or only == "kill":
+        p = sub.add_parser("kill", help="kill one or more running containers")
+        p.add_argument("-s", "--signal", default="KILL", help="signal to send (default KILL)")
+        _containers_arg(p)
+        p.set_defaults(func=cmd_kill)
+    if only is None or only == "restart":
+        p = sub.add_parser("restart", help="restart one or more containers")
+        p.add_argument(
+            "-t", "--time", "--timeout", type=float, help="seconds to wait before killing"
+        )
+        _containers_arg(p)
+        p.set_defaults(func=cmd_restart)
+    if only is None or only == "wait":
+        p = sub.add_parser("wait", help="block until containers stop, print their exit codes")
+        _containers_arg(p)
+        p.set_defaults(func=cmd_wait)
+    if only is None or only == "pause" or only == "unpause":
+        for name, fn in (("pause", cmd_pause), ("unpause", cmd_unpause)):
+            p = sub.add_parser(name, help=f"{name} all processes within containers")
+            _containers_arg(p)
+            p.set_defaults(func=fn)
+    if only is None or only == "exec":
+        p = sub.add_parser("exec", help="execute a command in a running container")
+        p.add_argument(
+            "-d", "--detach", action="store_true", help="run the command in the background"
+        )
+        p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open")
+        p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
+        _list(p, "-e", "--env", help="set environment variables")
+        p.add_argument("-u", "--user", help="username or UID (format: <name|uid>[:<group|gid>])")
+        p.add_argument("-w", "--workdir", help="working directory inside the container")
+        p.add_argument("--privileged", action="store_true", help="extended privileges")
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+        p.set_defaults(func=cmd_exec)
+    if only is None or only == "attach":
+        p = sub.add_parser("attach", help="attach to a running container's output (and input)")
+        p.add_argument("--no-stdin", action="store_true", help="do not attach STDIN")
+        p.add_argument(
+            "--sig-proxy",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="proxy received signals to the process",
+        )
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(func=cmd_attach)
+    if only is None or only == "logs":
+        p = sub.add_parser("logs", help="fetch the logs of a container")
+        p.add_argument("-f", "--follow", action="store_true", help="follow log output")
+        p.add_argument("-n", "--tail", default="all", help="lines from the end (default all)")
+        p.add_argument("--since", help="since timestamp (2013-01-02T13:23:37Z) or relative (42m)")
+        p.add_argument("--until", help="before timestamp or relative")
+        p.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
+        p.add_argument("--details", action="store_true", help="accepted for compatibility")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(func=cmd_logs)
+    if only is None or only == "top":
+        p = sub.add_parser("top", help="display the running processes of a container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("ps_args", nargs=argparse.REMAINDER, metavar="PS OPTIONS")
+        p.set_defaults(func=cmd_top)
+    if only is None or only == "stats":
+        p = sub.add_parser("stats", help="live resource usage statistics of containers")
+        p.add_argument("-a", "--all", action="store_true", help="show all containers")
+        p.add_argument("--no-stream", action="store_true", help="print one sample and exit")
+        p.add_argument("--no-trunc", action="store_true", help="do not truncate output")
+        p.add_argument("--format", help="table, json, or a Go template")
+        p.add_argument("containers", nargs="*", metavar="CONTAINER")
+        p.set_defaults(func=cmd_stats)
+    if only is None or only == "cp":
+        p = sub.add_parser("cp", help="copy files between a container and the host")
+        p.add_argument("-L", "--follow-link", action="store_true", help="follow a symlink in SRC")
+        p.add_argument("-a", "--archive", action="store_true", help="accepted for compatibility")
+        p.add_argument("src", metavar="SRC")
+        p.add_argument("dest", metavar="DEST")
+        p.set_defaults(func=cmd_cp)
+    if only is None or only == "diff":
+        p = sub.add_parser("diff", help="changes to files or directories of a container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(func=cmd_diff)
+    if only is None or only == "export":
+        p = sub.add_parser("export", help="export a container's filesystem as a tar archive")
+        p.add_argument("-o", "--output", help="write to a file instead of STDOUT")
+        p.add_argument("container", metavar="CONTAINER")
+        p.set_defaults(func=cmd_export)
+    if only is None or only == "commit":
+        p = sub.add_parser("commit", help="create a new image from a container's changes")
+        p.add_argument("-a", "--author", help="author")
+        p.add_argument("-m", "--message", help="commit message")
+        _list(p, "-c", "--change", help="apply Dockerfile instruction to the created image")
+        p.add_argument(
+            "-p",
+            "--pause",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="pause the container during commit (default true)",
+        )
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("repository", nargs="?", metavar="REPOSITORY[:TAG]")
+        p.set_defaults(func=cmd_commit)
+    if only is None or only == "rename":
+        p = sub.add_parser("rename", help="rename a container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("new_name", metavar="NEW_NAME")
+        p.set_defaults(func=cmd_rename)
+    if only is None or only == "port":
+        p = sub.add_parser("port", help="list port mappings of the container")
+        p.add_argument("container", metavar="CONTAINER")
+        p.add_argument("private_port", nargs="?", metavar="PRIVATE_PORT[/PROTO]")
+        p.set_defaults(func=cmd_port)
 
 
 def _rm_parser(sub: Any, name: str, aliases: list[str] | None = None) -> None:
@@ -919,8 +934,11 @@ def _ps_parser(sub: Any, name: str, aliases: list[str] | None = None) -> None:
     p.set_defaults(func=cmd_ps)
 
 
-def register(sub: Any) -> None:
-    _register_common(sub, "")
+def register(sub: Any, command: str | None = None) -> None:
+    if command in COMMON:
+        _register_common(sub, command)
+        return
+    _register_common(sub)
     _rm_parser(sub, "rm")
     _ps_parser(sub, "ps")
     p = sub.add_parser("inspect", help="low-level information on containers or images")
@@ -933,7 +951,7 @@ def register(sub: Any) -> None:
     csub = container.add_subparsers(
         dest="container_command", metavar="COMMAND", parser_class=type(container)
     )
-    _register_common(csub, "container ")
+    _register_common(csub)
     _rm_parser(csub, "rm", ["remove"])
     _ps_parser(csub, "ls", ["list", "ps"])
     p = csub.add_parser("inspect", help="display detailed information on containers")
