@@ -56,7 +56,12 @@ class RunOptions:
     tmpfs: list[str] = field(default_factory=list)
     read_only: bool = False
     init: bool = False
-    network: str = "none"
+    network: str = "bridge"
+    network_aliases: list[str] = field(default_factory=list)
+    ip: str | None = None
+    publish_all: bool = False
+    dns: list[str] = field(default_factory=list)
+    add_hosts: list[str] = field(default_factory=list)
     pid: str = ""
     ipc: str = ""
     uts: str = ""
@@ -428,11 +433,9 @@ def build_spec(
             raise InvalidSpec(f"invalid --{kind} {mode!r}: want host or private")
         if mode != "host":
             namespaces.append(rt.Namespace(kind))
-    if opts.network not in ("none", "host"):
-        raise InvalidSpec(
-            f"invalid --network {opts.network!r}: only none and host until bridge networking"
-        )
-    if opts.network == "none":
+    if opts.network.startswith("container:"):
+        namespaces.append(rt.Namespace("network", opts.network.partition(":")[2]))
+    elif opts.network != "host":
         namespaces.append(rt.Namespace("network"))
     linux = rt.Linux(namespaces=namespaces, cgroups_path=f"cove/{container_id}")
     if opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
@@ -454,7 +457,7 @@ def build_spec(
     ro = [] if opts.privileged else ["ro"]
     sys_mount = (
         rt.Mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", *ro])
-        if opts.network == "none" or opts.privileged
+        if opts.network != "host" or opts.privileged
         else rt.Mount("/sys", "bind", "/sys", ["rbind", "nosuid", "noexec", "nodev", *ro])
     )
     mounts = [
@@ -494,15 +497,42 @@ def build_spec(
     )
 
 
-def etc_files(dest_dir: str, hostname: str, network: str) -> dict[str, str]:
-    """/etc/hostname, /etc/hosts and /etc/resolv.conf for the container; returns dest->source."""
+def etc_files(
+    dest_dir: str,
+    hostname: str,
+    network: str,
+    *,
+    add_hosts: list[str] | None = None,
+    dns: list[str] | None = None,
+    address: str | None = None,
+    nameserver: str | None = None,
+) -> dict[str, str]:
+    """/etc/hostname, /etc/hosts and /etc/resolv.conf for the container; returns dest->source.
+
+    Written in place, never replaced: the container bind-mounts these very inodes, and a
+    network attachment rewrites hosts and resolv.conf once the address is known.
+    """
     hosts = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
-    if network != "host":
+    if address:
+        hosts.append(f"{address}\t{hostname}")
+    elif network != "host":
         hosts.append(f"127.0.1.1\t{hostname}")
-    resolv = ""
+    for entry in add_hosts or []:
+        name, _, ip = entry.partition(":")
+        if not ip:
+            raise InvalidSpec(f"invalid --add-host {entry!r}: want HOST:IP")
+        hosts.append(f"{ip}\t{name}")
+    lines: list[str] = []
     try:
         with open("/etc/resolv.conf") as f:
             lines = f.read().splitlines()
+    except OSError:
+        pass
+    if dns or nameserver:
+        servers = dns or [nameserver or ""]
+        keep = [ln for ln in lines if ln.startswith(("search", "options"))]
+        resolv = "\n".join([*(f"nameserver {s}" for s in servers), *keep])
+    else:
         # a loopback resolver of the host is unreachable from the container's own network
         resolv = "\n".join(
             line
@@ -514,8 +544,6 @@ def etc_files(dest_dir: str, hostname: str, network: str) -> dict[str, str]:
                 and network != "host"
             )
         )
-    except OSError:
-        pass
     files = {
         "/etc/hostname": hostname + "\n",
         "/etc/hosts": "\n".join(hosts) + "\n",

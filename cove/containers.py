@@ -68,9 +68,11 @@ def container_name(cid: str) -> str:
 
 
 def alive(pid: int, start_time: int) -> bool:
-    from cove.runtime.api import proc_start_time
+    """The process is there, is the one we recorded (not a reused pid), and is not a zombie
+    (a dead process whose parent has not reaped it yet)."""
+    from cove.runtime.api import _zombie, proc_start_time
 
-    return pid > 0 and start_time > 0 and proc_start_time(pid) == start_time
+    return pid > 0 and start_time > 0 and proc_start_time(pid) == start_time and not _zombie(pid)
 
 
 def crash_point(name: str) -> None:
@@ -135,6 +137,7 @@ class ContainerEngine:
             if rec.op == OP_START:
                 with contextlib.suppress(Exception):
                     self.runtime().delete(rec.id, force=True)
+                network_down(self.root, self.store.db, rec.id)
                 back = Status.EXITED if rec.started_at else Status.CREATED
                 self.store.db.execute(
                     "UPDATE containers SET status = ?, op = '', op_pid = 0, op_start = 0, "
@@ -161,6 +164,7 @@ class ContainerEngine:
         # A container is never left in that state: it is stopped and reported
         with contextlib.suppress(Exception):
             self.runtime().delete(rec.id, force=True)
+        network_down(self.root, self.store.db, rec.id)
         if running:
             from cove.runtime.cgroups import Cgroups
 
@@ -190,6 +194,7 @@ class ContainerEngine:
         if alive(rec.pid, rec.start_time):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGKILL)
+        network_down(self.root, self.store.db, rec.id)
         shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
         self.store.remove(rec.id)
 
@@ -215,10 +220,13 @@ class ContainerEngine:
         if restart["Name"] and opts.rm:
             raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
         log_cfg = _log_config(opts.log_opts)
+        opts, port_bindings = self._network_opts(opts)
         stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
         ctr.parse_signal(stop_signal)
         cid = secrets.token_hex(32)
         me, me_start = _self_ids()
+        if opts.name:
+            opts.name = opts.name.removeprefix("/")
         rec = Record(
             cid,
             opts.name or container_name(cid),
@@ -250,7 +258,9 @@ class ContainerEngine:
                 opts.user or image_cfg.get("User") or "", opts.group_add, top_first
             )
             hostname = opts.hostname or cid[:12]
-            files = ctr.etc_files(cdir, hostname, opts.network)
+            files = ctr.etc_files(
+                cdir, hostname, opts.network, add_hosts=opts.add_hosts, dns=opts.dns
+            )
             mounts, docker_mounts, copy_up = self._resolve_mounts(opts, image_cfg, top_first)
             oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
             if copy_up:
@@ -283,6 +293,21 @@ class ContainerEngine:
             crash_point("create-bundle")
             config = _docker_config(opts, img, oci, hostname, restart, log_cfg, stop_signal)
             config["Mounts"] = docker_mounts
+            host_cfg = config["HostConfig"]
+            host_cfg["PortBindings"] = port_bindings
+            host_cfg["PublishAllPorts"] = opts.publish_all
+            host_cfg["Dns"] = list(opts.dns)
+            host_cfg["ExtraHosts"] = list(opts.add_hosts) or None
+            config["NetworkingConfig"] = {
+                "Aliases": list(opts.network_aliases),
+                "IPv4Address": opts.ip,
+            }
+            for key in port_bindings:
+                config["Config"].setdefault("ExposedPorts", None)
+                config["Config"]["ExposedPorts"] = {
+                    **(config["Config"]["ExposedPorts"] or {}),
+                    key: {},
+                }
             config["LogPath"] = self.log_path(cid)
             if op:
                 self.store.update(cid, config=config)
@@ -293,6 +318,35 @@ class ContainerEngine:
                 self._purge(self.store.get(cid))
             raise
         return cid
+
+    def _network_opts(self, opts: Any) -> tuple[Any, dict[str, Any]]:
+        """Check --network and -p; ``container:NAME`` becomes that container's netns path."""
+        import dataclasses
+
+        mode = opts.network or "bridge"
+        bindings: dict[str, Any] = {}
+        if mode.startswith("container:"):
+            other = self.get(mode.partition(":")[2])
+            if other.status != Status.RUNNING:
+                raise Conflict(f"cannot join network of a non running container: {other.name}")
+            opts = dataclasses.replace(opts, network=f"container:/proc/{other.pid}/ns/net")
+        elif mode not in ("none", "host"):
+            from cove.network.manager import DEFAULT, NetworkManager, parse_publish
+
+            if mode != DEFAULT:
+                NetworkManager(self.root, self.store.db).store.get(mode)
+            for text in opts.publish:
+                for p in parse_publish(text):
+                    bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
+                        {"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}
+                    )
+        bridged = mode not in ("none", "host") and not mode.startswith("container:")
+        if (opts.publish or opts.publish_all or opts.network_aliases or opts.ip) and not bridged:
+            raise InvalidSpec(
+                f"conflicting options: port publishing, aliases and --ip need a bridge "
+                f"network, not {mode}"
+            )
+        return opts, bindings
 
     def _resolve_mounts(
         self, opts: Any, image_cfg: dict[str, Any], top_first: list[str]
@@ -454,6 +508,7 @@ class ContainerEngine:
             "max_file": str(cfg.get("HostConfig", {}).get("LogConfig", {}).get("MaxFile", 1)),
             "tty": "1" if cfg.get("Config", {}).get("Tty") else "0",
             "stdin": "1" if cfg.get("Config", {}).get("OpenStdin") else "0",
+            "stdin_once": "1" if cfg.get("Config", {}).get("StdinOnce") else "0",
             "health_interval": str(interval / 1e9 if hc else 0),
         }
         go_r, go_w = os.pipe()
@@ -523,9 +578,14 @@ class ContainerEngine:
             )
             os.close(go_r)
             args["first"] = ",".join(str(x) for x in first)
-            for fd in (*keep, *first[:4]):
-                if fd >= 0:
-                    os.set_inheritable(fd, True)
+            wanted = sorted({0, 1, 2, *(fd for fd in (*keep, *first[:4]) if fd >= 0)})
+            for fd in wanted[3:]:
+                os.set_inheritable(fd, True)
+            # nothing else of the launcher's (its caller's pipes) may live as long as the monitor
+            prev = -1
+            for fd in [*wanted, 1 << 20]:
+                os.closerange(prev + 1, fd)
+                prev = fd
             os.execv(sys.executable, _monitor_argv(args))
         except BaseException as e:
             os.write(2, f"Error: cannot start the monitor: {e}\n".encode())
@@ -552,6 +612,8 @@ class ContainerEngine:
             finally:
                 if devnull >= 0:
                     os.close(devnull)
+            rec = self.store.get(cid)
+            rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
             self.store.update(
                 cid,
                 status=Status.RUNNING,
@@ -560,6 +622,7 @@ class ContainerEngine:
                 started_at=now(),
                 monitor_pid=me,
                 monitor_start=me_start,
+                config=rec.config,
             )
             with forward_signals(created.pid):
                 runtime.start(cid)
@@ -597,6 +660,7 @@ class ContainerEngine:
         finally:
             with contextlib.suppress(Exception):
                 runtime.delete(cid, force=True)
+            network_down(self.root, self.store.db, cid)
             if opts.rm:
                 with contextlib.suppress(Exception):
                     self.discard(self.store.get(cid), volumes=True)
@@ -672,6 +736,12 @@ class ContainerEngine:
         deadline = time.monotonic() + timeout
         while True:
             fresh = self.reconcile(self.store.get(rec.id), settle=0.0)
+            if fresh.manual_stop and fresh.status == Status.RUNNING and fresh.pid != rec.pid:
+                # a restart that raced with the stop: the stop wins
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(fresh.pid, signal.SIGKILL)
+                rec = fresh
+                continue
             if fresh.status not in (Status.RUNNING, Status.PAUSED) or fresh.pid != rec.pid:
                 if fresh.status != Status.RESTARTING or not fresh.manual_stop:
                     return fresh
@@ -683,6 +753,10 @@ class ContainerEngine:
         from cove import container as ctr
 
         rec = self.get(ref)
+        if rec.status == Status.RESTARTING:  # Docker: a kill ends the restart loop
+            self.store.update(rec.id, manual_stop=True)
+            self._signal_monitor(rec)
+            return self._await_exit(rec, 10)
         if rec.status not in (Status.RUNNING, Status.PAUSED):
             raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
         stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
@@ -696,14 +770,16 @@ class ContainerEngine:
         return rec
 
     def wait(self, ref: str, *, after: float = 0.0) -> int:
-        """Block until the container is not running; its exit code (``docker wait``)."""
+        """Block until the container is not running; its exit code (``docker wait``): the
+        first exit after the call, also one that a restart policy follows."""
         rec = self.store.get(ref)
+        after = after or time.time()
         while True:
             try:
                 fresh = self.reconcile(self.store.get(rec.id), settle=0.0)
             except NotFound:
                 return rec.exit_code
-            if after and fresh.finished_at >= after:
+            if fresh.finished_at >= after:
                 return fresh.exit_code
             if fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op:
                 return fresh.exit_code
@@ -797,6 +873,7 @@ class ContainerEngine:
         import sqlite3
 
         rec = self.get(ref)
+        new = new.removeprefix("/")
         if not _valid_name(new):
             raise InvalidSpec(
                 f'invalid container name "{new}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
@@ -809,6 +886,58 @@ class ContainerEngine:
             raise Conflict(
                 f'the container name "/{new}" is already in use by another container'
             ) from e
+
+    # -- networks -----------------------------------------------------------------
+
+    def networks(self) -> Any:
+        from cove.network.manager import NetworkManager
+
+        return NetworkManager(self.root, self.store.db)
+
+    def connect(self, net_ref: str, ref: str, *, aliases: list[str], ip: str | None = None) -> None:
+        """Hot-plug: a new ``ethN`` in the running container on ``net_ref``."""
+        from cove.network.manager import settings
+
+        rec = self.get(ref)
+        if rec.status != Status.RUNNING:
+            raise Conflict(f"container {rec.name} is not running")
+        mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
+        if mode in ("none", "host") or mode.startswith("container:"):
+            raise Conflict(f"container {rec.name} uses network mode {mode}: cannot connect it")
+        nm = self.networks()
+        held = nm.store.leases(container=rec.id)
+        used = {lease.iface for lease in held}
+        iface = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
+        n, lease = nm.attach(
+            rec.id,
+            rec.name,
+            rec.pid,
+            net_ref,
+            iface=iface,
+            aliases=aliases,
+            ip=ip,
+            default_route=False,
+        )
+        cfg = rec.config
+        current = cfg.get("NetworkSettings") or {}
+        add = settings([(n, lease)], [])["Networks"]
+        current.setdefault("Networks", {}).update(add)
+        cfg["NetworkSettings"] = current
+        self.store.update(rec.id, config=cfg)
+
+    def disconnect(self, net_ref: str, ref: str) -> None:
+        rec = self.get(ref)
+        nm = self.networks()
+        n = nm.get(net_ref)
+        if not any(x.network == n.id for x in nm.store.leases(container=rec.id)):
+            raise Conflict(f"container {rec.id} is not connected to network {n.name}")
+        nm.detach(rec.id, n.id, pid=rec.pid if rec.status == Status.RUNNING else 0)
+        cfg = rec.config
+        (cfg.get("NetworkSettings") or {}).get("Networks", {}).pop(n.name, None)
+        self.store.update(rec.id, config=cfg)
+
+    def network_users(self) -> dict[str, str]:
+        return {r.id: r.name for r in self.store.all()}
 
     # -- inspect ------------------------------------------------------------------
 
@@ -894,6 +1023,67 @@ class ContainerEngine:
         if oci.namespace("user") is None:
             return 0, 0
         return host_root_ids(oci)
+
+
+def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
+    """Attach a created container (process ``pid``) to its network; Docker's NetworkSettings."""
+    host = rec.config.get("HostConfig", {})
+    mode = host.get("NetworkMode") or "none"
+    if mode in ("none", "host") or mode.startswith("container:"):
+        return {}
+    from cove import container as ctr
+    from cove.network.manager import NetworkManager, PortSpec, settings
+
+    nm = NetworkManager(root, db)
+    ncfg = rec.config.get("NetworkingConfig") or {}
+    try:
+        n, lease = nm.attach(rec.id, rec.name, pid, mode, iface="eth0",
+                             aliases=list(ncfg.get("Aliases") or []),
+                             ip=ncfg.get("IPv4Address"))  # fmt: skip
+        specs = []
+        for key, binds in (host.get("PortBindings") or {}).items():
+            port, _, proto = key.partition("/")
+            for b in binds:
+                specs.append(PortSpec(proto, b.get("HostIp") or "", int(b.get("HostPort") or 0),
+                                      int(port)))  # fmt: skip
+        if host.get("PublishAllPorts"):
+            for key in rec.config.get("Config", {}).get("ExposedPorts") or {}:
+                if key not in (host.get("PortBindings") or {}):
+                    port, _, proto = key.partition("/")
+                    specs.append(PortSpec(proto or "tcp", "", 0, int(port)))
+        ports = nm.publish(rec.id, lease.address, specs)
+        cfg = rec.config.get("Config", {})
+        ctr.etc_files(
+            os.path.join(root, "containers", rec.id),
+            cfg.get("Hostname") or rec.id[:12],
+            mode,
+            add_hosts=host.get("ExtraHosts") or [],
+            dns=host.get("Dns") or [],
+            address=lease.address,
+            nameserver=n.gateway,
+        )
+    except BaseException:
+        nm.detach(rec.id)
+        raise
+    return settings([(n, lease)], ports)
+
+
+def network_down(root: str, db: Any, cid: str) -> None:
+    """Release what the container holds on networks (leases, ports, host veths)."""
+    row = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'"
+    ).fetchone()
+    if row is None:
+        return  # no network was ever used on this root
+    if not db.execute(
+        "SELECT 1 FROM leases WHERE container = ? UNION SELECT 1 FROM ports WHERE container = ?",
+        (cid, cid),
+    ).fetchone():
+        return  # fmt: skip
+    from cove.network.manager import NetworkManager
+
+    with contextlib.suppress(Exception):
+        NetworkManager(root, db).detach(cid)
 
 
 def _valid_name(name: str) -> bool:

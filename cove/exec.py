@@ -43,9 +43,8 @@ def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
     if o.user:
         u = ctr.resolve_user(o.user, [], ce.layers_top_first(rec))
         proc.user = rt.User(u.uid, u.gid, proc.user.umask, u.additional)
-        home = [e for e in proc.env if e.startswith("HOME=")]
-        if not home:
-            proc.env.append(f"HOME={u.home}")
+        if not any(e.startswith("HOME=") for e in o.env):
+            proc.env = [e for e in proc.env if not e.startswith("HOME=")] + [f"HOME={u.home}"]
     caps = proc.capabilities
     if o.privileged:
         every = [c for i, c in enumerate(capmod.CAPS) if i <= capmod.last_cap()]

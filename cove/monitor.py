@@ -39,6 +39,8 @@ class Options:
         self.max_file = max(1, int(kv.get("max_file", "1")))
         self.tty = kv.get("tty") == "1"
         self.stdin = kv.get("stdin") == "1"
+        # docker run -i (not -d): the first attached client's EOF closes the container's stdin
+        self.stdin_once = kv.get("stdin_once") == "1"
         self.restart = kv.get("restart", "no")
         self.restart_max = int(kv.get("restart_max", "0"))
         self.health_interval = float(kv.get("health_interval", "0"))
@@ -149,7 +151,7 @@ class Monitor:
         if not data:
             # the client closed its input (stdin ended): it still gets the output
             self.half_closed.append(c)
-            if target == self.stdin_w and target >= 0:
+            if target == self.stdin_w and target >= 0 and self.o.stdin_once:
                 os.close(self.stdin_w)  # the attached stdin closed: the container sees EOF
                 self.stdin_w = -1
             return
@@ -169,11 +171,12 @@ class Monitor:
     def _broadcast(self, stream: int, data: bytes) -> None:
         frame = bytes((stream + 1, 0, 0, 0)) + len(data).to_bytes(4, "big") + data
         for c in list(self.clients):
+            # never block on a client: one that cannot keep up is dropped (the log has it all)
             try:
-                c.setblocking(True)
-                c.sendall(frame)
-                c.setblocking(False)
+                sent = c.send(frame)
             except OSError:
+                sent = 0
+            if sent != len(frame):
                 self._drop(c)
 
     # -- output -------------------------------------------------------------
@@ -217,9 +220,10 @@ class Monitor:
                 return
             if pid == 0:
                 return
-            self.reaped[pid] = status
             if pid == self.health_pid:
-                self.health_pid = 0
+                self.health_pid = 0  # its result is in the database; the status is not needed
+                continue
+            self.reaped[pid] = status
 
     def _wait(self, pid: int) -> int:
         while pid not in self.reaped:

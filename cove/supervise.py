@@ -33,14 +33,20 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
         runtime.delete(cid, force=True)  # what a previous run of this container left
     null = os.open(os.devnull, os.O_RDWR)
     fds = tuple(null if fd < 0 else fd for fd in stdio)
+    from cove.containers import network_down, network_up
+
     try:
         created = runtime.create(cid, os.path.join(root, "containers", cid), stdio=fds)
+        rec.config["NetworkSettings"] = network_up(root, store.db, rec, created.pid)
+        if rec.status == Status.RESTARTING and store.get(cid).manual_stop:
+            raise RuntimeError("stopped during the restart back-off")
         runtime.start(cid)
         runtime.wait_exec(created)
     except BaseException as e:
         code = e.exit_code if isinstance(e, ContainerStartError) else 125
         with contextlib.suppress(Exception):
             runtime.delete(cid, force=True)
+        network_down(root, store.db, cid)
         back = rec.status if rec.status != Status.RESTARTING else Status.EXITED
         if rec.status == Status.RESTARTING:
             fields: dict[str, Any] = {"status": back, "finished_at": now()}
@@ -63,6 +69,7 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
         health = {"Status": "starting", "FailingStreak": 0, "Log": []}
     store.update(
         cid,
+        config=rec.config,
         status=Status.RUNNING,
         pid=created.pid,
         start_time=proc_start_time(created.pid) or 0,
@@ -138,6 +145,9 @@ def finish(root: str, cid: str, status: str) -> int:
     with contextlib.suppress(Exception):
         _runtime(root).delete(cid, force=True)
     store = Store(root)
+    from cove.containers import network_down
+
+    network_down(root, store.db, cid)
     rec = store.get(cid)
     if rec.status == Status.REMOVING:
         return 0

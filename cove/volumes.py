@@ -88,9 +88,16 @@ class Volumes:
         }
 
     def remove(self, name: str, *, force: bool = False) -> None:
-        self.get(name)
+        """Docker's rules: an in-use volume is never removed; ``force`` only makes a missing
+        one not an error."""
+        try:
+            self.get(name)
+        except NotFound:
+            if force:
+                return
+            raise
         users = self.users(name)
-        if users and not force:
+        if users:
             ids = ", ".join(users)
             raise Conflict(f"remove {name}: volume is in use - [{ids}]")
         self.store.remove_volume(name)

@@ -6,7 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,8 +40,12 @@ def cove_argv(root: Path, *args: str) -> list[str]:
 
 
 @pytest.fixture
-def cove(cove_root: Path) -> CoveRunner:
-    """Run ``cove --root <fresh root> ARGS``; ``check=True`` asserts success."""
+def cove(cove_root: Path) -> Iterator[CoveRunner]:
+    """Run ``cove --root <fresh root> ARGS``; ``check=True`` asserts success.
+
+    Afterwards every container and network of the root is removed (``system reset``), so
+    no bridge, DNS responder, rule or process outlives the test, pass or fail.
+    """
 
     def run(
         *args: str,
@@ -64,7 +68,10 @@ def cove(cove_root: Path) -> CoveRunner:
             )
         return proc
 
-    return run
+    yield run
+    if (cove_root / "state.db").exists():
+        subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True,
+                       timeout=300)  # fmt: skip
 
 
 def _verified(path: Path, sums: Path) -> Path:

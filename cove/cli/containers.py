@@ -45,6 +45,8 @@ VERBS = {
     "ps",
     "container",
     "volume",
+    "network",
+    "system",
 }
 
 
@@ -110,6 +112,11 @@ def _opts(args: argparse.Namespace) -> Any:
         stop_timeout=args.stop_timeout,
         expose=args.expose,
         publish=args.publish,
+        network_aliases=args.network_alias,
+        ip=args.ip,
+        publish_all=args.publish_all,
+        dns=args.dns,
+        add_hosts=args.add_host,
     )
 
 
@@ -245,7 +252,20 @@ def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
         workdir=args.workdir,
         privileged=args.privileged,
     )
-    return _start_errors(lambda: exec_in(_ce(engine), args.container, o))
+    from cove.errors import Conflict, NotFound
+    from cove.runtime.api import ContainerStartError
+
+    try:
+        return exec_in(_ce(engine), args.container, o)
+    except ContainerStartError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return e.exit_code
+    except (Conflict, NotFound) as e:  # Docker: the daemon refused, exit 1
+        sys.stderr.write(f"Error: {e}\n")
+        return 1
+    except CoveError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return 125
 
 
 def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
@@ -319,33 +339,50 @@ def _status_text(rec: Any, now: float) -> str:
 
 
 def _matches(rec: Any, filters: list[str], ce: Any) -> bool:
+    """Docker's rule: values of one key are ORed, different keys ANDed."""
+    by_key: dict[str, list[str]] = {}
     for f in filters:
         key, _, value = f.partition("=")
-        if key == "status" and rec.status.value != value:
+        by_key.setdefault(key, []).append(value)
+    return all(any(_match_one(rec, f"{k}={v}", ce) for v in values) for k, values in by_key.items())
+
+
+def _match_one(rec: Any, f: str, ce: Any) -> bool:
+    key, _, value = f.partition("=")
+    if key == "status" and rec.status.value != value:
+        return False
+    if key == "name" and value not in rec.name:
+        return False
+    if key == "id" and not rec.id.startswith(value):
+        return False
+    if key == "label":
+        labels = rec.config.get("Config", {}).get("Labels") or {}
+        k, eq, v = value.partition("=")
+        if k not in labels or (eq and labels[k] != v):
             return False
-        if key == "name" and value not in rec.name:
-            return False
-        if key == "id" and not rec.id.startswith(value):
-            return False
-        if key == "label":
-            labels = rec.config.get("Config", {}).get("Labels") or {}
-            k, eq, v = value.partition("=")
-            if k not in labels or (eq and labels[k] != v):
+    if key == "ancestor":
+        try:
+            img = ce.engine.image(value)
+        except CoveError:
+            if rec.image != value:
                 return False
-        if key == "ancestor":
-            try:
-                img = ce.engine.image(value)
-            except CoveError:
-                if rec.image != value:
-                    return False
-            else:
-                if img.id != rec.image_id:
-                    return False
-        if key == "exited" and (rec.status.value != "exited" or str(rec.exit_code) != value):
-            return False
-        if key == "health" and (rec.health or {}).get("Status", "none") != value:
-            return False
+        else:
+            if img.id != rec.image_id:
+                return False
+    if key == "exited" and (rec.status.value != "exited" or str(rec.exit_code) != value):
+        return False
+    if key == "health" and (rec.health or {}).get("Status", "none") != value:
+        return False
     return True
+
+
+def _ports_text(cfg: dict[str, Any]) -> str:
+    ports = (cfg.get("NetworkSettings") or {}).get("Ports") or {}
+    out = []
+    for cport, binds in ports.items():
+        for b in binds or []:
+            out.append(f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}->{cport}")
+    return ", ".join(out)
 
 
 def _size(path: str) -> int:
@@ -374,15 +411,20 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
         ):
             sys.stderr.write(f"Error: invalid filter '{f.partition('=')[0]}'\n")
             return 125
+    statuses = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+    for f in args.filter:
+        key, _, value = f.partition("=")
+        if key == "status" and value not in statuses:
+            sys.stderr.write(f"Error: invalid filter 'status={value}'\n")
+            return 125
     rows = []
-    records = ce.all()
-    if args.last is not None and args.last >= 0:
+    records = [r for r in ce.all() if _matches(r, args.filter, ce)]
+    show_all = args.all or bool(args.filter) or bool(args.last)
+    if args.last:
         records = records[: args.last]
     for rec in records:
         running = rec.status.value in ("running", "paused", "restarting")
-        if not args.all and not running and not args.filter and args.last is None:
-            continue
-        if not _matches(rec, args.filter, ce):
+        if not show_all and not running:
             continue
         cfg = rec.config
         cmd = " ".join([cfg.get("Path", ""), *cfg.get("Args", [])]).strip()
@@ -396,7 +438,7 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
             "RunningFor": fmt.ago_ts(rec.created),
             "Status": _status_text(rec, now),
             "State": rec.status.value,
-            "Ports": "",
+            "Ports": _ports_text(cfg),
             "Names": rec.name,
             "Labels": ",".join(
                 f"{k}={v}" for k, v in (cfg.get("Config", {}).get("Labels") or {}).items()
@@ -609,6 +651,46 @@ def cmd_container_prune(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_system_prune(engine: Engine, args: argparse.Namespace) -> int:
+    ce = _ce(engine)
+    removed = ce.prune()
+    nets = ce.networks()
+    nets.release_stale({r.id for r in ce.all() if r.status.value in ("running", "paused")})
+    pruned_nets = nets.prune(set())
+    vols: list[str] = []
+    if args.volumes:
+        vols, _ = ce.volumes().prune()
+    images, freed = engine.prune_images(all_images=args.all)
+    for title, items in (("Deleted Containers:", removed), ("Deleted Networks:", pruned_nets),
+                         ("Deleted Volumes:", vols)):  # fmt: skip
+        if items:
+            print(title)
+            print("\n".join(items))
+            print()
+    if images:
+        print("Deleted Images:")
+        print("\n".join(f"{kind}: {ref}" for kind, ref in images))
+        print()
+    print(f"Total reclaimed space: {fmt.human_size(freed)}")
+    return 0
+
+
+def cmd_system_reset(engine: Engine, args: argparse.Namespace) -> int:
+    """Podman's ``system reset``: every container, network, volume and image of this root."""
+    if not args.force:
+        sys.stderr.write("Error: system reset removes everything in the state root: use -f\n")
+        return 125
+    ce = _ce(engine)
+    for rec in ce.all():
+        ce.remove(rec.id, force=True, volumes=True)
+    ce.networks().reset()
+    vols = ce.volumes()
+    for v in vols.all():
+        vols.remove(v.name, force=True)
+    engine.prune_images(all_images=True)
+    return 0
+
+
 # -- volumes ------------------------------------------------------------------------------
 
 
@@ -723,7 +805,17 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-only", action="store_true", help="mount the root filesystem read-only")
     p.add_argument("--entrypoint", help="overwrite the default ENTRYPOINT of the image")
     p.add_argument("--init", action="store_true", help="run an init inside the container")
-    p.add_argument("--network", "--net", default="none", help="none or host (default none)")
+    p.add_argument(
+        "--network",
+        "--net",
+        default="bridge",
+        help="bridge (default), NAME, none, host, container:NAME",
+    )
+    _list(p, "--network-alias", help="network-scoped alias for the container")
+    p.add_argument("--ip", help="IPv4 address on the network")
+    p.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port")
+    _list(p, "--dns", help="set custom DNS servers")
+    _list(p, "--add-host", help="add a custom host-to-IP mapping (host:ip)")
     p.add_argument("--pid", default="", help="PID namespace to use (host)")
     p.add_argument("--ipc", default="", help="IPC namespace to use (host)")
     p.add_argument("--uts", default="", help="UTS namespace to use (host)")
@@ -760,7 +852,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-signal", help="signal to stop the container")
     p.add_argument("--stop-timeout", type=int, help="timeout (in seconds) to stop a container")
     _list(p, "--expose", help="expose a port or a range of ports")
-    _list(p, "-p", "--publish", help="publish ports (with networking, a later release)")
+    _list(p, "-p", "--publish", help="publish ports [IP:][HOSTPORT:]CPORT[/udp], ranges too")
 
 
 def _containers_arg(p: argparse.ArgumentParser) -> None:
@@ -962,6 +1054,24 @@ def register(sub: Any, command: str | None = None) -> None:
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     p.set_defaults(func=cmd_container_prune)
 
+    from cove.cli import networks
+
+    networks.register(sub)
+    system = sub.add_parser("system", help="manage the state root")
+    ssub = system.add_subparsers(dest="system_command", metavar="COMMAND",
+                                 parser_class=type(system))  # fmt: skip
+    p = ssub.add_parser(
+        "prune",
+        help="remove stopped containers, unused networks, "
+        "dangling images (and with --volumes unused anonymous volumes)",
+    )
+    p.add_argument("-a", "--all", action="store_true", help="all unused images, not just dangling")
+    p.add_argument("--volumes", action="store_true", help="prune anonymous volumes too")
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt")
+    p.set_defaults(func=cmd_system_prune)
+    p = ssub.add_parser("reset", help="remove every container, network, volume and image")
+    p.add_argument("-f", "--force", action="store_true", help="really do it")
+    p.set_defaults(func=cmd_system_reset)
     volume = sub.add_parser("volume", help="manage volumes")
     vsub = volume.add_subparsers(
         dest="volume_command", metavar="COMMAND", parser_class=type(volume)

@@ -306,6 +306,14 @@ class Cgroups:
         return sorted(out)
 
     def kill_all(self) -> None:
+        # a frozen task cannot take SIGKILL: thaw first (a paused container being removed)
+        with contextlib.suppress(OSError):
+            freezer = self._v1("freezer")
+            if freezer and os.path.exists(os.path.join(freezer, "freezer.state")):
+                _write(os.path.join(freezer, "freezer.state"), "THAWED")
+            unified = self.dirs().get("")
+            if unified and os.path.exists(os.path.join(unified, "cgroup.freeze")):
+                _write(os.path.join(unified, "cgroup.freeze"), "0")
         if self.layout.unified and self.layout.pure_v2:
             kill = os.path.join(self.dirs()[""], "cgroup.kill")
             if os.path.exists(kill):

@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, CoveRunner, cove_argv
 
 PROBE = REPO / "tests" / "probe.sh"
@@ -31,7 +32,10 @@ def host_ns(kind: str) -> str:
     return os.readlink(f"/proc/self/ns/{kind}")
 
 
-def leftovers(cid_prefix: str = "") -> list[str]:
+_BASELINE: set[str] = set()
+
+
+def _cove_state(cid_prefix: str = "") -> list[str]:
     found = []
     with open("/proc/self/mountinfo") as f:
         found += [line for line in f if "/containers/" in line or " overlay " in line]
@@ -40,6 +44,17 @@ def leftovers(cid_prefix: str = "") -> list[str]:
         if d.is_dir():
             found += [str(p) for p in d.iterdir() if p.is_dir() and p.name.startswith(cid_prefix)]
     return found
+
+
+@pytest.fixture(autouse=True)
+def _baseline() -> None:
+    """What other cove users of this machine had before the test is not the test's."""
+    _BASELINE.clear()
+    _BASELINE.update(_cove_state())
+
+
+def leftovers(cid_prefix: str = "") -> list[str]:
+    return [x for x in _cove_state(cid_prefix) if x not in _BASELINE]
 
 
 def test_basic_exit_codes(cove: CoveRunner, alpine: str) -> None:
