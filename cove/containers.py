@@ -584,7 +584,8 @@ class ContainerEngine:
             # nothing else of the launcher's (its caller's pipes) may live as long as the monitor
             prev = -1
             for fd in [*wanted, 1 << 20]:
-                os.closerange(prev + 1, fd)
+                if fd > prev + 1:  # closerange(a, a) would close everything from a on
+                    os.closerange(prev + 1, fd)
                 prev = fd
             os.execv(sys.executable, _monitor_argv(args))
         except BaseException as e:

@@ -53,7 +53,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _stdio_open() -> None:
+    """Fill closed fds 0-2 with /dev/null: otherwise the first pipe cove makes could land on
+    fd 0-2 and be taken for stdio by a child (the monitor, a container)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _stdio_open()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)

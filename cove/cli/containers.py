@@ -681,14 +681,23 @@ def cmd_system_reset(engine: Engine, args: argparse.Namespace) -> int:
         sys.stderr.write("Error: system reset removes everything in the state root: use -f\n")
         return 125
     ce = _ce(engine)
+    failed = []
     for rec in ce.all():
-        ce.remove(rec.id, force=True, volumes=True)
+        try:
+            ce.remove(rec.id, force=True, volumes=True)
+        except CoveError as e:  # go on: a reset must not stop half-way
+            failed.append(str(e))
     ce.networks().reset()
     vols = ce.volumes()
     for v in vols.all():
-        vols.remove(v.name, force=True)
+        try:
+            vols.remove(v.name, force=True)
+        except CoveError as e:
+            failed.append(str(e))
     engine.prune_images(all_images=True)
-    return 0
+    for msg in failed:
+        sys.stderr.write(f"Error: {msg}\n")
+    return 1 if failed else 0
 
 
 # -- volumes ------------------------------------------------------------------------------

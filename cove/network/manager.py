@@ -114,7 +114,10 @@ class NetworkManager:
                 if clash:
                     raise Conflict(f"invalid pool request: pool {net} overlaps with {clash[0]}")
             elif name == DEFAULT:
-                net = ipam.free_subnet(ipam.DEFAULT_CANDIDATES, taken)
+                try:
+                    net = ipam.free_subnet(ipam.DEFAULT_CANDIDATES, taken)
+                except Conflict:
+                    net = ipam.free_subnet(ipam.POOL, taken, ipam.POOL_PREFIX)
             else:
                 net = ipam.free_subnet(ipam.POOL, taken, ipam.POOL_PREFIX)
             gw = ipam.gateway_for(net, gateway)
@@ -145,7 +148,8 @@ class NetworkManager:
         """Remove every network of this root, the default one too (``system reset``)."""
         for n in self.all():
             for cid in self.users(n):
-                self.detach(cid)
+                with contextlib.suppress(Exception):
+                    self.detach(cid)
             self._stop_dns(n)
             self.store.remove(n.id)
             links.delete(n.bridge)
@@ -176,9 +180,12 @@ class NetworkManager:
     def default(self) -> Network:
         net = self._find(DEFAULT)
         if net is None:
-            with contextlib.suppress(Conflict):
+            try:
                 return self.create(DEFAULT)
-            net = self.store.get(DEFAULT)
+            except Conflict:
+                net = self._find(DEFAULT)  # a parallel cove made it first
+                if net is None:
+                    raise
         return net
 
     def all(self) -> list[Network]:
@@ -266,15 +273,15 @@ class NetworkManager:
         return d
 
     def _dns_pid(self, n: Network) -> int:
+        """The responder's pid if it runs (pid and start time, as recorded)."""
+        from cove.runtime.api import proc_start_time
+
         try:
             with open(os.path.join(self._ndir(n), "dns.pid")) as f:
-                pid = int(f.read())
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if os.path.join(self._ndir(n), "hosts").encode() in f.read():
-                    return pid
+                pid, start = (int(x) for x in f.read().split())
         except (OSError, ValueError):
-            pass
-        return 0
+            return 0
+        return pid if proc_start_time(pid) == start else 0
 
     def _ensure_dns(self, n: Network) -> None:
         with self._lock():
@@ -293,8 +300,10 @@ class NetworkManager:
                 stderr=open(os.path.join(self._ndir(n), "dns.log"), "ab"),
                 start_new_session=True,
             )
+            from cove.runtime.api import proc_start_time
+
             with open(os.path.join(self._ndir(n), "dns.pid"), "w") as f:
-                f.write(str(proc.pid))
+                f.write(f"{proc.pid} {proc_start_time(proc.pid)}")
 
     def _stop_dns(self, n: Network) -> None:
         pid = self._dns_pid(n)
@@ -382,13 +391,19 @@ class NetworkManager:
         return n, lease
 
     def publish(self, cid: str, address: str, specs: list[PortSpec]) -> list[Port]:
-        ports = []
-        for s in specs:
-            ports.append(Port(s.proto, s.host_ip, s.host_port or _free_port(s.proto, s.host_ip),
-                              cid, address, s.container_port))  # fmt: skip
-        if ports:
-            self.store.add_ports(ports)
-            self.sync()
+        if not specs:
+            return []
+        for attempt in range(20):
+            ports = [Port(s.proto, s.host_ip, s.host_port or _free_port(s.proto, s.host_ip),
+                          cid, address, s.container_port) for s in specs]  # fmt: skip
+            try:
+                self.store.add_ports(ports)
+                break
+            except Conflict:
+                # a parallel run drew the same free port: draw again (explicit ports fail)
+                if all(s.host_port for s in specs) or attempt == 19:
+                    raise
+        self.sync()
         return ports
 
     def detach(self, cid: str, network: str | None = None, pid: int = 0) -> None:

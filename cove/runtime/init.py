@@ -523,7 +523,8 @@ def _process(ctx: InitContext) -> NoReturn:
     # fds beyond stdio never reach the container (the CVE-2024-21626 class); the socket
     # is close-on-exec so P learns from EOF that execve succeeded
     keep = ctx.sock.fileno()
-    os.closerange(3, keep)
+    if keep > 3:  # closerange(a, a) would close everything from a on, our socket too
+        os.closerange(3, keep)
     os.closerange(keep + 1, _max_fd())
     reset_signals()
     try:

@@ -84,7 +84,7 @@ def test_isolation_seen_from_inside(cove: CoveRunner, alpine: str, tmp_path: Pat
         assert p[f"ns_{kind}"] != host_ns(kind), kind
     assert p["ns_user"] == host_ns("user")
     assert p["procs"] in ("3", "4", "5")  # the probe's own shell and its pipeline only
-    assert p["ifaces"].split() == ["lo"]
+    assert p["ifaces"].split() == ["eth0", "lo"]  # the default bridge network
     assert p["root_mount"] == "overlay"
     assert p["CapEff"] == "00000000a80425fb" == p["CapBnd"]  # Docker's default set
     assert p["Seccomp"] == "2" and p["NoNewPrivs"] == "0"
@@ -418,6 +418,7 @@ def test_user_namespace(alpine_tar: Path) -> None:
         assert cove("rm", "ns").returncode == 0
         assert leftovers() == []
     finally:
+        cove("system", "reset", "-f")
         shutil.rmtree(root)
 
 
