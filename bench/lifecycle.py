@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark detached containers: N ``cove run -d alpine:3.20 sleep`` in a loop, then
+"""Benchmark detached containers: N ``cove run -d --network none alpine:3.20 sleep`` (the
+peer has no network either) in a loop, then
 ``cove ps``, against Podman's parts for the same job measured in the same run: ``conmon``
 (the monitor) plus ``runc create``/``runc start`` on a bundle of the same Alpine rootfs.
 
@@ -54,7 +55,7 @@ def bench_cove(cove: list[str], root: Path, n: int) -> dict[str, object]:
     per = []
     for _ in range(n):
         t = time.perf_counter()
-        run([*cove, "--root", str(root), "run", "-d", REF, "sleep", "3600"])
+        run([*cove, "--root", str(root), "run", "-d", "--network", "none", REF, "sleep", "3600"])
         per.append((time.perf_counter() - t) * 1000)
     t = time.perf_counter()
     listed = run([*cove, "--root", str(root), "ps", "-q"]).stdout.split()
@@ -138,10 +139,7 @@ def main() -> None:
         peer = bench_peer(tmp, args.n)
         mine = bench_cove(cove, root, args.n)
     finally:
-        ids = subprocess.run([*cove, "--root", str(root), "ps", "-aq"], capture_output=True,
-                             text=True).stdout.split()  # fmt: skip
-        if ids:
-            subprocess.run([*cove, "--root", str(root), "rm", "-f", *ids], capture_output=True)
+        subprocess.run([*cove, "--root", str(root), "system", "reset", "-f"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps({"n": args.n, "cove": mine, "conmon+runc": peer}, indent=2))

@@ -23,8 +23,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TGZ = (Path(__file__).resolve().parents[2] / "shared" / "images" / "alpine-3.20"
-       / "alpine-minirootfs-3.20.3-x86_64.tar.gz")
+TGZ = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "images"
+    / "alpine-3.20"
+    / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
+)
 REF = "alpine:3.20"
 
 
@@ -44,15 +49,23 @@ def cove_command() -> tuple[list[str], str]:
     if script:
         first = Path(script).read_bytes()[:256].split(b"\n")[0].decode(errors="replace")
         interp = first[2:].strip().split()[0] if first.startswith("#!") else ""
-        probe = subprocess.run([interp, "-c", "import cove; print(cove.__file__)"] if interp
-                               else ["false"], capture_output=True, text=True, cwd="/")
+        probe = subprocess.run(
+            [interp, "-c", "import cove; print(cove.__file__)"] if interp else ["false"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+        )
         where = Path(probe.stdout.strip() or "/").resolve()
         if probe.returncode == 0 and where.is_relative_to(REPO):
             return [script], f"console script {script}"
         why = f"{script} imports {where}, not {REPO}" if probe.returncode == 0 else "unusable"
         print(f"note: not using {script} ({why})", file=sys.stderr)
-    if subprocess.run([sys.executable, "-m", "cove", "--version"], capture_output=True,
-                      cwd=REPO).returncode != 0:
+    if (
+        subprocess.run(
+            [sys.executable, "-m", "cove", "--version"], capture_output=True, cwd=REPO
+        ).returncode
+        != 0
+    ):
         sys.exit(f"error: cove is not installed and `{sys.executable} -m cove` fails")
     return [sys.executable, "-m", "cove"], f"fallback {sys.executable} -m cove"
 
@@ -127,10 +140,21 @@ def main() -> None:
     stats = {side: summary(ms) for side, ms in times.items()}
     ratio = stats["cove"]["median_ms"] / stats["runc"]["median_ms"]
     if args.json:
-        print(json.dumps({"runs": args.runs, "cove_cmd": cove, **stats, "ratio": ratio,
-                          "target_ratio": 1.0, "imports_top": [
-                              {"self_us": s, "cumulative_us": c, "name": n.strip()}
-                              for s, c, n in imports]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "runs": args.runs,
+                    "cove_cmd": cove,
+                    **stats,
+                    "ratio": ratio,
+                    "target_ratio": 1.0,
+                    "imports_top": [
+                        {"self_us": s, "cumulative_us": c, "name": n.strip()} for s, c, n in imports
+                    ],
+                },
+                indent=2,
+            )
+        )
         return
     print(f"cove: {how}")
     print(f"runs: {args.runs} per side, interleaved, after 2 warm-ups each\n")

@@ -6,7 +6,7 @@ cove=${COVE:-cove}
 root=$(mktemp -d /tmp/cove-demo.XXXXXX)
 work=$(mktemp -d /tmp/cove-demo-work.XXXXXX)
 cleanup() {
-    ids=$("$cove" ps -aq 2>/dev/null) && [ -n "$ids" ] && "$cove" rm -f $ids >/dev/null 2>&1
+    "$cove" system reset -f >/dev/null 2>&1
     rm -rf "$root" "$work"
 }
 trap cleanup EXIT

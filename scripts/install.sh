@@ -23,6 +23,8 @@ packages=(
     libseccomp2 tini runc  # seccomp (through pyseccomp), --init, the start benchmark's peer
     procps           # cove top runs ps
     conmon           # bench/lifecycle.py's peer for cove's per-container monitor
+    iptables         # NAT, published ports, network isolation (iptables-restore)
+    iperf3           # bench/net.py
 )
 missing=()
 for p in "${packages[@]}"; do
