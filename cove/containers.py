@@ -170,16 +170,16 @@ class ContainerEngine:
 
             with contextlib.suppress(Exception):
                 Cgroups(f"cove/{rec.id}").destroy()
-        with contextlib.suppress(StateError):
-            self.store.update(
-                rec.id,
-                status=Status.EXITED,
-                exit_code=137 if running else (rec.exit_code if rec.finished_at else 255),
-                finished_at=now(),
-                pid=0,
-                monitor_pid=0,
-                error="container monitor died",
-            )
+        # only if nothing changed since we looked: the monitor may have recorded the exit
+        # and exited between our read and its liveness check
+        code = 137 if running else (rec.exit_code if rec.status == Status.RESTARTING else 255)
+        self.store.db.execute(
+            "UPDATE containers SET status = ?, exit_code = ?, finished_at = ?, pid = 0, "
+            "monitor_pid = 0, error = ? WHERE id = ? AND status = ? AND pid = ? "
+            "AND monitor_pid = ? AND finished_at = ?",
+            (Status.EXITED.value, code, now(), "container monitor died", rec.id,
+             rec.status.value, rec.pid, rec.monitor_pid, rec.finished_at),
+        )  # fmt: skip
         return self.store.get(rec.id)
 
     def _purge(self, rec: Record) -> None:
