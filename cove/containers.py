@@ -951,7 +951,7 @@ class ContainerEngine:
         cfg = rec.config
         state: dict[str, Any] = {
             "Status": rec.status.value,
-            "Running": running,
+            "Running": running or rec.status == Status.RESTARTING,  # as Docker says
             "Paused": rec.status == Status.PAUSED,
             "Restarting": rec.status == Status.RESTARTING,
             "OOMKilled": rec.oom_killed,

@@ -21,8 +21,7 @@ def parse_when(text: str | None, what: str) -> float | None:
     """A Docker time filter: RFC 3339, a unix timestamp, or a duration back from now."""
     if not text:
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
-    if m:
+    if re.fullmatch(r"(\d+(?:\.\d+)?(ns|us|ms|s|m|h))+", text):
         from cove.container import parse_duration
 
         return time.time() - parse_duration(text, what)
@@ -144,10 +143,9 @@ def read_logs(
                 with contextlib.suppress(FileNotFoundError), open(path, "rb") as fh:
                     fh.seek(pos)
                     rest = fh.read()
-                if True:
-                    for line in (partial + rest).split(b"\n"):
-                        e = _parse(line)
-                        if e and wanted(e):
-                            yield e
+                for line in (partial + rest).split(b"\n"):
+                    e = _parse(line)
+                    if e and wanted(e):
+                        yield e
                 return
         time.sleep(0.1)

@@ -457,7 +457,9 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
     if args.size:
         headers.append("SIZE")
         cols.append("Size")
-    print(fmt.format_rows(args.format, headers, rows, lambda r: [r[c] for c in cols]))
+    out = fmt.format_rows(args.format, headers, rows, lambda r: [r[c] for c in cols])
+    if out:
+        print(out)
     return 0
 
 
@@ -647,7 +649,7 @@ def cmd_container_prune(engine: Engine, args: argparse.Namespace) -> int:
         print("Deleted Containers:")
         print("\n".join(removed))
         print()
-    print("Total reclaimed space: 0B" if not removed else f"Deleted {len(removed)} containers")
+    print("Total reclaimed space: 0B")
     return 0
 
 

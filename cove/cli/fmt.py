@@ -97,21 +97,47 @@ def render(template: str, obj: dict[str, Any]) -> str:
     return _FIELD.sub(sub, template)
 
 
+# Docker's column titles for the fields people put in ``table`` templates
+HEADERS = {
+    "ID": "CONTAINER ID",
+    "RunningFor": "CREATED",
+    "CreatedAt": "CREATED AT",
+    "Names": "NAMES",
+    "Image": "IMAGE",
+    "Status": "STATUS",
+    "Ports": "PORTS",
+    "Command": "COMMAND",
+    "State": "STATE",
+    "Size": "SIZE",
+    "Repository": "REPOSITORY",
+    "Tag": "TAG",
+    "Digest": "DIGEST",
+    "CreatedSince": "CREATED",
+    "Name": "NAME",
+    "Driver": "DRIVER",
+}
+
+
 def format_rows(
     fmt: str | None,
     headers: Sequence[str],
     objs: Sequence[dict[str, Any]],
     to_row: Callable[[dict[str, Any]], Sequence[str]],
 ) -> str:
-    """Render objects as a table (default), JSON lines (``json``) or a Go-style template."""
+    """Render objects as a table (default), JSON lines (``json``) or a Go-style template;
+    ``table TEMPLATE`` aligns its tab-separated cells under Docker's column titles."""
     if not fmt or fmt == "table":
         return table(headers, [to_row(o) for o in objs])
     if fmt == "json":
         return "\n".join(json.dumps(o) for o in objs)
     if fmt.startswith("table "):
-        tmpl = fmt[len("table ") :]
-        head = re.sub(r"\{\{\s*\.([A-Za-z_]+)\s*\}\}", lambda m: m.group(1).upper(), tmpl)
-        return "\n".join([render(head, {}), *(render(tmpl, o) for o in objs)])
+        cells = fmt[len("table ") :].replace("\\t", "\t").split("\t")
+        head = [
+            re.sub(r"\{\{\s*\.([A-Za-z_]+)\s*\}\}",
+                   lambda m: HEADERS.get(m.group(1), m.group(1).upper()), c)
+            for c in cells
+        ]  # fmt: skip
+        return table(head, [[render(c, o) for c in cells] for o in objs])
     return "\n".join(render(fmt, o) for o in objs)
 
 
