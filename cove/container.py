@@ -96,6 +96,8 @@ class RunOptions:
     stop_timeout: int | None = None
     expose: list[str] = field(default_factory=list)
     publish: list[str] = field(default_factory=list)
+    pull: str = "missing"
+    tls_verify: bool = True
 
 
 # -- user lookup in the image ------------------------------------------------

@@ -208,7 +208,7 @@ class ContainerEngine:
         from cove import container as ctr
         from cove.runtime.init import ANNOTATION_OVERLAY
 
-        img = self.engine.images.resolve(opts.image)
+        img = self._image_for_run(opts)
         host = spec.Platform.host()
         want = spec.Platform.parse(opts.platform) if opts.platform else None
         have = img.config.platform
@@ -318,6 +318,25 @@ class ContainerEngine:
                 self._purge(self.store.get(cid))
             raise
         return cid
+
+    def _image_for_run(self, opts: Any) -> Any:
+        """``--pull missing|always|never`` (Docker's default: missing)."""
+        if opts.pull not in ("missing", "always", "never"):
+            raise InvalidSpec(f"invalid --pull {opts.pull!r}: want missing, always or never")
+        if opts.pull == "always":
+            from cove.registry.dist import pull
+
+            pull(self.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
+        try:
+            return self.engine.images.resolve(opts.image)
+        except NotFound:
+            if opts.pull == "never":
+                raise
+        from cove.registry.dist import pull
+
+        sys.stderr.write(f"Unable to find image '{opts.image}' locally\n")
+        pull(self.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
+        return self.engine.images.resolve(opts.image)
 
     def _network_opts(self, opts: Any) -> tuple[Any, dict[str, Any]]:
         """Check --network and -p; ``container:NAME`` becomes that container's netns path."""

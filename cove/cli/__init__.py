@@ -48,6 +48,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     if command is None or command not in container_verbs:
         images.register(sub)
+        from cove.cli import registry
+
+        registry.register(sub)
     if command is None or command in container_verbs:
         containers.register(sub, command)
     return parser

@@ -117,6 +117,8 @@ def _opts(args: argparse.Namespace) -> Any:
         publish_all=args.publish_all,
         dns=args.dns,
         add_hosts=args.add_host,
+        pull=args.pull,
+        tls_verify=args.tls_verify,
     )
 
 
@@ -864,6 +866,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-timeout", type=int, help="timeout (in seconds) to stop a container")
     _list(p, "--expose", help="expose a port or a range of ports")
     _list(p, "-p", "--publish", help="publish ports [IP:][HOSTPORT:]CPORT[/udp], ranges too")
+    p.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
+                   help="pull the image before running (default missing)")  # fmt: skip
+    p.add_argument(
+        "--tls-verify",
+        type=lambda v: v.lower() in ("true", "1"),
+        default=True,
+        help="false: pull without TLS checks (localhost or insecure registries)",
+    )
 
 
 def _containers_arg(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,417 @@
+"""pull, push and login against OCI distribution registries.
+
+Every byte is verified while it streams: a manifest against the digest asked for (or the
+``Docker-Content-Digest`` the registry states), blobs against their descriptors, layers'
+uncompressed content against the config's diff ids. A blob is published into the store only
+after its digest matched, and a pull that fails on content or auth sweeps what it fetched, so
+the store is as before. An interrupted download stays as ``tmp/pull-<hex>.partial`` and is
+resumed with ``Range`` by the next pull.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from cove.errors import CorruptContent, InvalidSpec, NotFound
+from cove.registry import auth
+from cove.registry.client import AuthError, Client, Endpoint, RegistryError, _is_localhost
+from cove.spec import image as spec
+from cove.spec import reference as refs
+
+ACCEPT = ", ".join(
+    [spec.OCI_INDEX, spec.DOCKER_MANIFEST_LIST, spec.OCI_MANIFEST, spec.DOCKER_MANIFEST]
+)
+DOCKER_HUB_API = "registry-1.docker.io"
+CHUNK = 1 << 20
+
+
+@dataclass
+class RegistryConf:
+    insecure: set[str]
+    mirrors: dict[str, list[str]]
+    search: list[str]
+
+
+def registries_conf() -> RegistryConf:
+    """``/etc/cove/registries.conf`` (or ``$COVE_REGISTRIES_CONF``), containers-registries style:
+    ``unqualified-search-registries``, ``[[registry]]`` with ``location``, ``insecure`` and
+    ``[[registry.mirror]]`` entries."""
+    path = os.environ.get("COVE_REGISTRIES_CONF", "/etc/cove/registries.conf")
+    conf = RegistryConf(set(), {}, [])
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return conf
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidSpec(f"{path}: {e}") from e
+    conf.search = [str(x) for x in doc.get("unqualified-search-registries", [])]
+    for reg in doc.get("registry", []):
+        loc = str(reg.get("location", ""))
+        if reg.get("insecure"):
+            conf.insecure.add(loc)
+        conf.mirrors[loc] = [str(m.get("location")) for m in reg.get("mirror", [])]
+    return conf
+
+
+def endpoint(root: str, domain: str, *, tls_verify: bool = True) -> Endpoint:
+    """Where to talk to for ``domain``: scheme, verification and credentials."""
+    host = DOCKER_HUB_API if domain == refs.DEFAULT_DOMAIN else domain
+    conf = registries_conf()
+    insecure = domain in conf.insecure
+    if not tls_verify and not insecure and not _is_localhost(domain):
+        raise InvalidSpec(
+            f"--tls-verify=false is only honoured for localhost; list {domain} as insecure in "
+            f"/etc/cove/registries.conf to use it without TLS verification"
+        )
+    ep = Endpoint(host, insecure=insecure or not tls_verify, tls_verify=tls_verify and not insecure)
+    ep.creds = auth.lookup(root, domain)
+    return ep
+
+
+def connect(root: str, domain: str, *, tls_verify: bool = True) -> Client:
+    """A client whose scheme is settled: an insecure registry may speak plain HTTP."""
+    ep = endpoint(root, domain, tls_verify=tls_verify)
+    client = Client(ep)
+    if ep.insecure:
+        ep.scheme = "https"
+        try:
+            client._send("GET", client.url("/v2/"), {}, None).read()
+        except RegistryError:
+            client.close()
+            ep.scheme = "http"  # Docker's insecure-registries: HTTPS first, then HTTP
+    return client
+
+
+def _clone(client: Client) -> Client:
+    ep = client.ep
+    other = Endpoint(ep.host, ep.insecure, ep.tls_verify, ep.creds, dict(ep._tokens), {}, ep.scheme)
+    return Client(other)
+
+
+class Progress:
+    """Per-blob lines: a bar that redraws on a TTY, one line per event otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty() and not quiet
+        self.lock = threading.Lock()
+
+    def say(self, digest: str, text: str) -> None:
+        if self.quiet:
+            return
+        with self.lock:
+            sys.stderr.write(f"{digest.removeprefix('sha256:')[:12]}: {text}\n")
+            sys.stderr.flush()
+
+    def bar(self, digest: str, done: int, total: int) -> None:
+        if not self.tty or not total:
+            return
+        width = 30
+        filled = int(width * done / total)
+        with self.lock:
+            sys.stderr.write(
+                f"\r{digest.removeprefix('sha256:')[:12]}: [{'=' * filled}{' ' * (width - filled)}]"
+                f" {done >> 20}/{total >> 20} MiB"
+            )
+            if done >= total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _media_type(resp: Any, data: bytes) -> str:
+    ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip()
+    if ctype in (*spec.INDEX_TYPES, *spec.MANIFEST_TYPES):
+        return ctype
+    try:
+        import json
+
+        doc = json.loads(data)
+        if doc.get("mediaType"):
+            return str(doc["mediaType"])
+        return spec.OCI_INDEX if "manifests" in doc else spec.OCI_MANIFEST
+    except ValueError as e:
+        raise CorruptContent("the registry sent a manifest that is not JSON") from e
+
+
+def _fetch_manifest(client: Client, repo: str, target: str, scope: str) -> tuple[bytes, str, str]:
+    resp = client.request(
+        "GET",
+        f"/v2/{repo}/manifests/{target}",
+        headers={"Accept": ACCEPT},
+        scope=scope,
+    )
+    data = resp.read()
+    digest = spec.sha256_digest(data)
+    stated = resp.getheader("Docker-Content-Digest")
+    if target.startswith("sha256:") and digest != target:
+        raise CorruptContent(f"manifest {target} does not match its digest (got {digest})")
+    if stated and stated.startswith("sha256:") and stated != digest:
+        raise CorruptContent(f"manifest {repo}:{target} does not match the digest {stated}")
+    return data, digest, _media_type(resp, data)
+
+
+def _choose(index: spec.Index, want: spec.Platform, what: str) -> spec.Descriptor:
+    for d in index.manifests:
+        p = d.platform
+        if (
+            p
+            and p.os == want.os
+            and p.architecture == want.architecture
+            and (not want.variant or p.variant == want.variant)
+        ):
+            return d
+    have = ", ".join(str(d.platform) for d in index.manifests if d.platform)
+    raise NotFound(f"{what}: no image for {want} (the index has {have or 'no platforms'})")
+
+
+def _download(
+    client: Client,
+    store: Any,
+    repo: str,
+    desc: spec.Descriptor,
+    scope: str,
+    progress: Progress,
+) -> None:
+    """Blob ``desc`` into the store, resuming a partial file, verified before it is kept."""
+    hexd = desc.digest.removeprefix("sha256:")
+    partial = os.path.join(store.tmpdir, f"pull-{hexd}.partial")
+    have = os.path.getsize(partial) if os.path.exists(partial) else 0
+    headers = {"Range": f"bytes={have}-"} if 0 < have < desc.size else {}
+    resp = client.request(
+        "GET", f"/v2/{repo}/blobs/{desc.digest}", headers=headers, scope=scope, ok=(200, 206)
+    )
+    mode = "ab" if resp.status == 206 and have else "wb"
+    done = have if mode == "ab" else 0
+    if mode == "ab":
+        progress.say(desc.digest, f"resuming at {have} of {desc.size} bytes")
+    with open(partial, mode) as f:
+        while True:
+            chunk = resp.read(CHUNK)
+            if not chunk:
+                break
+            f.write(chunk)
+            done += len(chunk)
+            if done > desc.size:
+                break
+            progress.bar(desc.digest, done, desc.size)
+    h = hashlib.sha256()
+    with open(partial, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    got = "sha256:" + h.hexdigest()
+    if got != desc.digest or done != desc.size:
+        os.unlink(partial)
+        raise CorruptContent(
+            f"blob {desc.digest} from {client.ep.host}/{repo} does not match its digest "
+            f"(got {got}, {done} of {desc.size} bytes)"
+        )
+    with open(partial, "rb") as f:
+        store.blobs.ingest(f, desc.digest, desc.size)
+    os.unlink(partial)
+    progress.say(desc.digest, "download complete")
+
+
+def pull(
+    engine: Any,
+    text: str,
+    *,
+    platform: str | None = None,
+    quiet: bool = False,
+    tls_verify: bool = True,
+) -> str:
+    """``cove pull``: returns the image id."""
+    ref = refs.parse(text)
+    store = engine.images
+    store.ensure()
+    client = connect(engine.root, ref.domain, tls_verify=tls_verify)
+    progress = Progress(quiet)
+    repo = ref.path
+    scope = f"repository:{repo}:pull"
+    try:
+        with store.ingest_lock():
+            target = ref.digest or ref.tag or refs.DEFAULT_TAG
+            data, digest, mtype = _fetch_manifest(client, repo, target, scope)
+            if mtype in spec.INDEX_TYPES:
+                want = spec.Platform.parse(platform) if platform else spec.Platform.host()
+                chosen = _choose(spec.Index.parse(data, f"index of {ref}"), want, str(ref))
+                data, digest, mtype = _fetch_manifest(client, repo, chosen.digest, scope)
+            manifest = spec.Manifest.parse(data, f"manifest of {ref}")
+            if not store.blobs.has(manifest.config.digest):
+                resp = client.request("GET", f"/v2/{repo}/blobs/{manifest.config.digest}",
+                                      scope=scope)  # fmt: skip
+                store.blobs.put(resp.read(), manifest.config.digest)
+            config = spec.ImageConfig.parse(store.blobs.read(manifest.config.digest))
+            if len(config.diff_ids) != len(manifest.layers):
+                raise CorruptContent(f"{ref}: config and manifest disagree on the layer count")
+            todo = []
+            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+                if store.blobs.has(desc.digest) or store.has_layer(diff_id):
+                    progress.say(desc.digest, "already exists")
+                else:
+                    todo.append(desc)
+            errors: list[BaseException] = []
+            if todo:
+                with concurrent.futures.ThreadPoolExecutor(max_workers=min(3, len(todo))) as ex:
+                    futs = [ex.submit(_download, _clone(client), store, repo, d, scope, progress)
+                            for d in todo]  # fmt: skip
+                    for fut in futs:
+                        exc = fut.exception()
+                        if exc is not None:
+                            errors.append(exc)
+            if errors:
+                raise errors[0]
+            for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
+                if not store.has_layer(diff_id):
+                    store.unpack_layer(desc, diff_id)
+            store.blobs.put(data, digest)
+            names = [ref] if ref.tag and not ref.digest else []
+            store.add_image(spec.Descriptor(mtype, digest, len(data)), names)
+    except (CorruptContent, AuthError):
+        with contextlib.suppress(Exception):
+            store.collect()  # what this pull fetched before the failure goes again
+        raise
+    finally:
+        client.close()
+    if not quiet:
+        sys.stderr.write(f"Digest: {digest}\nStatus: downloaded {ref}\n")
+    return str(config_digest(store, digest))
+
+
+def config_digest(store: Any, manifest_digest: str) -> str:
+    m = spec.Manifest.parse(store.blobs.read(manifest_digest))
+    return m.config.digest
+
+
+def push(
+    engine: Any,
+    source: str,
+    dest: str | None = None,
+    *,
+    quiet: bool = False,
+    tls_verify: bool = True,
+) -> str:
+    """``cove push``: returns the manifest digest."""
+    img = engine.image(source)
+    ref = refs.parse(dest or source)
+    tag = ref.tag or refs.DEFAULT_TAG
+    store = engine.images
+    client = connect(engine.root, ref.domain, tls_verify=tls_verify)
+    progress = Progress(quiet)
+    repo = ref.path
+    others = sorted({n.path for n in img.names if n.domain == ref.domain and n.path != repo})
+    scope = f"repository:{repo}:pull,push"
+    try:
+        for desc in [*img.manifest.layers, img.manifest.config]:
+            _push_blob(client, store, repo, desc, scope, others, progress)
+        data = store.blobs.read(img.manifest_digest)
+        mtype = img.manifest.media_type
+        resp = client.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{tag}",
+            headers={"Content-Type": mtype},
+            body=data,
+            scope=scope,
+            ok=(201, 200),
+        )
+        resp.read()
+    finally:
+        client.close()
+    if not quiet:
+        sys.stderr.write(f"{tag}: digest: {img.manifest_digest} size: {len(data)}\n")
+    return str(img.manifest_digest)
+
+
+def _push_blob(
+    client: Client,
+    store: Any,
+    repo: str,
+    desc: spec.Descriptor,
+    scope: str,
+    others: list[str],
+    progress: Progress,
+) -> None:
+    head = client.request("HEAD", f"/v2/{repo}/blobs/{desc.digest}", scope=scope, ok=(200, 404))
+    head.read()
+    if head.status == 200:
+        progress.say(desc.digest, "already exists")
+        return
+    for other in others:
+        mscope = f"{scope} repository:{other}:pull"
+        resp = client.request(
+            "POST",
+            f"/v2/{repo}/blobs/uploads/?mount={desc.digest}&from={other}",
+            scope=mscope,
+            ok=(201, 202),
+        )
+        resp.read()
+        if resp.status == 201:
+            progress.say(desc.digest, f"mounted from {other}")
+            return
+        _cancel(client, resp, scope)
+    resp = client.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, ok=(202,))
+    resp.read()
+    location = resp.getheader("Location") or ""
+    if not location:
+        raise RegistryError(f"{client.ep.host}: upload started without a Location")
+    sep = "&" if "?" in location else "?"
+    src = store.blobs.open(desc.digest, desc.size)
+    try:
+        resp = client.request(
+            "PUT", f"{_absolute(client, location)}{sep}digest={desc.digest}",
+            headers={"Content-Type": "application/octet-stream",
+                     "Content-Length": str(desc.size)},
+            body=_Reader(src), scope=scope, ok=(201, 204),
+        )  # fmt: skip
+        resp.read()
+    finally:
+        src.close()
+    progress.say(desc.digest, "pushed")
+
+
+def _absolute(client: Client, location: str) -> str:
+    return location if "://" in location else client.url(location)
+
+
+def _cancel(client: Client, resp: Any, scope: str) -> None:
+    location = resp.getheader("Location")
+    if location:
+        with contextlib.suppress(RegistryError):
+            client.request("DELETE", _absolute(client, location), scope=scope,
+                           ok=(204, 200, 404)).read()  # fmt: skip
+
+
+class _Reader:
+    """A file-like body for http.client that never reads past the blob."""
+
+    def __init__(self, src: Any) -> None:
+        self.src = src
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.src.read(CHUNK if n < 0 else n)
+        return data
+
+
+def login(engine: Any, registry: str, user: str, password: str, *, tls_verify: bool = True) -> str:
+    """Check the credentials against the registry, then store them; the file written."""
+    domain = refs.parse(f"{registry}/x").domain
+    client = connect(engine.root, domain, tls_verify=tls_verify)
+    client.ep.creds = (user, password)
+    try:
+        client.ping()
+    finally:
+        client.close()
+    return auth.store(engine.root, domain, user, password)
+
+
+def logout(engine: Any, registry: str) -> bool:
+    domain = refs.parse(f"{registry}/x").domain
+    return auth.remove(engine.root, domain)
