@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import hashlib
 import os
 import sys
 import threading
@@ -173,15 +172,46 @@ def _choose(index: spec.Index, want: spec.Platform, what: str) -> spec.Descripto
     raise NotFound(f"{what}: no image for {want} (the index has {have or 'no platforms'})")
 
 
+class _Source:
+    """The layer's bytes for one pass: what an earlier, interrupted pull left in the partial
+    file, then the network; network bytes are appended to the partial file as they pass,
+    so a pull killed now resumes from here next time."""
+
+    def __init__(self, partial: Any, resp: Any, sink: Any, done: int, total: int,
+                 tick: Any) -> None:  # fmt: skip
+        self.partial, self.resp, self.sink = partial, resp, sink
+        self.done, self.total, self.tick = done, total, tick
+
+    def read(self, n: int = -1) -> bytes:
+        size = CHUNK if n is None or n < 0 else n
+        if self.partial is not None:
+            data: bytes = self.partial.read(size)
+            if data:
+                return data
+            self.partial.close()
+            self.partial = None
+        data = self.resp.read(size)
+        if data:
+            self.sink.write(data)
+            self.done += len(data)
+            self.tick(self.done, self.total)
+        return data
+
+
 def _download(
     client: Client,
     store: Any,
     repo: str,
     desc: spec.Descriptor,
+    diff_id: str,
     scope: str,
     progress: Progress,
 ) -> None:
-    """Blob ``desc`` into the store, resuming a partial file, verified before it is kept."""
+    """Layer ``desc``: stored and unpacked in one pass (verified against its digest and
+    diff id as it streams), resuming after the bytes an interrupted pull kept."""
+    compression = spec.LAYER_COMPRESSION.get(desc.media_type)
+    if compression is None:
+        raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
     hexd = desc.digest.removeprefix("sha256:")
     partial = os.path.join(store.tmpdir, f"pull-{hexd}.partial")
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
@@ -189,35 +219,26 @@ def _download(
     resp = client.request(
         "GET", f"/v2/{repo}/blobs/{desc.digest}", headers=headers, scope=scope, ok=(200, 206)
     )
-    mode = "ab" if resp.status == 206 and have else "wb"
-    done = have if mode == "ab" else 0
-    if mode == "ab":
-        progress.say(desc.digest, f"resuming at {have} of {desc.size} bytes")
-    with open(partial, mode) as f:
-        while True:
-            chunk = resp.read(CHUNK)
-            if not chunk:
-                break
-            f.write(chunk)
-            done += len(chunk)
-            if done > desc.size:
-                break
-            progress.bar(desc.digest, done, desc.size)
-    h = hashlib.sha256()
-    with open(partial, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    got = "sha256:" + h.hexdigest()
-    if got != desc.digest or done != desc.size:
-        os.unlink(partial)
-        raise CorruptContent(
-            f"blob {desc.digest} from {client.ep.host}/{repo} does not match its digest "
-            f"(got {got}, {done} of {desc.size} bytes)"
-        )
-    with open(partial, "rb") as f:
-        store.blobs.ingest(f, desc.digest, desc.size)
+    resumed = resp.status == 206 and have > 0
+    if resumed:
+        progress.say(desc.digest, f"resuming after {have} of {desc.size} bytes")
+    sink = open(partial, "ab" if resumed else "wb")
+    try:
+        src = _Source(open(partial, "rb") if resumed else None, resp, sink,
+                      have if resumed else 0, desc.size,
+                      lambda d, t: progress.bar(desc.digest, d, t))  # fmt: skip
+        store.ingest_layer(
+            src, compression, what=f"layer {desc.digest} from {client.ep.host}/{repo}",
+            expected_digest=desc.digest, expected_size=desc.size, expected_diff_id=diff_id,
+        )  # fmt: skip
+    except CorruptContent:
+        sink.close()
+        os.unlink(partial)  # bad bytes are not worth resuming from
+        raise
+    finally:
+        sink.close()
     os.unlink(partial)
-    progress.say(desc.digest, "download complete")
+    progress.say(desc.digest, "pull complete")
 
 
 def pull(
@@ -254,15 +275,15 @@ def pull(
                 raise CorruptContent(f"{ref}: config and manifest disagree on the layer count")
             todo = []
             for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=True):
-                if store.blobs.has(desc.digest) or store.has_layer(diff_id):
+                if store.blobs.has(desc.digest):
                     progress.say(desc.digest, "already exists")
                 else:
-                    todo.append(desc)
+                    todo.append((desc, diff_id))
             errors: list[BaseException] = []
             if todo:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=min(3, len(todo))) as ex:
-                    futs = [ex.submit(_download, _clone(client), store, repo, d, scope, progress)
-                            for d in todo]  # fmt: skip
+                    futs = [ex.submit(_download, _clone(client), store, repo, d, diff, scope,
+                                      progress) for d, diff in todo]  # fmt: skip
                     for fut in futs:
                         exc = fut.exception()
                         if exc is not None:
