@@ -25,6 +25,7 @@ packages=(
     conmon           # bench/lifecycle.py's peer for cove's per-container monitor
     iptables         # NAT, published ports, network isolation (iptables-restore)
     iperf3           # bench/net.py
+    docker-registry openssl  # registry tests: real registries on 127.0.0.1, test CAs
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["registries"]  # registry fixtures (tests/registries.py)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("COVE_SHARED", REPO.parent / "shared"))
 ALPINE_DIR = SHARED / "images" / "alpine-3.20"

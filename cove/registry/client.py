@@ -20,6 +20,7 @@ from typing import Any
 
 from cove.errors import CoveError, InvalidSpec
 
+_BASIC = "\0basic"  # the token cache's key for a Basic header (never a scope)
 CERTS_DIRS = ("/etc/cove/certs.d", "/etc/docker/certs.d", "/etc/containers/certs.d")
 
 
@@ -159,7 +160,8 @@ class Client:
         """Send with auth; follows redirects (without credentials to other hosts)."""
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         hdrs = dict(headers or {})
-        for _ in range(2):
+        refreshed = False
+        for _ in range(3):
             auth = self._auth_header(scope)
             if auth:
                 hdrs["Authorization"] = auth
@@ -167,6 +169,9 @@ class Client:
             if resp.status == 401:
                 challenge = resp.getheader("WWW-Authenticate") or ""
                 resp.read()
+                if scope in self.ep._tokens and not refreshed:
+                    del self.ep._tokens[scope]  # expired or too narrow: fetch a fresh one
+                    refreshed = True
                 if not self._answer(challenge, scope):
                     raise AuthError(self._deny_message(resp.status), 401)
                 continue
@@ -200,20 +205,20 @@ class Client:
         return f"{self.ep.host}: {status} on {path}" + (f": {detail}" if detail else "")
 
     def _auth_header(self, scope: str) -> str | None:
+        if _BASIC in self.ep._tokens:
+            return self.ep._tokens[_BASIC]
         if scope in self.ep._tokens:
             return f"Bearer {self.ep._tokens[scope]}"
-        if "" in self.ep._tokens and self.ep._tokens[""].startswith("Basic "):
-            return self.ep._tokens[""]
         return None
 
     def _answer(self, challenge: str, scope: str) -> bool:
         """Get what the challenge asks for; False when there is nothing more to try."""
         kind, params = parse_challenge(challenge)
         if kind == "basic":
-            if not self.ep.creds or self.ep._tokens.get(""):
+            if not self.ep.creds or _BASIC in self.ep._tokens:
                 return False
             raw = f"{self.ep.creds[0]}:{self.ep.creds[1]}".encode()
-            self.ep._tokens[""] = "Basic " + base64.b64encode(raw).decode()
+            self.ep._tokens[_BASIC] = "Basic " + base64.b64encode(raw).decode()
             return True
         if kind == "bearer":
             if scope in self.ep._tokens:

@@ -181,6 +181,8 @@ class _Source:
                  tick: Any) -> None:  # fmt: skip
         self.partial, self.resp, self.sink = partial, resp, sink
         self.done, self.total, self.tick = done, total, tick
+        # a test hook: die (SIGKILL) once this many network bytes of a layer are kept
+        self.kill_after = int(os.environ.get("COVE_PULL_KILL_AFTER", "0"))
 
     def read(self, n: int = -1) -> bytes:
         size = CHUNK if n is None or n < 0 else n
@@ -195,6 +197,11 @@ class _Source:
             self.sink.write(data)
             self.done += len(data)
             self.tick(self.done, self.total)
+            if self.kill_after and self.done >= self.kill_after:
+                import signal
+
+                self.sink.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
         return data
 
 
@@ -251,9 +258,38 @@ def pull(
 ) -> str:
     """``cove pull``: returns the image id."""
     ref = refs.parse(text)
+    conf = registries_conf()
+    candidates = [ref]
+    if "/" not in text.split("@")[0].split(":")[0] and conf.search:
+        # an unqualified name: the search registries, in order (containers-registries.conf)
+        candidates = [refs.parse(f"{host}/{text}") for host in conf.search]
+    last: Exception | None = None
+    for cand in candidates:
+        for domain in [*conf.mirrors.get(cand.domain, []), cand.domain]:
+            try:
+                return _pull_one(engine, cand, domain, platform=platform, quiet=quiet,
+                                 tls_verify=tls_verify)  # fmt: skip
+            except (RegistryError, NotFound) as e:
+                if isinstance(e, AuthError) and len(candidates) == 1:
+                    raise
+                last = e
+    assert last is not None
+    raise last
+
+
+def _pull_one(
+    engine: Any,
+    ref: refs.Reference,
+    domain: str,
+    *,
+    platform: str | None,
+    quiet: bool,
+    tls_verify: bool,
+) -> str:
+    """Pull ``ref`` from ``domain`` (the reference's own registry or one of its mirrors)."""
     store = engine.images
     store.ensure()
-    client = connect(engine.root, ref.domain, tls_verify=tls_verify)
+    client = connect(engine.root, domain, tls_verify=tls_verify)
     progress = Progress(quiet)
     repo = ref.path
     scope = f"repository:{repo}:pull"
