@@ -415,7 +415,7 @@ def _cmdline(pid: str) -> str:
 FAILING_TEST = """
 import pytest
 
-
+pytest_plugins = ["registries"]
 
 
 def test_fails(plain_registry, tls_registry, token_registry, flipping_registry):

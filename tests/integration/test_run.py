@@ -65,7 +65,7 @@ def test_basic_exit_codes(cove: CoveRunner, alpine: str) -> None:
     assert missing.stderr.strip() == 'Error: exec: "nosuchcmd": executable file not found in $PATH'
     noexec = cove("run", "--rm", "alpine:3.20", "/etc/passwd", check=False)
     assert noexec.returncode == 126 and "permission denied" in noexec.stderr
-    nosuch = cove("run", "--rm", "nosuch:1", "true", check=False)
+    nosuch = cove("run", "--rm", "--pull", "never", "nosuch:1", "true", check=False)
     assert nosuch.returncode == 125 and "no such image" in nosuch.stderr
     bad = cove("run", "--rm", "--platform", "linux/arm64", "alpine:3.20", "true", check=False)
     assert bad.returncode == 125 and "linux/amd64" in bad.stderr
