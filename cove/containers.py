@@ -621,17 +621,32 @@ class ContainerEngine:
         runtime = self.runtime()
         code = 125
         me, me_start = _self_ids()
+        from cove.monitor import Log
+
+        log_cfg = self.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
+        log = Log(
+            self.log_path(cid), int(log_cfg.get("MaxSize", 0)), int(log_cfg.get("MaxFile", 1))
+        )
+        outputs: dict[int, int] = {}
         try:
             stdio = None
             devnull = -1
-            if not opts.interactive and not opts.tty:
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                stdio = (devnull, 1, 2)
+            ends: list[int] = []
+            if not opts.tty:
+                # the output goes through us, to our stdio and to the json-file log (``logs``)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                outputs = {out_r: 0, err_r: 1}
+                ends = [out_w, err_w]
+                if not opts.interactive:
+                    devnull = os.open(os.devnull, os.O_RDONLY)
+                stdio = (0 if opts.interactive else devnull, out_w, err_w)
             try:
                 created = runtime.create(cid, self.cdir(cid), stdio=stdio)
             finally:
-                if devnull >= 0:
-                    os.close(devnull)
+                for fd in (devnull, *ends):
+                    if fd >= 0:
+                        os.close(fd)
             rec = self.store.get(cid)
             rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
             self.store.update(
@@ -652,9 +667,16 @@ class ContainerEngine:
                     os.waitpid(created.pid, 0)
                     raise
                 if created.pty_master is not None:
-                    status = proxy_tty(created.pty_master, created.pid, opts.interactive)
+                    status = proxy_tty(
+                        created.pty_master,
+                        created.pid,
+                        opts.interactive,
+                        lambda data: log.feed(0, data),
+                    )
+                    log.flush(0)
                 else:
-                    _, status = os.waitpid(created.pid, 0)
+                    status = _pump_output(outputs, created.pid, log)
+                    outputs = {}
             code = exit_status(status)
             oom = created.cgroups.oom_killed()
             if oom:
@@ -678,6 +700,9 @@ class ContainerEngine:
                 self.store.update(cid, **fields)
             raise
         finally:
+            for fd in outputs:
+                os.close(fd)
+            os.close(log.fd)
             with contextlib.suppress(Exception):
                 runtime.delete(cid, force=True)
             network_down(self.root, self.store.db, cid)
@@ -1043,6 +1068,51 @@ class ContainerEngine:
         if oci.namespace("user") is None:
             return 0, 0
         return host_root_ids(oci)
+
+
+def _pump_output(outputs: dict[int, int], pid: int, log: Any) -> int:
+    """Copy the container's stdout/stderr to ours and to the log until its first process
+    exits (and what it wrote is read); its wait status."""
+    import select
+
+    pidfd = os.pidfd_open(pid)
+    targets = {0: 1, 1: 2}
+    broken: set[int] = set()
+    exited = False
+    try:
+        while outputs:
+            watch = [*outputs] + ([] if exited else [pidfd])
+            try:
+                ready, _, _ = select.select(watch, [], [], 0 if exited else None)
+            except InterruptedError:
+                continue
+            if not ready:
+                break  # it exited and nothing more is waiting: later writers are not ours
+            for fd in ready:
+                if fd == pidfd:
+                    exited = True
+                    continue
+                data = os.read(fd, 65536)
+                stream = outputs[fd]
+                if not data:
+                    log.flush(stream)
+                    os.close(fd)
+                    del outputs[fd]
+                    continue
+                log.feed(stream, data)
+                if stream not in broken:
+                    try:
+                        os.write(targets[stream], data)
+                    except BrokenPipeError:
+                        broken.add(stream)  # our reader left (| head): the log still gets it
+    finally:
+        for fd, stream in outputs.items():
+            log.flush(stream)
+            os.close(fd)
+        outputs.clear()
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return status
 
 
 def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:

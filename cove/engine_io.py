@@ -42,7 +42,7 @@ def forward_signals(pid: int) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def proxy_tty(master: int, pid: int, interactive: bool) -> int:
+def proxy_tty(master: int, pid: int, interactive: bool, tee: Any = None) -> int:
     """Copy between our terminal and the container's pty; returns the wait status."""
     import select
     import signal
@@ -78,6 +78,8 @@ def proxy_tty(master: int, pid: int, interactive: bool) -> int:
                 if not data:
                     break
                 os.write(1, data)
+                if tee is not None:
+                    tee(data)
             if stdin in ready and interactive:
                 data = os.read(stdin, 65536)
                 if not data:

@@ -63,6 +63,26 @@ class Log:
         self.max_file = max_file
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self.size = os.fstat(self.fd).st_size
+        self.partial: dict[int, bytes] = {0: b"", 1: b""}
+
+    def feed(self, stream: int, data: bytes) -> None:
+        """Bytes as they come: one entry per line (and per 16 KiB of a longer one)."""
+        buf = self.partial[stream] + data
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            self.write(stream, buf[: nl + 1])
+            buf = buf[nl + 1 :]
+        while len(buf) >= _MAX_LINE:
+            self.write(stream, buf[:_MAX_LINE])
+            buf = buf[_MAX_LINE:]
+        self.partial[stream] = buf
+
+    def flush(self, stream: int) -> None:
+        if self.partial[stream]:
+            self.write(stream, self.partial[stream])
+            self.partial[stream] = b""
 
     def write(self, stream: int, data: bytes) -> None:
         text = data.decode("utf-8", "replace")
@@ -98,7 +118,6 @@ class Monitor:
         self.reaped: dict[int, int] = {}
         self.clients: list[_socket.socket] = []
         self.half_closed: list[_socket.socket] = []
-        self.partial: dict[int, bytes] = {0: b"", 1: b""}
         self.outputs: dict[int, int] = {}  # fd -> stream (0 stdout, 1 stderr)
         self.stdin_w = -1
         self.pty = -1
@@ -192,23 +211,11 @@ class Monitor:
             self._flush(stream)
             return False
         self._broadcast(stream, data)
-        buf = self.partial[stream] + data
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            self.log.write(stream, buf[: nl + 1])
-            buf = buf[nl + 1 :]
-        while len(buf) >= _MAX_LINE:
-            self.log.write(stream, buf[:_MAX_LINE])
-            buf = buf[_MAX_LINE:]
-        self.partial[stream] = buf
+        self.log.feed(stream, data)
         return True
 
     def _flush(self, stream: int) -> None:
-        if self.partial[stream]:
-            self.log.write(stream, self.partial[stream])
-            self.partial[stream] = b""
+        self.log.flush(stream)
 
     # -- children -------------------------------------------------------------
 

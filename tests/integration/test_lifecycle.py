@@ -495,3 +495,21 @@ def test_usage_errors(cove: CoveRunner, cove_root: Path, alpine: str, clean: Non
     running = cove("rm", "dup", check=False)
     assert running.returncode == 1 and "stop the container" in running.stderr
     assert cove("exec", "nocmd", "true", check=False).returncode != 0
+
+
+def test_foreground_run_is_logged(
+    cove: CoveRunner, cove_root: Path, alpine: str, clean: None
+) -> None:
+    run = cove("run", "--name", "fg", "alpine:3.20", "sh", "-c", "echo out; echo err >&2; exit 4",
+               check=False)  # fmt: skip
+    assert (run.returncode, run.stdout, run.stderr) == (4, "out\n", "err\n")
+    logs = cove("logs", "fg")
+    assert (logs.stdout, logs.stderr) == ("out\n", "err\n")
+    # a reader that leaves early does not change the container's fate or its log
+    import shlex
+
+    argv = cove_argv(cove_root, "run", "--name", "many", "alpine:3.20", "seq", "1", "50000")
+    head = subprocess.run(f"{shlex.join(argv)} | head -1", shell=True, capture_output=True,
+                          text=True)  # fmt: skip
+    assert head.stdout == "1\n"
+    assert cove("logs", "--tail", "1", "many").stdout == "50000\n"
