@@ -356,8 +356,11 @@ class ContainerEngine:
                 NetworkManager(self.root, self.store.db).store.get(mode)
             for text in opts.publish:
                 for p in parse_publish(text):
+                    host_port = str(p.host_port or "")
+                    if p.host_port_end:
+                        host_port += f"-{p.host_port_end}"
                     bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
-                        {"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}
+                        {"HostIp": p.host_ip, "HostPort": host_port}
                     )
         bridged = mode not in ("none", "host") and not mode.startswith("container:")
         if (opts.publish or opts.publish_all or opts.network_aliases or opts.ip) and not bridged:
@@ -931,6 +934,9 @@ class ContainerEngine:
             raise Conflict(
                 f'the container name "/{new}" is already in use by another container'
             ) from e
+        if rec.status in (Status.RUNNING, Status.PAUSED):
+            with contextlib.suppress(Exception):
+                self.networks().rename(rec.id, new)
 
     # -- networks -----------------------------------------------------------------
 
@@ -978,7 +984,17 @@ class ContainerEngine:
             raise Conflict(f"container {rec.id} is not connected to network {n.name}")
         nm.detach(rec.id, n.id, pid=rec.pid if rec.status == Status.RUNNING else 0)
         cfg = rec.config
-        (cfg.get("NetworkSettings") or {}).get("Networks", {}).pop(n.name, None)
+        ns = cfg.get("NetworkSettings") or {}
+        gone = ns.get("Networks", {}).pop(n.name, None)
+        if gone and ns.get("IPAddress") == gone.get("IPAddress"):
+            for key in ("IPAddress", "Gateway", "MacAddress"):
+                ns[key] = ""
+            ns["IPPrefixLen"] = 0
+        ns["Ports"] = {
+            k: v for k, v in (ns.get("Ports") or {}).items()
+            if any(p.container_port == int(k.split("/")[0]) for p in nm.store.ports(rec.id))
+        }  # fmt: skip
+        cfg["NetworkSettings"] = ns
         self.store.update(rec.id, config=cfg)
 
     def network_users(self) -> dict[str, str]:
@@ -1134,8 +1150,9 @@ def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
         for key, binds in (host.get("PortBindings") or {}).items():
             port, _, proto = key.partition("/")
             for b in binds:
-                specs.append(PortSpec(proto, b.get("HostIp") or "", int(b.get("HostPort") or 0),
-                                      int(port)))  # fmt: skip
+                first, _, last = str(b.get("HostPort") or "0").partition("-")
+                specs.append(PortSpec(proto, b.get("HostIp") or "", int(first or 0), int(port),
+                                      int(last or 0)))  # fmt: skip
         if host.get("PublishAllPorts"):
             for key in rec.config.get("Config", {}).get("ExposedPorts") or {}:
                 if key not in (host.get("PortBindings") or {}):

@@ -636,12 +636,18 @@ def cmd_port(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
     rec = ce.get(args.container)
     ports = rec.config.get("NetworkSettings", {}).get("Ports") or {}
+    shown = 0
     for cport, bindings in sorted(ports.items()):
         if args.private_port and cport not in (args.private_port, f"{args.private_port}/tcp"):
             continue
         for b in bindings or []:
             line = f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}"
             print(line if args.private_port else f"{cport} -> {line}")
+            shown += 1
+    if args.private_port and not shown:
+        want = args.private_port if "/" in args.private_port else f"{args.private_port}/tcp"
+        sys.stderr.write(f"Error: no public port '{want}' published for {args.container}\n")
+        return 1
     return 0
 
 

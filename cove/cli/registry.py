@@ -37,6 +37,9 @@ def cmd_push(engine: Engine, args: argparse.Namespace) -> int:
 def cmd_login(engine: Engine, args: argparse.Namespace) -> int:
     from cove.registry.dist import login
 
+    if args.password_stdin and not args.username:
+        sys.stderr.write("Error: must provide --username with --password-stdin\n")
+        return 1
     user = args.username or input("Username: ")
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

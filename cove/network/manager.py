@@ -28,6 +28,7 @@ from cove.network.store import Lease, Network, NetworkStore, Port
 DEFAULT = "bridge"
 DEFAULT_BRIDGE = "cove0"
 SPECIAL = ("none", "host")
+PREDEFINED = (DEFAULT, *SPECIAL)
 
 
 @dataclass
@@ -36,6 +37,7 @@ class PortSpec:
     host_ip: str
     host_port: int  # 0: pick a free one
     container_port: int
+    host_port_end: int = 0  # a host range for one container port: the first free one
 
 
 def parse_publish(text: str) -> list[PortSpec]:
@@ -71,10 +73,10 @@ def parse_publish(text: str) -> list[PortSpec]:
     cports = rng(cport)
     hports = rng(hport) if hport else [0] * len(cports)
     if len(hports) != len(cports):
-        if hport and len(rng(hport)) > 1 and len(cports) == 1:
-            hports = hports[:1]  # Docker: a host range for one port takes the first free one
-        else:
-            raise InvalidSpec(f"invalid ranges in -p {text!r}: sizes differ")
+        if hport and len(cports) == 1:
+            # Docker: a host range for one container port takes its first free port
+            return [PortSpec(proto, ip, hports[0], cports[0], hports[-1])]
+        raise InvalidSpec(f"invalid ranges in -p {text!r}: sizes differ")
     return [PortSpec(proto, ip, h, c) for h, c in zip(hports, cports, strict=True)]
 
 
@@ -102,9 +104,7 @@ class NetworkManager:
         internal: bool = False,
         labels: dict[str, str] | None = None,
     ) -> Network:
-        if name in SPECIAL or (name == DEFAULT and self._find(DEFAULT)):
-            raise Conflict(f"network with name {name} already exists")
-        if self._find(name):
+        if name in SPECIAL or any(n.name == name for n in self.store.networks()):
             raise Conflict(f"network with name {name} already exists")
         with self._lock():
             taken = self._taken()
@@ -157,6 +157,13 @@ class NetworkManager:
 
         shutil.rmtree(self.dir, ignore_errors=True)
         self.sync()
+
+    def rename(self, cid: str, name: str) -> None:
+        """The container's new name answers on its networks; the old one no longer does."""
+        self.store.db.execute("UPDATE leases SET name = ? WHERE container = ?", (name, cid))
+        for lease in self.store.leases(container=cid):
+            with contextlib.suppress(NotFound):
+                self._write_hosts(self.store.get(lease.network))
 
     def release_stale(self, live: set[str]) -> None:
         """Leases and ports of containers that are not running any more (a crash's leftovers)."""
@@ -214,9 +221,9 @@ class NetworkManager:
         return [lease.container for lease in self.store.leases(network=n.id)]
 
     def remove(self, ref: str) -> Network:
-        if ref in SPECIAL:
+        n = self.store.get(ref) if ref not in PREDEFINED else None
+        if n is None or n.name == DEFAULT:
             raise Conflict(f"{ref} is a pre-defined network and cannot be removed")
-        n = self.store.get(ref)
         users = self.users(n)
         if users:
             raise Conflict(
@@ -331,6 +338,11 @@ class NetworkManager:
     # -- firewall -------------------------------------------------------------
 
     def sync(self) -> None:
+        """Under the networks lock: two parallel changes cannot load stale rule sets."""
+        with self._lock():
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
         nets = self.store.networks()
         tag = self._default_bridge().removeprefix(DEFAULT_BRIDGE)
         if not nets:
@@ -394,14 +406,14 @@ class NetworkManager:
         if not specs:
             return []
         for attempt in range(20):
-            ports = [Port(s.proto, s.host_ip, s.host_port or _free_port(s.proto, s.host_ip),
-                          cid, address, s.container_port) for s in specs]  # fmt: skip
+            ports = [Port(s.proto, s.host_ip, _host_port(s), cid, address, s.container_port)
+                     for s in specs]  # fmt: skip
             try:
                 self.store.add_ports(ports)
                 break
             except Conflict:
                 # a parallel run drew the same free port: draw again (explicit ports fail)
-                if all(s.host_port for s in specs) or attempt == 19:
+                if all(s.host_port and not s.host_port_end for s in specs) or attempt == 19:
                     raise
         self.sync()
         return ports
@@ -409,7 +421,9 @@ class NetworkManager:
     def detach(self, cid: str, network: str | None = None, pid: int = 0) -> None:
         """Release what ``cid`` holds (all networks, or one): leases, ports, host veths."""
         leases = [x for x in self.store.leases(container=cid) if network in (None, x.network)]
-        had_ports = bool(self.store.ports(cid)) and network is None
+        addresses = {x.address for x in leases}
+        mine = [p for p in self.store.ports(cid) if network is None or p.address in addresses]
+        had_ports = bool(mine)
         for lease in leases:
             if pid and network:
                 links.detach_inside(pid, lease.iface)
@@ -417,6 +431,12 @@ class NetworkManager:
             self.store.release(cid, lease.network)
         if network is None:
             self.store.release_ports(cid)
+        else:
+            for p in mine:
+                self.store.db.execute(
+                    "DELETE FROM ports WHERE proto = ? AND host_ip = ? AND host_port = ?",
+                    (p.proto, p.host_ip, p.host_port),
+                )
         for net_id in {x.network for x in leases}:
             with contextlib.suppress(NotFound):
                 self._write_hosts(self.store.get(net_id))
@@ -445,6 +465,31 @@ def _upstreams() -> list[str]:
     except OSError:
         pass
     return out
+
+
+def _host_port(s: PortSpec) -> int:
+    """The host port for ``s``: explicit (checked free on the host), first free of a range,
+    or any free one."""
+    if not s.host_port:
+        return _free_port(s.proto, s.host_ip)
+    last = s.host_port_end or s.host_port
+    for port in range(s.host_port, last + 1):
+        if _bindable(s.proto, s.host_ip, port):
+            return port
+    where = f"{s.host_ip or '0.0.0.0'}:{s.host_port}"
+    raise Conflict(f"bind for {where}/{s.proto} failed: port is already allocated")
+
+
+def _bindable(proto: str, host_ip: str, port: int) -> bool:
+    """Nothing on the host listens there (a DNAT rule would silently take its traffic)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host_ip if host_ip and host_ip != "0.0.0.0" else "", port))
+        except OSError:
+            return False
+    return True
 
 
 def _free_port(proto: str, host_ip: str) -> int:

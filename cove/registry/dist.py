@@ -220,6 +220,27 @@ def _download(
     if compression is None:
         raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
     hexd = desc.digest.removeprefix("sha256:")
+    from cove.syscalls import flocked
+
+    # one puller per blob: parallel pulls of one image wait here, then find it stored
+    with flocked(os.path.join(store.locks, f"pull-{hexd}.lock")):
+        if store.blobs.has(desc.digest):
+            progress.say(desc.digest, "already exists")
+            return
+        _download_locked(client, store, repo, desc, diff_id, scope, progress, compression, hexd)
+
+
+def _download_locked(
+    client: Client,
+    store: Any,
+    repo: str,
+    desc: spec.Descriptor,
+    diff_id: str,
+    scope: str,
+    progress: Progress,
+    compression: str,
+    hexd: str,
+) -> None:
     partial = os.path.join(store.tmpdir, f"pull-{hexd}.partial")
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
     headers = {"Range": f"bytes={have}-"} if 0 < have < desc.size else {}
@@ -359,6 +380,8 @@ def push(
     """``cove push``: returns the manifest digest."""
     img = engine.image(source)
     ref = refs.parse(dest or source)
+    if ref.digest:
+        raise InvalidSpec(f"cannot push to a digest reference: {ref}")
     tag = ref.tag or refs.DEFAULT_TAG
     store = engine.images
     client = connect(engine.root, ref.domain, tls_verify=tls_verify)
@@ -459,6 +482,7 @@ class _Reader:
 
 def login(engine: Any, registry: str, user: str, password: str, *, tls_verify: bool = True) -> str:
     """Check the credentials against the registry, then store them; the file written."""
+    registry = registry.removeprefix("https://").removeprefix("http://").rstrip("/")
     domain = refs.parse(f"{registry}/x").domain
     client = connect(engine.root, domain, tls_verify=tls_verify)
     client.ep.creds = (user, password)
@@ -470,5 +494,6 @@ def login(engine: Any, registry: str, user: str, password: str, *, tls_verify: b
 
 
 def logout(engine: Any, registry: str) -> bool:
+    registry = registry.removeprefix("https://").removeprefix("http://").rstrip("/")
     domain = refs.parse(f"{registry}/x").domain
     return auth.remove(engine.root, domain)

@@ -265,3 +265,23 @@ def test_registries_conf_search_and_mirror(
     mirrored = run("pull", "-q", "mirrored.invalid/team/app:1")
     assert mirrored.returncode == 0, mirrored.stderr
     assert "mirrored.invalid/team/app" in images(cove)
+
+
+def test_parallel_pulls_of_one_image(
+    cove: CoveRunner, cove_root: Path, alpine: str, plain_registry: Registry
+) -> None:
+    ref = f"{plain_registry.host}/par/alpine:1"
+    cove("tag", "alpine:3.20", ref)
+    cove("push", "--tls-verify=false", ref)
+    cove("rmi", ref, "alpine:3.20")
+    procs = [subprocess.Popen(cove_argv(cove_root, "pull", "-q", "--tls-verify=false", ref),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]  # fmt: skip
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], results
+    assert {out.strip() for out, _ in results} == {alpine}
+    digest_pushed = cove("push", "-q", "--tls-verify=false", ref).stdout.strip()
+    assert digest_pushed in images(cove)
+    bad = cove("push", "--tls-verify=false", ref, f"{plain_registry.host}/x@sha256:{'1' * 64}",
+               check=False)  # fmt: skip
+    assert bad.returncode == 125 and "digest reference" in bad.stderr
