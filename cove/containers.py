@@ -946,44 +946,53 @@ class ContainerEngine:
         return NetworkManager(self.root, self.store.db)
 
     def connect(self, net_ref: str, ref: str, *, aliases: list[str], ip: str | None = None) -> None:
-        """Hot-plug: a new ``ethN`` in the running container on ``net_ref``."""
+        """Add a network: hot-plugged as the next ``ethN`` when running, and remembered, so
+        every later start attaches it again (also for a stopped container)."""
         from cove.network.manager import settings
 
         rec = self.get(ref)
-        if rec.status != Status.RUNNING:
-            raise Conflict(f"container {rec.name} is not running")
         mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
         if mode in ("none", "host") or mode.startswith("container:"):
             raise Conflict(f"container {rec.name} uses network mode {mode}: cannot connect it")
         nm = self.networks()
-        held = nm.store.leases(container=rec.id)
-        used = {lease.iface for lease in held}
-        iface = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
-        n, lease = nm.attach(
-            rec.id,
-            rec.name,
-            rec.pid,
-            net_ref,
-            iface=iface,
-            aliases=aliases,
-            ip=ip,
-            default_route=False,
-        )
+        n = nm.get(net_ref)
+        ncfg = rec.config.setdefault("NetworkingConfig", {})
+        extra = ncfg.setdefault("Extra", [])
+        primary_off = bool(ncfg.get("PrimaryDetached"))
+        if (n.name == mode and not primary_off) or any(e["Network"] == n.name for e in extra):
+            raise Conflict(f"container {rec.name} is already connected to network {n.name}")
         cfg = rec.config
-        current = cfg.get("NetworkSettings") or {}
-        add = settings([(n, lease)], [])["Networks"]
-        current.setdefault("Networks", {}).update(add)
-        cfg["NetworkSettings"] = current
+        if rec.status == Status.RUNNING:
+            held = nm.store.leases(container=rec.id)
+            used = {lease.iface for lease in held}
+            iface = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
+            n, lease = nm.attach(rec.id, rec.name, rec.pid, n.id, iface=iface, aliases=aliases,
+                                 ip=ip, default_route=False)  # fmt: skip
+            current = cfg.get("NetworkSettings") or {}
+            current.setdefault("Networks", {}).update(settings([(n, lease)], [])["Networks"])
+            cfg["NetworkSettings"] = current
+        if n.name == mode:
+            ncfg["PrimaryDetached"] = False
+        else:
+            extra.append({"Network": n.name, "Aliases": list(aliases), "IPv4Address": ip})
         self.store.update(rec.id, config=cfg)
 
     def disconnect(self, net_ref: str, ref: str) -> None:
         rec = self.get(ref)
         nm = self.networks()
         n = nm.get(net_ref)
-        if not any(x.network == n.id for x in nm.store.leases(container=rec.id)):
+        cfg = rec.config
+        ncfg = cfg.setdefault("NetworkingConfig", {})
+        extra = ncfg.get("Extra") or []
+        mode = cfg.get("HostConfig", {}).get("NetworkMode") or "none"
+        leased = any(x.network == n.id for x in nm.store.leases(container=rec.id))
+        remembered = any(e["Network"] == n.name for e in extra)
+        if not leased and not remembered and n.name != mode:
             raise Conflict(f"container {rec.id} is not connected to network {n.name}")
         nm.detach(rec.id, n.id, pid=rec.pid if rec.status == Status.RUNNING else 0)
-        cfg = rec.config
+        ncfg["Extra"] = [e for e in extra if e["Network"] != n.name]
+        if n.name == mode:  # the run's own network: gone for later starts too (as Docker)
+            ncfg["PrimaryDetached"] = True
         ns = cfg.get("NetworkSettings") or {}
         gone = ns.get("Networks", {}).pop(n.name, None)
         if gone and ns.get("IPAddress") == gone.get("IPAddress"):
@@ -1132,7 +1141,9 @@ def _pump_output(outputs: dict[int, int], pid: int, log: Any) -> int:
 
 
 def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
-    """Attach a created container (process ``pid``) to its network; Docker's NetworkSettings."""
+    """Attach a created container (process ``pid``) to its networks: the run's own one as
+    eth0 (default route, published ports), then those ``connect`` added, as eth1...;
+    Docker's NetworkSettings."""
     host = rec.config.get("HostConfig", {})
     mode = host.get("NetworkMode") or "none"
     if mode in ("none", "host") or mode.startswith("container:"):
@@ -1140,12 +1151,21 @@ def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
     from cove import container as ctr
     from cove.network.manager import NetworkManager, PortSpec, settings
 
-    nm = NetworkManager(root, db)
     ncfg = rec.config.get("NetworkingConfig") or {}
+    wanted: list[dict[str, Any]] = []
+    if not ncfg.get("PrimaryDetached"):
+        wanted.append({"Network": mode, "Aliases": ncfg.get("Aliases") or [],
+                       "IPv4Address": ncfg.get("IPv4Address")})  # fmt: skip
+    wanted += list(ncfg.get("Extra") or [])
+    if not wanted:
+        return {}
+    nm = NetworkManager(root, db)
     try:
-        n, lease = nm.attach(rec.id, rec.name, pid, mode, iface="eth0",
-                             aliases=list(ncfg.get("Aliases") or []),
-                             ip=ncfg.get("IPv4Address"))  # fmt: skip
+        attached = []
+        for i, w in enumerate(wanted):
+            attached.append(nm.attach(rec.id, rec.name, pid, w["Network"], iface=f"eth{i}",
+                                      aliases=list(w.get("Aliases") or []),
+                                      ip=w.get("IPv4Address"), default_route=i == 0))  # fmt: skip
         specs = []
         for key, binds in (host.get("PortBindings") or {}).items():
             port, _, proto = key.partition("/")
@@ -1158,6 +1178,7 @@ def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
                 if key not in (host.get("PortBindings") or {}):
                     port, _, proto = key.partition("/")
                     specs.append(PortSpec(proto or "tcp", "", 0, int(port)))
+        n, lease = attached[0]
         ports = nm.publish(rec.id, lease.address, specs)
         cfg = rec.config.get("Config", {})
         ctr.etc_files(
@@ -1172,7 +1193,7 @@ def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
     except BaseException:
         nm.detach(rec.id)
         raise
-    return settings([(n, lease)], ports)
+    return settings(attached, ports)
 
 
 def network_down(root: str, db: Any, cid: str) -> None:

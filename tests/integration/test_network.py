@@ -175,9 +175,18 @@ def test_connect_disconnect(cove: CoveRunner, alpine: str) -> None:
     assert out.stdout == "ok\n"
     again = cove("network", "connect", "side", "hot", check=False)
     assert again.returncode != 0
+    # the connection is remembered: a restart attaches it again
+    cove("restart", "-t", "0", "hot")
+    assert cove("exec", "hot", "ls", "/sys/class/net").stdout.split() == ["eth0", "eth1", "lo"]
+    assert set(inspect(cove, "hot")["NetworkSettings"]["Networks"]) == {"bridge", "side"}
     cove("network", "disconnect", "side", "hot")
     assert cove("exec", "hot", "ls", "/sys/class/net").stdout.split() == ["eth0", "lo"]
     assert set(inspect(cove, "hot")["NetworkSettings"]["Networks"]) == {"bridge"}
+    # a stopped container can be connected; its next start has the network
+    cove("stop", "-t", "0", "hot")
+    cove("network", "connect", "side", "hot")
+    cove("start", "hot")
+    assert set(inspect(cove, "hot")["NetworkSettings"]["Networks"]) == {"bridge", "side"}
 
 
 def test_parallel_runs_get_distinct_addresses_and_nothing_leaks(
