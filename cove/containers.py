@@ -13,7 +13,6 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from cove.engine import Engine
@@ -1360,29 +1359,15 @@ def _monitor_argv(args: dict[str, str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code, *(f"{k}={v}" for k, v in args.items())]
 
 
-@contextlib.contextmanager
-def _forward_signals_to(ce: ContainerEngine, cid: str) -> Iterator[None]:
-    sigs = [
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-    ]
+def _forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
+    """Signals to whatever process the container runs now (it may have restarted)."""
+    from cove.engine_io import forward_signals
 
-    def forward(signum: int, _frame: Any) -> None:
+    def current() -> int:
         rec = ce.store.get(cid)
-        if rec.pid and alive(rec.pid, rec.start_time):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signum)
+        return rec.pid if alive(rec.pid, rec.start_time) else 0
 
-    old = {s: signal.signal(s, forward) for s in sigs}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    return forward_signals(current)
 
 
 def _attach_stream(sock: Any, interactive: bool, tty: bool) -> None:

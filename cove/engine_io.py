@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -18,7 +18,9 @@ def terminal_size() -> tuple[int, int] | None:
 
 
 @contextlib.contextmanager
-def forward_signals(pid: int) -> Iterator[None]:
+def forward_signals(pid: int | Callable[[], int]) -> Iterator[None]:
+    """Pass the terminal's signals on to ``pid`` (or to what ``pid()`` says at the time:
+    a restarted container has a new process)."""
     import signal
 
     sigs = [
@@ -31,8 +33,10 @@ def forward_signals(pid: int) -> Iterator[None]:
     ]
 
     def forward(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+        target = pid() if callable(pid) else pid
+        if target > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(target, signum)
 
     old = {s: signal.signal(s, forward) for s in sigs}
     try:

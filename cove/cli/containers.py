@@ -467,29 +467,27 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_inspect(engine: Engine, args: argparse.Namespace) -> int:
     """``inspect``: containers first, then images (``--type`` narrows it), as Docker."""
+    from cove.errors import NotFound
+
     ce = _ce(engine)
-    out, rc = [], 0
-    for ref in args.names:
+
+    def get(ref: str) -> dict[str, Any]:
+        if args.type in (None, "container"):
+            try:
+                doc: dict[str, Any] = ce.inspect(ref)
+                return doc
+            except CoveError:
+                if args.type == "container":
+                    raise
         try:
-            if args.type in (None, "container"):
-                try:
-                    out.append(ce.inspect(ref))
-                    continue
-                except CoveError:
-                    if args.type == "container":
-                        raise
-            out.append(engine.inspect_image(ref))
+            image: dict[str, Any] = engine.inspect_image(ref)
+            return image
         except CoveError as e:
-            sys.stderr.write(
-                f"Error: no such object: {ref}\n" if args.type is None else f"Error: {e}\n"
-            )
-            rc = 1
-    if args.format:
-        for o in out:
-            print(fmt.render(args.format, o))
-    else:
-        print(json.dumps(out, indent=4))
-    return rc
+            if args.type is None:
+                raise NotFound(f"no such object: {ref}") from e
+            raise
+
+    return fmt.inspect_each(args.names, get, args.format)
 
 
 def cmd_container_inspect(engine: Engine, args: argparse.Namespace) -> int:
@@ -765,20 +763,7 @@ def cmd_volume_ls(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_volume_inspect(engine: Engine, args: argparse.Namespace) -> int:
-    vols = _ce(engine).volumes()
-    out, rc = [], 0
-    for name in args.names:
-        try:
-            out.append(vols.inspect(name))
-        except CoveError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            rc = 1
-    if args.format:
-        for o in out:
-            print(fmt.render(args.format, o))
-    else:
-        print(json.dumps(out, indent=4))
-    return rc
+    return fmt.inspect_each(args.names, _ce(engine).volumes().inspect, args.format)
 
 
 def cmd_volume_rm(engine: Engine, args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -143,3 +144,25 @@ def format_rows(
 
 def ago_ts(t: float) -> str:
     return human_duration(time.time() - t) + " ago"
+
+
+def inspect_each(
+    refs: Sequence[str], get: Callable[[str], dict[str, Any]], template: str | None
+) -> int:
+    """``inspect``'s shape for every kind: a JSON array (or a template per object) of what
+    was found, one ``Error:`` line per reference that was not; exit 1 if any was not."""
+    from cove.errors import CoveError
+
+    out, rc = [], 0
+    for ref in refs:
+        try:
+            out.append(get(ref))
+        except CoveError as e:
+            sys.stderr.write(f"Error: {e}\n")
+            rc = 1
+    if template:
+        for o in out:
+            print(render(template, o))
+    else:
+        print(json.dumps(out, indent=4))
+    return rc

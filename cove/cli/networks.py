@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -56,19 +55,8 @@ def cmd_ls(engine: Engine, args: argparse.Namespace) -> int:
 def cmd_inspect(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
     nm = ce.networks()
-    out, rc = [], 0
-    for ref in args.names:
-        try:
-            out.append(nm.inspect(nm.get(ref), ce.network_users()))
-        except CoveError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            rc = 1
-    if args.format:
-        for o in out:
-            print(fmt.render(args.format, o))
-    else:
-        print(json.dumps(out, indent=4))
-    return rc
+    users = ce.network_users()
+    return fmt.inspect_each(args.names, lambda ref: nm.inspect(nm.get(ref), users), args.format)
 
 
 def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
