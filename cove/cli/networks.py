@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from cove.cli import fmt
 from cove.engine import Engine
-from cove.errors import CoveError
 
 
 def _ce(engine: Engine) -> Any:
@@ -60,16 +58,9 @@ def cmd_inspect(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
-    nm = _ce(engine).networks()
-    rc = 0
-    for ref in args.names:
-        try:
-            nm.remove(ref)
-            print(ref)
-        except CoveError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            rc = 1
-    return rc
+    from cove.cli.containers import _each
+
+    return _each(args.names, _ce(engine).networks().remove)
 
 
 def cmd_prune(engine: Engine, args: argparse.Namespace) -> int:

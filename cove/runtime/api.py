@@ -14,7 +14,9 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cove import syscalls as sc
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
@@ -93,38 +95,15 @@ class Runtime:
             privileged = bool(res and any(d.allow and d.type == "a" for d in res.devices))
             for warning in cgroups.create(res, privileged=privileged):
                 os.write(2, f"WARNING: {warning}\n".encode())
-            bpf = None
-            if spec.linux.seccomp is not None:
-                from cove.runtime.seccomp import bpf_for
-
-                bpf = bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
             if spec.namespace("user") is not None:
                 from cove.runtime.init import ANNOTATION_OVERLAY, idmapped_lower_dirs
 
                 overlay = spec.annotations.get(ANNOTATION_OVERLAY)
                 for d in idmapped_lower_dirs(json.loads(overlay)) if overlay else []:
                     os.makedirs(d, mode=0o755, exist_ok=True)
-            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            ctx = init.InitContext(
-                spec=spec,
-                bundle=bundle,
-                sock=child_sock,
-                fifo=fifo,
-                cgroup_procs=cgroups.procs_files(),
-                stdio=stdio,
-                seccomp_bpf=bpf,
-                host_v1_cgroups=layout.v1,
-                host_unified=layout.unified,
-                pure_v2=layout.pure_v2,
+            parent_sock, pid, pty = self._spawn(
+                spec, bundle, fifo, cgroups, stdio, self._bpf(spec), init.child
             )
-            # invariant: the container's pid 1 is reparented to us when its parent exits
-            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-            child = os.fork()
-            if child == 0:
-                parent_sock.close()
-                init.child(ctx)
-            child_sock.close()
-            pid, pty = self._handshake(parent_sock, child, spec)
             state = {
                 "ociVersion": spec.oci_version,
                 "id": cid,
@@ -188,32 +167,11 @@ class Runtime:
                 if theirs != os.readlink(f"/proc/self/ns/{kind}"):
                     fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
                     ns_fds.append((fd, flags[kind]))
-            bpf = None
-            if seccomp and spec.linux.seccomp is not None:
-                from cove.runtime.seccomp import bpf_for
-
-                bpf = bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
-            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            ctx = init.InitContext(
-                spec=spec,
-                bundle=str(doc["bundle"]),
-                sock=child_sock,
-                fifo="",
-                cgroup_procs=cgroups.procs_files(),
-                stdio=stdio,
-                seccomp_bpf=bpf,
-                host_v1_cgroups=layout.v1,
-                host_unified=layout.unified,
-                pure_v2=layout.pure_v2,
-            )
-            # invariant: the exec'd process is reparented to us when X exits
-            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-            child = os.fork()
-            if child == 0:
-                parent_sock.close()
-                init.exec_child(ctx, ns_fds)
-            child_sock.close()
-            got, pty = self._handshake(parent_sock, child, spec)
+            bpf = self._bpf(spec) if seccomp else None
+            parent_sock, got, pty = self._spawn(
+                spec, str(doc["bundle"]), "", cgroups, stdio, bpf,
+                lambda ctx: init.exec_child(ctx, ns_fds),
+            )  # fmt: skip
             return Created(cid, got, pty, parent_sock, cgroups)
         except BaseException:
             if parent_sock is not None:
@@ -222,6 +180,56 @@ class Runtime:
         finally:
             for fd, _ in ns_fds:
                 os.close(fd)
+
+    def _bpf(self, spec: Spec) -> bytes | None:
+        if spec.linux.seccomp is None:
+            return None
+        from cove.runtime.seccomp import bpf_for
+
+        return bpf_for(spec.linux.seccomp, os.path.join(self.cache_dir, "seccomp"))
+
+    def _spawn(
+        self,
+        spec: Spec,
+        bundle: str,
+        fifo: str,
+        cgroups: Cgroups,
+        stdio: tuple[int, int, int] | None,
+        bpf: bytes | None,
+        entry: Callable[[Any], Any],
+    ) -> tuple[socket.socket, int, int | None]:
+        """Fork the child that runs ``entry(InitContext)`` (create's C or exec's X) and
+        take its reports: our end of the socket, the process's pid and its pty master."""
+        from cove.runtime import init
+
+        layout = cgroups.layout
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ctx = init.InitContext(
+            spec=spec,
+            bundle=bundle,
+            sock=child_sock,
+            fifo=fifo,
+            cgroup_procs=cgroups.procs_files(),
+            stdio=stdio,
+            seccomp_bpf=bpf,
+            host_v1_cgroups=layout.v1,
+            host_unified=layout.unified,
+            pure_v2=layout.pure_v2,
+        )
+        # invariant: what the child forks is reparented to us when the child exits
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            child = os.fork()
+            if child == 0:
+                parent_sock.close()
+                entry(ctx)
+            child_sock.close()
+            pid, pty = self._handshake(parent_sock, child, spec)
+        except BaseException:
+            parent_sock.close()
+            child_sock.close()
+            raise
+        return parent_sock, pid, pty
 
     def _handshake(self, sock: socket.socket, child: int, spec: Spec) -> tuple[int, int | None]:
         pid: int | None = None
