@@ -13,6 +13,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cove.engine import Engine
@@ -199,15 +200,17 @@ class ContainerEngine:
 
     # -- create ---------------------------------------------------------------
 
-    def create(self, opts: Any, *, op: str = "") -> str:
+    def create(self, opts: Any, *, op: str = "", image: Any = None) -> str:
         """``docker create``: the record, the bundle and the volumes; no process yet.
 
-        With ``op`` the row stays marked as in flight (``run`` hands it on to ``start``).
+        With ``op`` the row stays marked as in flight (``run`` hands it on to ``start``; a
+        build keeps it so: should the builder die, the next command removes the container).
+        ``image`` is an unnamed store image (a build's intermediate state) to use as is.
         """
         from cove import container as ctr
         from cove.runtime.init import ANNOTATION_OVERLAY
 
-        img = self._image_for_run(opts)
+        img = image if image is not None else self._image_for_run(opts)
         host = spec.Platform.host()
         want = spec.Platform.parse(opts.platform) if opts.platform else None
         have = img.config.platform
@@ -712,6 +715,59 @@ class ContainerEngine:
                 with contextlib.suppress(Exception):
                     self.discard(self.store.get(cid), volumes=True)
 
+    def run_captured(self, cid: str, echo: Callable[[int, bytes], None]) -> int:
+        """Run a created container to its exit with stdin closed, its output to
+        ``echo(stream, data)`` and no log (a build's RUN step); its exit code.
+
+        The row keeps the caller's ``op``: the caller removes the container, or, should it
+        die, the next command does. An interrupt (Ctrl-C) kills the process on the way out.
+        """
+        from cove.runtime.api import exit_status, proc_start_time
+
+        runtime = self.runtime()
+        me, me_start = _self_ids()
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        outputs = {out_r: 0, err_r: 1}
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        try:
+            try:
+                created = runtime.create(cid, self.cdir(cid), stdio=(devnull, out_w, err_w))
+            finally:
+                for fd in (devnull, out_w, err_w):
+                    os.close(fd)
+            rec = self.store.get(cid)
+            rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
+            self.store.update(
+                cid,
+                status=Status.RUNNING,
+                pid=created.pid,
+                start_time=proc_start_time(created.pid) or 0,
+                started_at=now(),
+                monitor_pid=me,
+                monitor_start=me_start,
+                config=rec.config,
+            )
+            runtime.start(cid)
+            try:
+                runtime.wait_exec(created)
+            except Exception:
+                os.waitpid(created.pid, 0)
+                raise
+            status = _pump_output(outputs, created.pid, _NO_LOG, echo)
+            outputs = {}
+            code = 137 if created.cgroups.oom_killed() else exit_status(status)
+            self.store.update(
+                cid, status=Status.EXITED, exit_code=code, finished_at=now(), monitor_pid=0
+            )
+            return code
+        finally:
+            for fd in outputs:
+                os.close(fd)
+            with contextlib.suppress(Exception):
+                runtime.delete(cid, force=True)
+            network_down(self.root, self.store.db, cid)
+
     def run_detached(self, opts: Any) -> str:
         from cove.runtime.api import ContainerStartError
 
@@ -1094,9 +1150,25 @@ class ContainerEngine:
         return host_root_ids(oci)
 
 
-def _pump_output(outputs: dict[int, int], pid: int, log: Any) -> int:
-    """Copy the container's stdout/stderr to ours and to the log until its first process
-    exits (and what it wrote is read); its wait status."""
+class _NoLog:
+    def feed(self, stream: int, data: bytes) -> None:
+        pass
+
+    def flush(self, stream: int) -> None:
+        pass
+
+
+_NO_LOG = _NoLog()
+
+
+def _pump_output(
+    outputs: dict[int, int],
+    pid: int,
+    log: Any,
+    echo: Callable[[int, bytes], None] | None = None,
+) -> int:
+    """Copy the container's stdout/stderr to ours (or to ``echo``) and to the log until its
+    first process exits (and what it wrote is read); its wait status."""
     import select
 
     pidfd = os.pidfd_open(pid)
@@ -1124,7 +1196,9 @@ def _pump_output(outputs: dict[int, int], pid: int, log: Any) -> int:
                     del outputs[fd]
                     continue
                 log.feed(stream, data)
-                if stream not in broken:
+                if echo is not None:
+                    echo(stream, data)
+                elif stream not in broken:
                     try:
                         os.write(targets[stream], data)
                     except BrokenPipeError:

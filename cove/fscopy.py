@@ -30,7 +30,7 @@ import errno
 import os
 import posixpath
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -248,6 +248,7 @@ class _Frame:
     meta: os.stat_result | None  # applied once the directory is complete; None keeps DEST's own
     shown: str
     names: Iterator[str]
+    rel: str = ""  # the directory's path below the copy's source root (for ``skip``)
 
 
 @dataclass
@@ -258,8 +259,13 @@ class _Copier:
     keep_setid: bool
     current: str = ""  # the destination path being written, for error messages
     made: set[tuple[int, int]] = field(default_factory=set)  # directories this copy created
+    chmod: int | None = None  # a build's COPY --chmod: every file and directory gets it
+    # a build's .dockerignore: skip(path below the source root, is_dir) leaves an entry out
+    skip: Callable[[str, bool], bool] | None = None
 
-    def entry(self, fd: int, st: os.stat_result, dirfd: int, name: str, shown: str) -> None:
+    def entry(
+        self, fd: int, st: os.stat_result, dirfd: int, name: str, shown: str, rel: str = ""
+    ) -> None:
         """Copy the pinned source ``fd`` to ``name`` in directory ``dirfd``."""
         self.current = shown
         if not stat.S_ISDIR(st.st_mode):
@@ -271,9 +277,9 @@ class _Copier:
         except BaseException:
             os.close(src)
             raise
-        self._walk(src, dst, st, shown)
+        self._walk(src, dst, st, shown, rel)
 
-    def contents(self, fd: int, dirfd: int, shown: str) -> None:
+    def contents(self, fd: int, dirfd: int, shown: str, rel: str = "") -> None:
         """Copy what is in source directory ``fd`` into the existing directory ``dirfd``."""
         self.current = shown
         mine, theirs = os.fstat(fd), os.fstat(dirfd)
@@ -285,13 +291,15 @@ class _Copier:
         except BaseException:
             os.close(src)
             raise
-        self._walk(src, dst, None, shown)
+        self._walk(src, dst, None, shown, rel)
 
-    def _walk(self, src: int, dst: int, meta: os.stat_result | None, shown: str) -> None:
+    def _walk(
+        self, src: int, dst: int, meta: os.stat_result | None, shown: str, rel: str = ""
+    ) -> None:
         """Copy the tree below ``src`` into ``dst``; takes ownership of both fds."""
         frames: list[_Frame] = []
         try:
-            frames.append(_Frame(src, dst, meta, shown, _names(src)))
+            frames.append(_Frame(src, dst, meta, shown, _names(src), rel))
         except BaseException:
             os.close(src)
             os.close(dst)
@@ -311,6 +319,7 @@ class _Copier:
                         os.close(top.dst)
                     continue
                 child_shown = posixpath.join(top.shown, name)
+                child_rel = posixpath.join(top.rel, name) if top.rel else name
                 self.current = child_shown
                 try:
                     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top.src)
@@ -318,6 +327,8 @@ class _Copier:
                     continue  # removed since the listing: a live container changes under us
                 try:
                     st = os.fstat(fd)
+                    if self.skip is not None and self.skip(child_rel, stat.S_ISDIR(st.st_mode)):
+                        continue
                     if not stat.S_ISDIR(st.st_mode):
                         self._leaf(fd, st, top.dst, name, child_shown)
                         continue
@@ -335,7 +346,7 @@ class _Copier:
                         os.close(csrc)
                         os.close(cdst)
                         raise
-                    frames.append(_Frame(csrc, cdst, st, child_shown, names))
+                    frames.append(_Frame(csrc, cdst, st, child_shown, names, child_rel))
                 finally:
                     os.close(fd)
         finally:
@@ -396,7 +407,7 @@ class _Copier:
 
     def _finish_dir(self, fd: int, st: os.stat_result) -> None:
         # after the children: their creation would move the mtime, a read-only mode block them
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) if self.chmod is None else self.chmod)
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
     def _file(self, fd: int, st: os.stat_result, dirfd: int, name: str, shown: str) -> None:
@@ -424,6 +435,8 @@ class _Copier:
             os.close(src)
 
     def _file_mode(self, st: os.stat_result) -> int:
+        if self.chmod is not None:
+            return self.chmod
         mode = stat.S_IMODE(st.st_mode)
         return mode if self.keep_setid else mode & ~_SETID
 

@@ -291,6 +291,9 @@ def register(sub: Any) -> None:
     _bool_flag(p, "-a", "--all", help="remove all unused images, not just dangling ones")
     _bool_flag(p, "-f", "--force", help="do not prompt for confirmation")
     p.set_defaults(func=cmd_prune)
+    from cove.cli import build
+
+    build.register(sub, isub)
     p = isub.add_parser("unpack", help="unpack an image's layers; print their directories")
     p.add_argument("image", metavar="IMAGE")
     p.set_defaults(func=cmd_unpack)
