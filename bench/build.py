@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark building: the app image of tests/integration/test_build.py (COPY of a script
-tree, a RUN that adds a user and files, a heredoc COPY, metadata) on alpine:3.20 built from
+tree, a RUN that adds a user and files, a COPY --chown, metadata) on alpine:3.20 built from
 the shared upstream Dockerfile, by ``cove build`` and by ``podman build`` (buildah inside)
 in the same run, each with a fresh private store. Cold: ``--no-cache``; cached: the same
 build again. RUN steps use no network on either side (``--network none``).
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 from start import cove_command, run
 
@@ -28,7 +29,15 @@ ALPINE_DIR = REPO.parent / "shared" / "images" / "alpine-3.20"
 def app_context(dest: Path) -> Path:
     from test_build import APP_FILES, write_tree
 
-    return write_tree(dest, APP_FILES)
+    # podman 4.3's buildah has no here-documents: the one heredoc COPY reads a file instead
+    files = dict(APP_FILES)
+    heredoc = "COPY --chown=appuser:appgrp <<EOF /opt/app/config.ini\ngreeting=${GREETING}\nEOF\n"
+    assert heredoc in files["Dockerfile"]
+    files["Dockerfile"] = files["Dockerfile"].replace(
+        heredoc, "COPY --chown=appuser:appgrp config.ini /opt/app/config.ini\n"
+    )
+    files["config.ini"] = "greeting=hello\n"
+    return write_tree(dest, files)
 
 
 def timed(cmd: list[str]) -> float:

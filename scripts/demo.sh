@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A tour of what cove does today, offline: build a base image from Debian's busybox-static,
-# import it, list it, inspect it, save it, load it back, unpack it.
+# import it, list it, inspect it, save it, load it back, unpack it, run it, build on it.
 set -euo pipefail
 cove=${COVE:-cove}
 root=$(mktemp -d /tmp/cove-demo.XXXXXX)
@@ -41,5 +41,24 @@ step "$cove" exec ticker hostname
 step "$cove" stop -t 1 ticker
 step "$cove" ps -a
 step "$cove" rm ticker
+
+# cove build: a Dockerfile on top of the busybox image, then again from the cache
+mkdir -p "$work/app"
+printf 'echo "built by cove: $(cat /etc/greeting)"\n' > "$work/app/hello.sh"
+cat > "$work/app/Dockerfile" <<'EOF'
+FROM demo/busybox:1
+ARG GREETING=hello
+COPY hello.sh /app/hello.sh
+RUN echo "$GREETING from RUN" > /etc/greeting
+CMD ["sh", "/app/hello.sh"]
+EOF
+step "$cove" build --progress plain -t demo/app:1 "$work/app"
+step "$cove" build --progress plain -t demo/app:1 "$work/app"
+step "$cove" run --rm demo/app:1
+shared=$(cd "$(dirname "$0")/.." && pwd)/../shared/images/alpine-3.20
+if [ -f "$shared/Dockerfile" ]; then
+    step "$cove" build -q -t alpine:3.20 "$shared"
+    step "$cove" run --rm alpine:3.20 cat /etc/alpine-release
+fi
 echo
 echo "demo done: images and containers work. VMs (cove vm) arrive with a later issue."
