@@ -1,0 +1,1 @@
+"""Image building: Dockerfile parsing, the build context and the builder."""
