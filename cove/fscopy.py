@@ -260,6 +260,10 @@ class _Copier:
     current: str = ""  # the destination path being written, for error messages
     made: set[tuple[int, int]] = field(default_factory=set)  # directories this copy created
     chmod: int | None = None  # a build's COPY --chmod: every file and directory gets it
+    keep_owner: bool = False  # COPY --from: entries keep their source's uid/gid
+    # a build's COPY never swaps a symlink for a directory (BuildKit: "cannot copy to
+    # non-directory"): /bin -> usr/bin must survive ``COPY rootfs/ /``
+    keep_links: bool = False
     # a build's .dockerignore: skip(path below the source root, is_dir) leaves an entry out
     skip: Callable[[str, bool], bool] | None = None
 
@@ -378,7 +382,7 @@ class _Copier:
             if want_dir:
                 return True
             raise Conflict(f"cannot overwrite directory {shown} with a non-directory")
-        if want_dir and not stat.S_ISLNK(st.st_mode):
+        if want_dir and (self.keep_links or not stat.S_ISLNK(st.st_mode)):
             raise Conflict(f"cannot overwrite non-directory {shown} with a directory")
         os.unlink(name, dir_fd=dirfd)
         return False
@@ -398,8 +402,9 @@ class _Copier:
                 raise InvalidSpec(f"cannot copy a directory into itself: {shown}")
             if created:
                 self.made.add((got.st_dev, got.st_ino))
-            if self.owner is not None:
-                os.fchown(fd, *self.owner)
+            owner = self._owner_for(st)
+            if owner is not None:
+                os.fchown(fd, *owner)
         except BaseException:
             os.close(fd)
             raise
@@ -425,14 +430,18 @@ class _Copier:
             )
             try:
                 _copy_data(src, out, st.st_size)
-                if self.owner is not None:
-                    os.fchown(out, *self.owner)  # before fchmod: chown clears setuid bits
+                owner = self._owner_for(st)
+                if owner is not None:
+                    os.fchown(out, *owner)  # before fchmod: chown clears setuid bits
                 os.fchmod(out, self._file_mode(st))
                 os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
                 os.close(out)
         finally:
             os.close(src)
+
+    def _owner_for(self, st: os.stat_result) -> tuple[int, int] | None:
+        return (st.st_uid, st.st_gid) if self.keep_owner else self.owner
 
     def _file_mode(self, st: os.stat_result) -> int:
         if self.chmod is not None:
@@ -444,8 +453,9 @@ class _Copier:
         target = os.readlink("", dir_fd=fd)  # an O_PATH fd on the link itself
         self._clear(dirfd, name, shown, want_dir=False)
         os.symlink(target, name, dir_fd=dirfd)
-        if self.owner is not None:
-            os.chown(name, *self.owner, dir_fd=dirfd, follow_symlinks=False)
+        owner = self._owner_for(st)
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=dirfd, follow_symlinks=False)
         os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dirfd, follow_symlinks=False)
 
     def _fifo(self, st: os.stat_result, dirfd: int, name: str, shown: str) -> None:
@@ -458,8 +468,9 @@ class _Copier:
             # there is no fchmod for an O_PATH fd and chmod by name follows a link
             # swapped in; the fd's magic link names exactly the fifo made above
             pinned = f"/proc/self/fd/{fd}"
-            if self.owner is not None:
-                os.chown(pinned, *self.owner)
+            owner = self._owner_for(st)
+            if owner is not None:
+                os.chown(pinned, *owner)
             os.chmod(pinned, stat.S_IMODE(st.st_mode))
             os.utime(pinned, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:

@@ -36,13 +36,15 @@ from typing import Any, TextIO
 
 from cove.build import dockerfile as df
 from cove.build.cache import BuildCache, Entry
-from cove.build.context import Context, glob, has_glob
+from cove.build.context import Context, glob
+from cove.build.dockerfile import Heredoc
 from cove.errors import CoveError, InvalidSpec, NotFound
 from cove.spec import image as spec
 from cove.spec import reference as refs
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
+PIPES = "/dev/pipes"  # where a RUN's executable here-document is mounted (BuildKit's place)
 # Docker's predefined proxy args: usable without an ARG line, never in the history
 PROXY_ARGS = frozenset(
     n for base in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
@@ -209,6 +211,7 @@ class Builder:
         )
         self.file = df.parse(ctx.dockerfile, ctx.filename)
         self.results: dict[int, State] = {}
+        self.current = 0  # the index of the stage being built
         self._downloads: dict[str, str] = {}  # ADD's fetched URLs -> temp files
 
     # -- driving ------------------------------------------------------------------
@@ -257,7 +260,7 @@ class Builder:
             "BUILDVARIANT": host.variant,
         }
         for ins in self.file.meta_args:
-            for name, default in self._arg_pairs(ins, scope):
+            for name, default in self._arg_pairs(ins, lambda: scope):
                 if name in self.build_args:
                     self.used_args.add(name)
                     scope[name] = self.build_args[name]
@@ -265,11 +268,13 @@ class Builder:
                     scope[name] = default
         return scope
 
-    def _stage_ref(self, word: str) -> df.Stage | None:
-        for stage in self.file.stages:
+    def _stage_ref(self, word: str, before: int) -> df.Stage | None:
+        """The earlier stage ``word`` names (by name or index), else None: an image
+        (``FROM node AS node`` means the image node, as BuildKit reads it)."""
+        for stage in self.file.stages[:before]:
             if stage.name == word.lower():
                 return stage
-        if word.isdigit() and int(word) < len(self.file.stages):
+        if word.isdigit() and int(word) < before:
             return self.file.stages[int(word)]
         return None
 
@@ -287,13 +292,8 @@ class Builder:
             for ins in stage.instructions:
                 refs_ += [v for k, v in ins.flags if k == "from" and v]
             for word in refs_:
-                dep = self._stage_ref(word)
+                dep = self._stage_ref(word, stage.index)
                 if dep is not None:
-                    if dep.index >= stage.index:
-                        raise df.DockerfileError(
-                            self.file.filename, stage.from_instr.line,
-                            f"stage {word!r} is not defined before it is used",
-                        )  # fmt: skip
                     todo.append(dep)
         return needed
 
@@ -303,7 +303,11 @@ class Builder:
         label = f"[{name}1/{total}]"
         base = self._expand(stage.from_instr, stage.base, meta)
         self.progress.step(f"{label} FROM {base}")
-        state = self._from(stage, base)
+        self.current = stage.index
+        platform = dict(stage.from_instr.flags).get("platform")
+        state = self._from(
+            stage, base, self._expand(stage.from_instr, platform, meta) if platform else None
+        )
         self.progress.finish(cached=True)
         triggers = list(state.config.get("OnBuild") or [])
         if triggers:
@@ -318,15 +322,16 @@ class Builder:
             self._step(state, ins, meta)
         return state
 
-    def _from(self, stage: df.Stage, base: str) -> State:
+    def _from(self, stage: df.Stage, base: str, platform: str | None) -> State:
         if base.lower() == "scratch":
             doc = spec.new_config([], self.platform, "", {"Env": [f"PATH={DEFAULT_PATH}"]})
             return State(_key("scratch", str(self.platform)), doc, [])
-        dep = self._stage_ref(base)
+        dep = self._stage_ref(base, stage.index)
         if dep is not None:
             prev = self.results[dep.index]
-            return State(prev.key, copymod.deepcopy(prev.doc), list(prev.layers))
-        img = self._image(base, dict(stage.from_instr.flags).get("platform"))
+            # BuildKit carries the base stage's build args into the stage built on it
+            return State(prev.key, copymod.deepcopy(prev.doc), list(prev.layers), dict(prev.args))
+        img = self._image(base, platform)
         doc = copymod.deepcopy(img.config.raw)
         env = doc.setdefault("config", {}).get("Env") or []
         if not any(e.startswith("PATH=") for e in env):
@@ -386,15 +391,15 @@ class Builder:
         return out
 
     def _arg_pairs(
-        self, ins: df.Instruction, scope: dict[str, str]
-    ) -> list[tuple[str, str | None]]:
-        pairs: list[tuple[str, str | None]] = []
+        self, ins: df.Instruction, scope: Callable[[], dict[str, str]]
+    ) -> Iterator[tuple[str, str | None]]:
+        """``ARG A=1 B=$A``: each default is expanded in the scope its predecessors made
+        (``scope()`` is asked again for every pair, after the caller applied the last)."""
         for word in ins.args:
             name, eq, default = word.partition("=")
             if not name or not all(c.isalnum() or c == "_" for c in name):
                 raise self._error(ins, f"invalid ARG name {name!r}")
-            pairs.append((name, self._expand(ins, default, scope) if eq else None))
-        return pairs
+            yield name, self._expand(ins, default, scope()) if eq else None
 
     def _step(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         handler: Callable[[State, df.Instruction, dict[str, str]], Any] | None = getattr(
@@ -413,7 +418,7 @@ class Builder:
         make: Callable[[], Layer | None] | None = None,
     ) -> None:
         """Look the step up in the cache, else run ``make``; add its layer and history."""
-        key = _key(state.key, ins.cmd, material)
+        key = _key(state.key, ins.cmd, material, self.epoch)
         hit = None if self.opts.no_cache else self.cache.get(key)
         layer: Layer | None = None
         if hit is not None and hit.layer is not None:
@@ -484,7 +489,7 @@ class Builder:
         self._meta(state, ins, pairs)
 
     def _do_arg(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
-        for name, default in self._arg_pairs(ins, state.scope()):
+        for name, default in self._arg_pairs(ins, state.scope):
             if name in self.build_args:
                 self.used_args.add(name)
                 state.args[name] = self.build_args[name]
@@ -543,12 +548,17 @@ class Builder:
         state.config["Shell"] = list(ins.args)
         self._meta(state, ins, ins.args)
 
+    def _whole(self, ins: df.Instruction, scope: dict[str, str]) -> str:
+        """WORKDIR, USER, STOPSIGNAL: the whole argument is one word (``WORKDIR /my app``)."""
+        word = self._expand(ins, ins.raw, scope)
+        if not word:
+            raise self._error(ins, f"{ins.cmd} requires exactly one argument")
+        return word
+
     def _do_user(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
-        words = self._words(ins, state.scope())
-        if len(words) != 1:
-            raise self._error(ins, "USER requires exactly one argument")
-        state.config["User"] = words[0]
-        self._meta(state, ins, words[0])
+        user = self._whole(ins, state.scope())
+        state.config["User"] = user
+        self._meta(state, ins, user)
 
     def _do_volume(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         vols = dict(state.config.get("Volumes") or {})
@@ -562,15 +572,13 @@ class Builder:
     def _do_stopsignal(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         from cove.container import parse_signal
 
-        words = self._words(ins, state.scope())
-        if len(words) != 1:
-            raise self._error(ins, "STOPSIGNAL requires exactly one argument")
+        sig = self._whole(ins, state.scope())
         try:
-            parse_signal(words[0])
+            parse_signal(sig)
         except InvalidSpec as e:
             raise self._error(ins, str(e)) from e
-        state.config["StopSignal"] = words[0]
-        self._meta(state, ins, words[0])
+        state.config["StopSignal"] = sig
+        self._meta(state, ins, sig)
 
     def _do_onbuild(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         trigger = ins.raw + "".join(f"\n{d.content}{d.name}" for d in ins.heredocs)
@@ -612,22 +620,20 @@ class Builder:
     # -- file system instructions ----------------------------------------------------------
 
     def _do_workdir(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
-        words = self._words(ins, state.scope())
-        if len(words) != 1:
-            raise self._error(ins, "WORKDIR requires exactly one argument")
-        path = posixpath.normpath(posixpath.join(state.workdir(), words[0]))
+        path = posixpath.normpath(posixpath.join(state.workdir(), self._whole(ins, state.scope())))
         state.config["WorkingDir"] = path
         lowers = self._lowers(state)
+        user = str(state.config.get("User") or "")
+        # BuildKit makes the directories as the current USER, so a later RUN can write there
+        owner = self._owner(state, ins, user) if user else (0, 0)
 
         def make() -> Layer | None:
             def mkdir(rootfd: int, srcfd: int) -> None:
-                from cove import safepath
-
-                os.close(safepath.open_dir(rootfd, path.lstrip("/"), create=True))
+                _make_dirs_owned(rootfd, path.strip("/"), owner)
 
             return self._in_overlay(state, lowers, None, mkdir)
 
-        self._record(state, ins, path, f"WORKDIR {path}", make)
+        self._record(state, ins, [path, owner], f"WORKDIR {path}", make)
 
     def _do_run(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         flags = self._flags(ins, state.scope())
@@ -637,31 +643,42 @@ class Builder:
         network = flags.get("network", self.opts.network)
         if network == "default":
             network = self.opts.network
+        script: Heredoc | None = None
         if ins.heredocs and not ins.json:
-            argv = self._heredoc_run(state, ins)
+            argv, script = self._heredoc_run(state, ins)
         else:
             argv = self._command(state, ins)
         env_names = set(state.env())
         args = {k: v for k, v in sorted(state.args.items()) if k not in env_names}
         shown_args = {k: v for k, v in args.items() if k not in PROXY_ARGS}
+        # proxies reach every RUN without an ARG line, and stay out of the key and history
+        proxies = {k: v for k, v in self.build_args.items() if k in PROXY_ARGS}
+        self.used_args.update(proxies)
         prefix = f"|{len(shown_args)} " + " ".join(
             f"{k}={v}" for k, v in shown_args.items()
         ) + " " if shown_args else ""  # fmt: skip
         created_by = f"RUN {prefix}{' '.join(argv)} # buildkit"
-        material = [argv, args, network, state.config.get("User"), state.workdir()]
+        material = [argv, shown_args, network, state.config.get("User"), state.workdir(),
+                    script.content if script else None]  # fmt: skip
+        env = {**proxies, **args}
         self._record(
-            state, ins, material, created_by, lambda: self._run(state, ins, argv, args, network)
-        )
+            state, ins, material, created_by,
+            lambda: self._run(state, ins, argv, env, network, script),
+        )  # fmt: skip
 
-    def _heredoc_run(self, state: State, ins: df.Instruction) -> list[str]:
-        """``RUN <<EOF`` alone runs the body as the shell's script; ``RUN cmd <<EOF`` hands
-        the line and its bodies to the shell, which knows here-documents itself. Either
-        way ``$VAR`` is the shell's to expand, at run time, as BuildKit leaves it."""
+    def _heredoc_run(self, state: State, ins: df.Instruction) -> tuple[list[str], Heredoc | None]:
+        """``RUN <<EOF`` alone runs the body as the shell's script, or, when it starts with
+        ``#!``, as an executable file of its own (BuildKit mounts it under /dev/pipes);
+        ``RUN cmd <<EOF`` hands the line and its bodies to the shell, which knows
+        here-documents itself. ``$VAR`` is the shell's to expand, at run time."""
         first = ins.raw.split("\n", 1)[0].strip()
         if len(ins.heredocs) == 1 and first.startswith("<<") and " " not in first:
-            return [*state.shell(), ins.heredocs[0].content]
+            doc = ins.heredocs[0]
+            if doc.content.startswith("#!"):
+                return [f"{PIPES}/{doc.name}"], doc
+            return [*state.shell(), doc.content], None
         script = first + "\n" + "".join(f"{d.content}{d.name}\n" for d in ins.heredocs)
-        return [*state.shell(), script]
+        return [*state.shell(), script], None
 
     def _do_copy(self, state: State, ins: df.Instruction, meta: dict[str, str]) -> None:
         self._copy(state, ins, add=False)
@@ -697,6 +714,7 @@ class Builder:
         plan: list[tuple[str, str]] = []  # (kind, what): context path, stage path, url, heredoc
         material: list[Any] = [ins.cmd, dest, chmod, owner]
         from_layers: list[str] | None = None
+        count = 0  # sources known here; --from globs are counted in the child
         if source_from is not None:
             if add:
                 raise self._error(ins, "ADD does not take --from")
@@ -731,9 +749,9 @@ class Builder:
                     except NotFound as e:
                         raise self._error(ins, f"{ins.cmd} failed: {e}") from e
                     plan += [("context", r) for r in found]
+                    count += len(found) - 1
                     material.append(["context", s, found, self.ctx.digest(found)])
-        many = len(plan) > 1 or any(has_glob(s) for s in srcs)
-        if many and not dest.endswith("/"):
+        if count + len(plan) > 1 and not dest.endswith("/"):
             raise self._error(
                 ins, f"when using {ins.cmd} with more than one source file, the destination "
                 "must be a directory and end with a /",
@@ -744,7 +762,9 @@ class Builder:
 
         def make() -> Layer | None:
             def action(rootfd: int, srcfd: int) -> None:
-                _apply_copy(self, plan, dest, rootfd, srcfd, owner, chmod, add, ins)
+                keep = source_from is not None and "chown" not in flags
+                _apply_copy(self, plan, dest, rootfd, srcfd, None if keep else owner, chmod,
+                            add, ins)  # fmt: skip
 
             return self._in_overlay(state, lowers, from_layers, action)
 
@@ -763,7 +783,7 @@ class Builder:
 
     def _from_source(self, ins: df.Instruction, ref: str) -> tuple[list[str], str]:
         """The layers (lowest first) and cache key of COPY --from's stage or image."""
-        dep = self._stage_ref(ref)
+        dep = self._stage_ref(ref, self.current)
         if dep is not None:
             if dep.index not in self.results:
                 raise self._error(ins, f"stage {ref!r} is not built before it is used")
@@ -899,10 +919,12 @@ class Builder:
     # -- RUN ----------------------------------------------------------------------------
 
     def _intermediate(self, state: State) -> Any:
-        """The state as an unnamed store image a container can start from."""
+        """The state as an unnamed store image a container can start from. Without its
+        VOLUMEs: BuildKit keeps what a RUN writes below them."""
         from cove.image.store import Image
 
         doc = copymod.deepcopy(state.doc)
+        doc.get("config", {}).pop("Volumes", None)
         doc["rootfs"] = {"type": "layers", "diff_ids": [la.diff_id for la in state.layers]}
         raw = spec.canonical_json(doc)
         digest = self.store.blobs.put(raw)
@@ -922,12 +944,23 @@ class Builder:
         argv: list[str],
         args: dict[str, str],
         network: str,
+        script: Heredoc | None,
     ) -> Layer | None:
         from cove.container import RunOptions
         from cove.state import OP_CREATE
 
         img = self._intermediate(state)
+        volumes: list[str] = []
+        if script is not None:
+            fd, path = tempfile.mkstemp(dir=self.store.tmpdir, prefix="pipe-")
+            with os.fdopen(fd, "w") as f:
+                f.write(script.content)
+            os.chmod(path, 0o755)
+            self._downloads[path] = path  # removed with the build's other temp files
+            # under /dev, a tmpfs: the mount point never reaches the layer
+            volumes.append(f"{path}:{PIPES}/{script.name}:ro")
         opts = RunOptions(
+            volumes=volumes,
             image=f"cove-build:{img.id.removeprefix('sha256:')[:12]}",
             command=argv,
             entrypoint="",
@@ -1042,38 +1075,97 @@ def _mount_layers(target: str, lowers: list[str], upper: str | None, work: str |
     sc.mount("overlay", target, "overlay", 0 if upper else sc.MS_RDONLY, data)
 
 
+def _lookup(dirfd: int, rel: str) -> os.stat_result | None:
+    """lstat of ``rel`` below ``dirfd`` without following any symlink on the way (a
+    step's upper directory and an image's layers are the container's to shape), or None."""
+    from cove.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
+
+    parent, base = posixpath.split(rel)
+    try:
+        pfd = openat2(dirfd, parent or ".", os.O_PATH | os.O_DIRECTORY,
+                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)  # fmt: skip
+    except OSError:
+        return None
+    try:
+        return os.stat(base, dir_fd=pfd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
+
+
+def _remove_empty(dirfd: int, rel: str) -> bool:
+    """Remove ``rel`` below ``dirfd`` if it is an empty directory or empty file, reached
+    without following symlinks; whether it went."""
+    from cove.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
+
+    parent, base = posixpath.split(rel)
+    try:
+        pfd = openat2(dirfd, parent or ".", os.O_PATH | os.O_DIRECTORY,
+                      RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)  # fmt: skip
+    except OSError:
+        return False
+    try:
+        st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(base, dir_fd=pfd)  # only when empty: anything in it is the step's work
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(base, dir_fd=pfd)
+        else:
+            return False
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pfd)
+
+
 def _drop_mount_targets(upper: str, lowers: list[str], oci: Any) -> None:
     """Take out of a RUN's upper directory what only the runtime made: empty files and
     directories created as mount points (/etc/hosts, /proc, ...) that no layer has, and
-    the copied-up parents that became empty without them."""
-    for m in oci.mounts:
-        rel = m.destination.strip("/")
-        if not rel or any(os.path.lexists(os.path.join(lo, rel)) for lo in lowers):
-            continue
-        path = os.path.join(upper, rel)
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        try:
-            if stat.S_ISDIR(st.st_mode):
-                os.rmdir(path)  # only when empty: anything in it is the step's work
-            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                os.unlink(path)
-            else:
+    parents left empty without them. Every path is resolved below its directory fd with
+    no symlink followed: the step may have planted ``/x -> /`` in the upper directory."""
+    ufd = os.open(upper, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    lfds = [os.open(lo, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for lo in lowers]
+    try:
+        for m in oci.mounts:
+            rel = posixpath.normpath("/" + m.destination).strip("/")
+            if not rel or any(_lookup(fd, rel) is not None for fd in lfds):
                 continue
-        except OSError:
+            if not _remove_empty(ufd, rel):
+                continue
+            parent = posixpath.dirname(rel)
+            while parent:
+                below = [_lookup(fd, parent) for fd in lfds]
+                if any(st is not None and not stat.S_ISDIR(st.st_mode) for st in below):
+                    break
+                if not _remove_empty(ufd, parent):
+                    break
+                parent = posixpath.dirname(parent)
+    finally:
+        for fd in (ufd, *lfds):
+            os.close(fd)
+
+
+def _make_dirs_owned(rootfd: int, rel: str, owner: tuple[int, int]) -> None:
+    """mkdir -p ``rel`` inside the root (symlinks resolved in it); the ones made get
+    ``owner``."""
+    from cove import safepath
+
+    done = ""
+    for comp in [c for c in rel.split("/") if c]:
+        done = posixpath.join(done, comp) if done else comp
+        try:
+            os.close(safepath.open_dir(rootfd, done, create=False))
             continue
-        parent = os.path.dirname(rel)
-        while parent:
-            p = os.path.join(upper, parent)
-            if not any(os.path.isdir(os.path.join(lo, parent)) for lo in lowers):
-                break
-            try:
-                os.rmdir(p)
-            except OSError:
-                break
-            parent = os.path.dirname(parent)
+        except FileNotFoundError:
+            pass
+        fd = safepath.open_dir(rootfd, done, create=True)
+        try:
+            if owner != (0, 0):
+                os.chown(f"/proc/self/fd/{fd}", *owner)
+        finally:
+            os.close(fd)
 
 
 def _apply_copy(
@@ -1082,47 +1174,49 @@ def _apply_copy(
     dest: str,
     rootfd: int,
     srcfd: int,
-    owner: tuple[int, int],
+    owner: tuple[int, int] | None,
     chmod: int | None,
     add: bool,
     ins: df.Instruction,
 ) -> None:
-    """COPY/ADD inside the child: place each planned source at ``dest``."""
+    """COPY/ADD inside the child: place each planned source at ``dest``. ``owner`` None
+    keeps the sources' own (COPY --from without --chown)."""
     from cove import fscopy, safepath
-    from cove.build.context import is_archive
+    from cove.build.context import tar_compression
+    from cove.syscalls import openat2
 
+    sources: list[tuple[str, str]] = []
+    for kind, what in plan:
+        if kind != "from":
+            sources.append((kind, what))
+            continue
+        found = glob(srcfd, what)
+        if not found:
+            raise NotFound(f"{ins.cmd} --from: {what}: not found")
+        sources += [(kind, rel) for rel in found]
     into_dir = dest.endswith("/")
+    if len(sources) > 1 and not into_dir:
+        raise InvalidSpec(f"when using {ins.cmd} with more than one source file, the "
+                          "destination must be a directory and end with a /")  # fmt: skip
     rel_dest = dest.strip("/")
     if not into_dir and rel_dest:
         with contextlib.suppress(OSError):
-            fd = safepath.open_dir(rootfd, rel_dest, create=False)
-            os.close(fd)
+            os.close(safepath.open_dir(rootfd, rel_dest, create=False))
             into_dir = True  # an existing directory takes the sources in, as Docker's COPY
-    skip = b.ctx.excluded
+    made_owner = owner or (0, 0)
 
     def made_dir(rel: str) -> int:
-        existed = True
-        try:
-            os.close(safepath.open_dir(rootfd, rel, create=False))
-        except OSError:
-            existed = False
-        fd = safepath.open_dir(rootfd, rel, create=True)
-        if not existed and owner != (0, 0):
-            os.chown(f"/proc/self/fd/{fd}", *owner)
-        return fd
+        _make_dirs_owned(rootfd, rel, made_owner)
+        return safepath.open_dir(rootfd, rel, create=False)
 
-    def expanded() -> Iterator[tuple[str, str]]:
-        for kind, what in plan:
-            if kind != "from":
-                yield kind, what
-                continue
-            found = glob(srcfd, what)
-            if not found:
-                raise NotFound(f"{ins.cmd} --from: {what}: not found")
-            for rel in found:
-                yield kind, rel
+    def copier(kind: str, base: str) -> fscopy._Copier:
+        return fscopy._Copier(
+            owner=owner or (0, 0), keep_setid=True, chmod=chmod, keep_owner=owner is None,
+            keep_links=True, skip=_below(b.ctx.excluded, b.ctx.resolve(base))
+            if kind == "context" else None,
+        )  # fmt: skip
 
-    for kind, what in expanded():
+    for kind, what in sources:
         if kind == "heredoc":
             name, _, text = what.partition("\0")
             parent, base = (rel_dest, name) if into_dir else posixpath.split(rel_dest)
@@ -1134,7 +1228,7 @@ def _apply_copy(
                 os.close(dfd)
             try:
                 os.write(out, text.encode())
-                os.fchown(out, *owner)
+                os.fchown(out, *made_owner)
                 os.fchmod(out, 0o644 if chmod is None else chmod)
             finally:
                 os.close(out)
@@ -1145,18 +1239,16 @@ def _apply_copy(
             parent, base = (rel_dest, name) if into_dir else posixpath.split(rel_dest)
             dfd = made_dir(parent)
             try:
-                copier = fscopy._Copier(owner=owner, keep_setid=True, chmod=0o600 if chmod
-                                        is None else chmod)  # fmt: skip
+                c = copier(kind, "")
+                c.chmod = 0o600 if chmod is None else chmod  # Docker's mode for URL sources
                 sfd = os.open(path, os.O_PATH | os.O_CLOEXEC)
                 try:
-                    copier.entry(sfd, os.fstat(sfd), dfd, base, dest)
+                    c.entry(sfd, os.fstat(sfd), dfd, base, dest)
                 finally:
                     os.close(sfd)
             finally:
                 os.close(dfd)
             continue
-        from cove.syscalls import openat2
-
         rel = what
         try:
             sfd = openat2(srcfd, rel or ".", os.O_PATH, safepath.IN_ROOT)
@@ -1164,25 +1256,21 @@ def _apply_copy(
             raise NotFound(f"{ins.cmd} failed: {rel or '.'}: not found") from e
         try:
             st = os.fstat(sfd)
-            copier = fscopy._Copier(
-                owner=owner, keep_setid=True, chmod=chmod,
-                skip=_below(skip, rel) if kind == "context" else None,
-            )  # fmt: skip
             if stat.S_ISDIR(st.st_mode):
                 dfd = made_dir(rel_dest)
                 try:
-                    copier.contents(sfd, dfd, dest)
+                    copier(kind, rel).contents(sfd, dfd, dest)
                 finally:
                     os.close(dfd)
                 continue
             if add and kind == "context" and stat.S_ISREG(st.st_mode):
                 rfd = os.open(f"/proc/self/fd/{sfd}", os.O_RDONLY | os.O_CLOEXEC)
                 with os.fdopen(rfd, "rb") as f:
-                    if is_archive(f.read(512)):
-                        f.seek(0)
+                    compression = tar_compression(f)
+                    if compression is not None:
                         dfd = made_dir(rel_dest)
                         try:
-                            _extract(f, dfd, what)
+                            _extract(f, compression, dfd, what)
                         finally:
                             os.close(dfd)
                         continue
@@ -1190,7 +1278,7 @@ def _apply_copy(
             parent = rel_dest if into_dir else posixpath.dirname(rel_dest)
             dfd = made_dir(parent)
             try:
-                copier.entry(sfd, st, dfd, base, posixpath.join("/", parent, base))
+                copier(kind, rel).entry(sfd, st, dfd, base, posixpath.join("/", parent, base))
             finally:
                 os.close(dfd)
         finally:
@@ -1202,16 +1290,14 @@ def _below(skip: Callable[[str, bool], bool], base: str) -> Callable[[str, bool]
     return lambda rel, is_dir: skip(posixpath.join(base, rel) if base else rel, is_dir)
 
 
-def _extract(f: Any, dfd: int, what: str) -> None:
+def _extract(f: Any, compression: str, dfd: int, what: str) -> None:
     """ADD's auto-extraction, with the layer unpacker's containment: every entry lands
-    inside the destination directory."""
+    inside the destination directory; ``.wh.`` names are plain files here."""
     from cove.image import streams
     from cove.image.layers import unpack_stream
 
-    head = f.read(16)
-    f.seek(0)
-    src = streams.decompressor(f, streams.detect_compression(head), what)
-    unpack_stream(src, f"/proc/self/fd/{dfd}", what, privileged=True)
+    src = streams.decompressor(f, compression, what)
+    unpack_stream(src, f"/proc/self/fd/{dfd}", what, privileged=True, whiteouts=False)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ from cove.syscalls import openat2
 
 _GLOB_CHARS = frozenset("*?[")
 Excluded = Callable[[str, bool], bool]  # (path, is_dir) -> left out
-_TAR_MAGIC_AT = 257
 
 
 def clean(path: str) -> str:
@@ -39,12 +38,42 @@ def has_glob(path: str) -> bool:
 
 
 def is_archive(head: bytes) -> bool:
-    """Whether ``head`` (the first 512 bytes) starts a tar archive, compressed or not."""
+    """Whether ``head`` (the first 512 bytes) is compressed or starts a tar archive (a
+    context on stdin or in a file; ``tar_compression`` is ADD's stricter test)."""
     from cove.image.streams import detect_compression
 
     if detect_compression(head):
         return True
-    return head[_TAR_MAGIC_AT : _TAR_MAGIC_AT + 5] == b"ustar"
+    return _tar_header(head)
+
+
+def _tar_header(block: bytes) -> bool:
+    import tarfile
+
+    if len(block) < 512:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(block[:512], "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def tar_compression(f: BinaryIO) -> str | None:
+    """ADD's rule: the compression of ``f`` (seekable) if what it holds, decompressed, is a
+    tar archive, else None (a ``data.json.gz`` is copied as it is). Leaves ``f`` at 0."""
+    from cove.errors import CorruptContent
+    from cove.image import streams
+
+    head = f.read(16)
+    f.seek(0)
+    compression = streams.detect_compression(head)
+    try:
+        block = streams.decompressor(f, compression, "ADD source").read(512)
+    except (CorruptContent, OSError, EOFError, ValueError):
+        block = b""
+    f.seek(0)
+    return compression if _tar_header(block) else None
 
 
 class Context:
@@ -88,11 +117,34 @@ class Context:
             found = glob(rootfd, pattern, self.excluded)
         finally:
             os.close(rootfd)
+        found = [r for r in found if self._visible(r)]
         if not found:
             raise NotFound(
                 f"{pattern}: not found in the build context or excluded by .dockerignore"
             )
         return found
+
+    def resolve(self, rel: str) -> str:
+        """Where ``rel`` leads inside the context once its symlinks are followed: the
+        ignore rules apply there, so a link cannot bring an excluded path back."""
+        rootfd = self.open_root()
+        try:
+            fd = openat2(rootfd, rel or ".", os.O_PATH, IN_ROOT)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+        finally:
+            os.close(rootfd)
+        base = os.path.realpath(self.root)
+        return "" if real == base else os.path.relpath(real, base)
+
+    def _visible(self, rel: str) -> bool:
+        try:
+            real = self.resolve(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return not self.excluded(real, os.path.isdir(os.path.join(self.root, real)))
 
     # -- content digests (the cache key of COPY and ADD) -----------------------
 
@@ -105,7 +157,7 @@ class Context:
         try:
             for rel in rels:
                 h.update(b"\0src\0" + rel.encode(errors="surrogateescape"))
-                for sub, st, fd in _tree(rootfd, rel, self.excluded):
+                for sub, st, fd in _tree(rootfd, self.resolve(rel), self.excluded):
                     try:
                         h.update(self._entry(sub, st, fd))
                     finally:
@@ -304,7 +356,7 @@ def _unpack(data: bytes, tmpdir: str) -> str:
         src = streams.decompressor(
             io.BytesIO(data), streams.detect_compression(data[:16]), "the build context"
         )
-        unpack_stream(src, dest, "the build context")
+        unpack_stream(src, dest, "the build context", whiteouts=False)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise

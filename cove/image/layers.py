@@ -73,8 +73,13 @@ def clean_name(name: str) -> str:
 class LayerWriter:
     """Writes the entries of one tar stream below ``root`` (an empty directory)."""
 
-    def __init__(self, root: str, *, privileged: bool | None = None) -> None:
+    def __init__(
+        self, root: str, *, privileged: bool | None = None, whiteouts: bool = True
+    ) -> None:
         self.root = root
+        # False for archives that are not layers (ADD, a build context): ".wh." names are
+        # files there, as Docker extracts them
+        self.whiteouts = whiteouts
         self.privileged = os.geteuid() == 0 if privileged is None else privileged
         self.rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stats = LayerStats()
@@ -124,7 +129,7 @@ class LayerWriter:
         self.stats.entries += 1
         rel = clean_name(member.name)
         parent, base = posixpath.split(rel)
-        if base.startswith(WHITEOUT_PREFIX):
+        if self.whiteouts and base.startswith(WHITEOUT_PREFIX):
             self._whiteout(parent, base)
             return
         xattrs = _xattrs(member)
@@ -325,10 +330,10 @@ def _xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:
 
 
 def unpack_stream(
-    stream: Any, dest: str, what: str, *, privileged: bool | None = None
+    stream: Any, dest: str, what: str, *, privileged: bool | None = None, whiteouts: bool = True
 ) -> LayerStats:
     """Extract tar ``stream`` below the empty directory ``dest``; the caller removes it on error."""
-    writer = LayerWriter(dest, privileged=privileged)
+    writer = LayerWriter(dest, privileged=privileged, whiteouts=whiteouts)
     try:
         try:
             tar = tarfile.open(

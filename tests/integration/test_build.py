@@ -170,6 +170,10 @@ def test_reproducible_with_source_date_epoch(cove: CoveRunner, base: str, tmp_pa
     a, b = inspect(cove, "r:1"), inspect(cove, "r:2")
     assert a["RootFS"]["Layers"] == b["RootFS"]["Layers"]
     assert a["Created"].startswith("2023-11-14T22:13:20")
+    # a cached build made without the epoch must not stand in for one with it
+    build(cove, ctx, "-t", "r:plain")
+    again = build(cove, ctx, "--build-arg", "SOURCE_DATE_EPOCH=1700000000", "-t", "r:3")
+    assert again.stdout.strip() == ids[0]
 
 
 def test_multi_stage_and_target(cove: CoveRunner, base: str, tmp_path: Path) -> None:
@@ -205,7 +209,8 @@ def test_errors_name_the_line_and_tag_nothing(cove: CoveRunner, base: str, tmp_p
     cases = {
         "FROM alpine:3.20\nRUN true\nFROBNICATE x\n": "Dockerfile:3: unknown instruction: FROB",
         "FROM alpine:3.20\nCOPY --bogus=1 a /a\n": "Dockerfile:2: unknown flag: --bogus",
-        "FROM alpine:3.20\n\nCOPY missing.txt /x\n": "Dockerfile:3:",
+        "FROM alpine:3.20\n\nCOPY missing.txt /x\n": "Dockerfile:3: COPY failed: missing.txt: "
+        "not found",
         "FROM alpine:3.20\nADD http://127.0.0.1:9/f.txt /f\n": "not supported offline",
         "FROM alpine:3.20\nCOPY a b c\n": "must be a directory and end with a /",
     }
@@ -250,6 +255,8 @@ def test_interrupt_leaves_nothing(cove: CoveRunner, cove_root: Path, base: str,
             proc.wait()
     assert proc.returncode != 0
     assert cove("ps", "-a", "-q").stdout == ""
+    assert cove("volume", "ls", "-q").stdout == ""
+    assert not [p.name for p in (cove_root / "tmp").iterdir() if p.name.startswith("build-")]
     with open("/proc/self/mountinfo") as f:
         assert str(cove_root) not in f.read()
     left = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True)
@@ -296,3 +303,99 @@ HEALTHCHECK --interval=5s --retries=2 CMD wget -q -O- http://localhost/ || exit 
     assert cfg["Healthcheck"]["Test"][0] == "CMD-SHELL"
     assert cfg["Healthcheck"]["Interval"] == 5_000_000_000 and cfg["Healthcheck"]["Retries"] == 2
     assert not cfg.get("OnBuild")  # triggers ran in the child build and are consumed
+
+
+def test_buildkit_semantics(cove: CoveRunner, base: str, tmp_path: Path) -> None:
+    ctx = write_tree(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": """\
+ARG BASE=alpine:3.20
+FROM --platform=$BUILDPLATFORM ${BASE} AS owner
+RUN adduser -D -u 4321 owner && mkdir /o && echo o > /o/f && chown -R owner /o
+ARG KEEP=carried
+FROM owner AS child
+RUN test "$KEEP" = carried && echo "$KEEP" > /keep
+FROM alpine:3.20
+ARG STEP=1
+COPY --from=child /o /o
+COPY --from=child /keep /keep
+VOLUME /data
+RUN mkdir -p /data && echo "in volume $STEP" > /data/f
+RUN <<EOF
+#!/bin/sh
+echo "shebang ran as $0" > /shebang
+EOF
+RUN <<EOF
+echo one > /multi
+echo two >> /multi
+EOF
+WORKDIR /my dir
+"""
+        },
+    )
+    build(cove, ctx, "-t", "sem:1")
+
+    def sh(script: str) -> str:
+        return cove("run", "--rm", "sem:1", "sh", "-c", script).stdout
+
+    assert sh("stat -c '%u %n' /o/f") == "4321 /o/f\n"  # --from keeps owners
+    assert sh("cat /keep") == "carried\n"  # args carry over FROM <stage>
+    # BuildKit keeps what a RUN writes below a VOLUME (a new volume copies it up)
+    assert sh("cat /data/f") == "in volume 1\n"
+    assert sh("cat /shebang") == "shebang ran as /dev/pipes/EOF\n"
+    assert sh("cat /multi; pwd") == "one\ntwo\n/my dir\n"
+    # a build arg used only by a RUN: changing it reruns that RUN
+    again = build(cove, ctx, "-t", "sem:2", "--build-arg", "STEP=2")
+    assert "[6/9] DONE" in again.stderr and "[5/9] CACHED" not in again.stderr
+    assert cove("run", "--rm", "sem:2", "cat", "/data/f").stdout == "in volume 2\n"
+
+
+def test_containment(cove: CoveRunner, base: str, tmp_path: Path) -> None:
+    """Nothing a Dockerfile or its context says reads or writes outside the context or the
+    image's root."""
+    marker = tmp_path / "host-secret"
+    marker.write_text("host only\n")
+    ctx = write_tree(tmp_path / "ctx", {"f.txt": "payload\n", "secrets/key": "k\n",
+                                        ".dockerignore": "secrets\n"})  # fmt: skip
+    os.symlink(str(marker), ctx / "outside")  # absolute: resolves in the context, not the host
+    os.symlink("secrets", ctx / "alias")
+    (ctx / "Dockerfile").write_text(
+        "FROM alpine:3.20\n"
+        "RUN ln -s / /evil && ln -s /tmp /etc/tmplink\n"
+        "COPY f.txt /evil/tmp/landed\n"
+        "COPY f.txt /etc/tmplink/\n"
+    )
+    build(cove, ctx, "-t", "contain:1")
+    out = cove("run", "--rm", "contain:1", "cat", "/tmp/landed", "/tmp/f.txt").stdout
+    assert out == "payload\npayload\n"
+    assert not Path("/tmp/landed").exists() and not Path("/tmp/f.txt").exists()
+    cases = {
+        "COPY outside /x\n": "not found",
+        "COPY alias/key /x\n": "not found",  # an ignored path stays ignored through a link
+        "COPY ../../../etc/passwd /x\n": "not found",
+        "ADD evil.tar /x/\n": "",
+    }
+    with tarfile.open(ctx / "evil.tar", "w") as tar:
+        info = tarfile.TarInfo("../../escaped")
+        data = b"escaped\n"
+        info.size = len(data)
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+    for i, (line, message) in enumerate(cases.items()):
+        (ctx / "Dockerfile").write_text("FROM alpine:3.20\n" + line)
+        proc = build(cove, ctx, "-t", f"contain:{i + 2}", check=False)
+        assert proc.returncode != 0, (line, proc.stderr)
+        assert message in proc.stderr, (line, proc.stderr)
+        assert "Dockerfile:2:" in proc.stderr or "tar" in proc.stderr, (line, proc.stderr)
+    assert marker.read_text() == "host only\n"
+    assert not (tmp_path / "escaped").exists() and not Path("/escaped").exists()
+    # a directory copied over a symlinked directory keeps the link or fails, never breaks it
+    write_tree(ctx, {"rootfs/usr/local/bin/x": "x\n"})
+    (ctx / "Dockerfile").write_text(
+        "FROM alpine:3.20\nRUN mkdir -p /real && rm -rf /usr/local/bin "
+        "&& ln -s /real /usr/local/bin\nCOPY rootfs/ /\n"
+    )
+    proc = build(cove, ctx, "-t", "contain:link", check=False)
+    assert proc.returncode != 0 and "non-directory" in proc.stderr
