@@ -51,6 +51,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from cove.cli import registry
 
         registry.register(sub)
+        from cove.cli import vm
+
+        vm.register(sub)
     if command is None or command in container_verbs:
         containers.register(sub, command)
     return parser

@@ -663,7 +663,10 @@ def cmd_system_prune(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
     removed = ce.prune()
     nets = ce.networks()
-    nets.release_stale({r.id for r in ce.all() if r.status.value in ("running", "paused")})
+    from cove.vm.manager import VMManager
+
+    vms = {v.id for v in VMManager(engine.root).all()}  # a vm's lease lives as long as the vm
+    nets.release_stale({r.id for r in ce.all() if r.status.value in ("running", "paused")} | vms)
     pruned_nets = nets.prune(set())
     vols: list[str] = []
     if args.volumes:
@@ -694,6 +697,13 @@ def cmd_system_reset(engine: Engine, args: argparse.Namespace) -> int:
         try:
             ce.remove(rec.id, force=True, volumes=True)
         except CoveError as e:  # go on: a reset must not stop half-way
+            failed.append(str(e))
+    from cove.vm.manager import VMManager
+
+    for name in VMManager(engine.root).all():
+        try:
+            VMManager(engine.root).remove(name.id, force=True)
+        except CoveError as e:
             failed.append(str(e))
     ce.networks().reset()
     vols = ce.volumes()

@@ -91,6 +91,15 @@ def attach(
         raise
 
 
+def add_tap(name: str, bridge: str, mtu: int = 1500) -> None:
+    """A tap device for a VM's QEMU, on the network's bridge (a VM's veth, in effect)."""
+    delete(name)  # a stale one from a QEMU that died uncleanly
+    _batch([
+        f"tuntap add dev {name} mode tap",
+        f"link set {name} mtu {mtu} master {bridge} up",
+    ])  # fmt: skip
+
+
 def detach_inside(pid: int, iface: str) -> None:
     subprocess.run(
         ["nsenter", f"--net=/proc/{pid}/ns/net", "--", "ip", "link", "del", iface],

@@ -402,6 +402,29 @@ class NetworkManager:
         self._write_hosts(n)
         return n, lease
 
+    def lease_vm(self, vm_id: str, name: str, ref: str, tap: str) -> tuple[Network, Lease]:
+        """An address on network ``ref`` for a VM, held until the VM is removed (so its
+        guest configuration stays true across restarts); its name answers in DNS."""
+        n = self.get(ref)
+        self._bring_up(n)
+        net = ipaddress.IPv4Network(n.subnet)
+        gw = ipaddress.IPv4Address(n.gateway)
+        lease = self.store.lease(
+            n, vm_id, name, [], lambda used: ipam.pick_address(net, gw, used), "eth0", tap, ""
+        )
+        lease.mac = _mac(lease.address)
+        self.store.db.execute(
+            "UPDATE leases SET mac = ? WHERE network = ? AND container = ?",
+            (lease.mac, n.id, vm_id),
+        )
+        self._write_hosts(n)
+        return n, lease
+
+    def plug_tap(self, n: Network, tap: str) -> None:
+        """The VM's tap on its network's bridge (at each start; the bridge may be new)."""
+        self._bring_up(n)
+        links.add_tap(tap, n.bridge)
+
     def publish(self, cid: str, address: str, specs: list[PortSpec]) -> list[Port]:
         if not specs:
             return []

@@ -1,0 +1,1 @@
+"""Virtual machines: QEMU processes managed like containers (``cove vm``)."""

@@ -1,0 +1,182 @@
+"""Which accelerator a VM gets: KVM when it really runs a guest, else TCG.
+
+``/dev/kvm`` existing proves little: on nested paravirtual hosts it opens, runs
+real-mode firmware code, and then hangs a stock guest kernel forever. So the probe
+boots a real kernel with a one-line initramfs under ``-accel kvm`` and waits a few
+seconds for its marker on the serial port. The verdict is cached per host kernel,
+QEMU binary, ``/dev/kvm`` device and probe kernel, so only the first VM pays.
+Without any guest kernel to boot, the probe runs a 5-byte firmware under KVM
+instead, and says that this is all it could check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+from cove.errors import Unsupported
+
+MARKER = b"COVE-KVM-PROBE-OK"
+PROBE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accel: str  # "kvm" or "tcg"
+    reason: str
+
+
+def _kvm_usable() -> str | None:
+    """Why KVM cannot even be tried, or None."""
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm does not exist"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable"
+    return None
+
+
+def probe_kernels(root: str, preferred: str | None) -> list[str]:
+    """Guest kernels to probe with: the VM's own, cove's fetched ones, the host's."""
+    found = [preferred] if preferred else []
+    found += sorted(glob.glob(os.path.join(root, "kernels", "*", "vmlinuz")))
+    found += sorted(glob.glob("/boot/vmlinuz-*"))
+    return [k for k in found if os.access(k, os.R_OK)]
+
+
+def _cpio_init() -> bytes:
+    """A gzip newc cpio holding only /init: a static busybox is not guaranteed, so /init
+    is the busybox binary itself when there is one, else the kernel's own panic path
+    prints nothing and the probe fails safe (TCG)."""
+    busybox = shutil.which("busybox")
+    entries: list[tuple[str, int, bytes]] = [("bin", 0o40755, b"")]
+    if busybox:
+        with open(busybox, "rb") as f:
+            entries.append(("bin/busybox", 0o100755, f.read()))
+        script = b"#!/bin/busybox sh\n/bin/busybox echo " + MARKER + b"\n/bin/busybox poweroff -f\n"
+        entries.append(("init", 0o100755, script))
+    out = io.BytesIO()
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        raw = name.encode() + b"\0"
+        head = b"070701" + b"".join(
+            f"{v:08x}".encode()
+            for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+        )
+        out.write(head + raw + b"\0" * (-(110 + len(raw)) % 4) + data + b"\0" * (-len(data) % 4))
+    return gzip.compress(out.getvalue(), mtime=0)
+
+
+def _firmware() -> bytes:
+    """64 KiB of firmware whose reset vector does ``mov al,0x2a; out 0xf4,al; hlt``:
+    with isa-debug-exit QEMU then exits with status (0x2a << 1) | 1."""
+    rom = bytearray(b"\xf4" * 65536)
+    rom[0xFFF0:0xFFF5] = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4])
+    return bytes(rom)
+
+
+def _run_probe(argv: list[str], until: float) -> tuple[bool, str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    try:
+        while time.monotonic() < until:
+            with contextlib.suppress(BlockingIOError, TypeError):
+                chunk = proc.stdout.read()
+                if chunk:
+                    seen += chunk
+            if MARKER in seen:
+                return True, ""
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        with contextlib.suppress(BlockingIOError, TypeError):
+            seen += proc.stdout.read() or b""
+        lines = seen.decode(errors="replace").strip().splitlines()
+        return MARKER in seen, lines[-1] if lines else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def probe(qemu: str, kernels: list[str], seconds: float = PROBE_SECONDS) -> Verdict:
+    with tempfile.TemporaryDirectory(prefix="cove-kvm-probe-") as tmp:
+        common = [qemu, "-accel", "kvm", "-nodefaults", "-no-user-config", "-display", "none",
+                  "-m", "256", "-no-reboot"]  # fmt: skip
+        if kernels:
+            initrd = os.path.join(tmp, "initrd.gz")
+            with open(initrd, "wb") as f:
+                f.write(_cpio_init())
+            argv = [*common, "-machine", "q35", "-cpu", "host", "-serial", "stdio",
+                    "-kernel", kernels[0], "-initrd", initrd,
+                    "-append", "console=ttyS0 panic=-1 quiet"]  # fmt: skip
+            ok, last = _run_probe(argv, time.monotonic() + seconds)
+            if ok:
+                return Verdict("kvm", f"kvm probe: {os.path.basename(kernels[0])} booted")
+            why = f" (qemu said: {last})" if last and "COVE" not in last else ""
+            return Verdict(
+                "tcg",
+                f"kvm probe: {os.path.basename(kernels[0])} did not boot under kvm within "
+                f"{seconds:.0f} s{why}: using tcg emulation",
+            )
+        rom = os.path.join(tmp, "probe.rom")
+        with open(rom, "wb") as f:
+            f.write(_firmware())
+        proc = subprocess.run(
+            [*common, "-bios", rom, "-device", "isa-debug-exit,iobase=0xf4,iosize=4"],
+            capture_output=True,
+            timeout=seconds + 5,
+        )
+        if proc.returncode == 0x55:
+            return Verdict("kvm", "kvm probe: firmware ran (no guest kernel found to boot)")
+        return Verdict("tcg", f"kvm probe: firmware did not run under kvm (exit {proc.returncode})")
+
+
+def _cache_key(qemu: str, kernels: list[str]) -> str:
+    def stamp(path: str) -> str:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"{path}:-"
+        return f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_rdev}"
+
+    qpath = shutil.which(qemu) or qemu
+    return "|".join([os.uname().release, stamp(qpath), stamp("/dev/kvm"),
+                     stamp(kernels[0]) if kernels else "firmware"])  # fmt: skip
+
+
+def choose(requested: str, root: str, kernel: str | None, qemu: str) -> Verdict:
+    """The accelerator for a VM asked to run with ``requested`` (auto, kvm, tcg)."""
+    if requested == "tcg":
+        return Verdict("tcg", "requested with --accel tcg")
+    blocked = _kvm_usable()
+    if requested == "kvm":
+        if blocked:
+            raise Unsupported(f"--accel kvm: {blocked}")
+        return Verdict("kvm", "requested with --accel kvm")
+    if blocked:
+        return Verdict("tcg", f"{blocked}: using tcg emulation")
+    kernels = probe_kernels(root, kernel)
+    key = _cache_key(qemu, kernels)
+    cache = os.path.join(root, "vms", "accel.json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(cache) as f:
+            doc = json.load(f)
+        if doc["key"] == key:
+            return Verdict(doc["accel"], doc["reason"] + " (cached)")
+    verdict = probe(qemu, kernels)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = f"{cache}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"key": key, "accel": verdict.accel, "reason": verdict.reason}, f)
+    os.replace(tmp, cache)
+    return verdict

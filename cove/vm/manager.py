@@ -1,0 +1,634 @@
+"""``cove vm``: QEMU virtual machines with a lifecycle, like containers.
+
+Each VM is a row in the state database and a directory ``<root>/vms/<id>/`` holding
+its disk, its cloud-init seed, and, while it runs, the QMP socket, the serial console
+socket (with its log) and the pidfile of its daemonized QEMU. Every control action
+goes through QMP (``qemu.qmp``); the state is reconciled with the kernel whenever it
+is read: a QEMU killed by hand or a guest powered off from inside shows as stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
+from cove.spec.vm import VMSpec
+from cove.vm import qemu as qcmd
+
+QEMU = qcmd.QEMU
+BOOT_TIMEOUT = 30.0
+
+
+class VMStatus(enum.StrEnum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+    def can_start(self) -> bool:
+        return self in (VMStatus.CREATED, VMStatus.STOPPED)
+
+    def can_stop(self) -> bool:
+        return self in (VMStatus.RUNNING, VMStatus.PAUSED)
+
+    def can_pause(self) -> bool:
+        return self == VMStatus.RUNNING
+
+    def can_resume(self) -> bool:
+        return self == VMStatus.PAUSED
+
+
+@dataclass
+class VMRecord:
+    id: str
+    name: str
+    spec: VMSpec
+    status: VMStatus = VMStatus.CREATED
+    pid: int = 0
+    pid_start: int = 0
+    created: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    accel: str = ""
+    accel_reason: str = ""
+    mac: str = ""
+    tap: str = ""
+    network_id: str = ""
+    address: str = ""
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vms (
+    id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+    pid INTEGER, pid_start INTEGER, created REAL, started_at REAL, finished_at REAL,
+    accel TEXT, accel_reason TEXT, mac TEXT, tap TEXT, network_id TEXT, address TEXT,
+    error TEXT, extra TEXT
+);
+"""
+_COLS = ("id", "name", "spec", "status", "pid", "pid_start", "created", "started_at",
+         "finished_at", "accel", "accel_reason", "mac", "tap", "network_id", "address",
+         "error", "extra")  # fmt: skip
+
+
+def _proc_start(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _alive(pid: int, start: int) -> bool:
+    if pid <= 0:
+        return False
+    got = _proc_start(pid)
+    if not got or (start and got != start):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+class VMManager:
+    def __init__(self, root: str, qemu: str = QEMU) -> None:
+        from cove.state import Store
+
+        self.root = root
+        self.qemu = qemu
+        self.dir = os.path.join(root, "vms")
+        self.state = Store(root)
+        self.db = self.state.db
+        self.db.executescript(_SCHEMA)
+
+    # -- rows -----------------------------------------------------------------------
+
+    def _row(self, r: tuple[Any, ...]) -> VMRecord:
+        d = dict(zip(_COLS, r, strict=True))
+        return VMRecord(
+            d["id"], d["name"], VMSpec.from_json(json.loads(d["spec"])), VMStatus(d["status"]),
+            d["pid"] or 0, d["pid_start"] or 0, d["created"] or 0.0, d["started_at"] or 0.0,
+            d["finished_at"] or 0.0, d["accel"] or "", d["accel_reason"] or "", d["mac"] or "",
+            d["tap"] or "", d["network_id"] or "", d["address"] or "", d["error"] or "",
+            json.loads(d["extra"] or "{}"),
+        )  # fmt: skip
+
+    def _save(self, rec: VMRecord) -> None:
+        values = (rec.id, rec.name, json.dumps(rec.spec.to_json()), rec.status.value, rec.pid,
+                  rec.pid_start, rec.created, rec.started_at, rec.finished_at, rec.accel,
+                  rec.accel_reason, rec.mac, rec.tap, rec.network_id, rec.address, rec.error,
+                  json.dumps(rec.extra))  # fmt: skip
+        self.db.execute(
+            f"INSERT OR REPLACE INTO vms ({','.join(_COLS)}) VALUES "
+            f"({','.join('?' * len(_COLS))})",
+            values,
+        )
+
+    def _get_raw(self, ref: str) -> VMRecord:
+        rows = self.db.execute(
+            f"SELECT {','.join(_COLS)} FROM vms WHERE name = ? OR id = ?", (ref, ref)
+        ).fetchall()
+        if not rows and len(ref) >= 4:
+            rows = self.db.execute(
+                f"SELECT {','.join(_COLS)} FROM vms WHERE id LIKE ?", (ref + "%",)
+            ).fetchall()
+        if not rows:
+            raise NotFound(f"no such vm: {ref}")
+        if len(rows) > 1:
+            raise Conflict(f"vm id prefix {ref!r} is ambiguous")
+        return self._row(rows[0])
+
+    def get(self, ref: str) -> VMRecord:
+        return self.reconcile(self._get_raw(ref))
+
+    def all(self) -> list[VMRecord]:
+        rows = self.db.execute(f"SELECT {','.join(_COLS)} FROM vms ORDER BY created").fetchall()
+        return [self.reconcile(self._row(r)) for r in rows]
+
+    def paths(self, rec: VMRecord) -> qcmd.Paths:
+        return qcmd.Paths(os.path.join(self.dir, rec.id))
+
+    # -- reality ----------------------------------------------------------------------
+
+    def reconcile(self, rec: VMRecord) -> VMRecord:
+        """A VM whose QEMU is gone (killed, or the guest powered off) is stopped."""
+        if rec.status in (VMStatus.RUNNING, VMStatus.PAUSED) and not _alive(
+            rec.pid, rec.pid_start
+        ):
+            self._after_exit(rec)
+        return rec
+
+    def _after_exit(self, rec: VMRecord, error: str = "") -> None:
+        from cove.network import links
+
+        if rec.tap:
+            links.delete(rec.tap)
+        paths = self.paths(rec)
+        for p in (paths.qmp, paths.console, paths.pidfile, paths.vnc):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        rec.status = VMStatus.STOPPED
+        rec.pid = rec.pid_start = 0
+        rec.finished_at = time.time()
+        rec.error = error
+        self._save(rec)
+
+    @contextlib.contextmanager
+    def qmp(self, rec: VMRecord) -> Iterator[Any]:
+        """A QMP session with the VM's QEMU."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        if not rec.status.can_stop():
+            raise StateError(f"vm {rec.name} is not running")
+        mon = QEMUMonitorProtocol(self.paths(rec).qmp)
+        try:
+            mon.connect()
+        except (OSError, Exception) as e:
+            raise CoveError(f"vm {rec.name}: cannot reach its qemu monitor: {e}") from e
+        try:
+            yield mon
+        finally:
+            mon.close()
+
+    def _cmd(self, rec: VMRecord, name: str, **args: Any) -> Any:
+        from qemu.qmp import ExecuteError
+
+        with self.qmp(rec) as mon:
+            try:
+                return mon.cmd(name, **args)
+            except ExecuteError as e:
+                raise CoveError(f"vm {rec.name}: {name}: {e}") from e
+
+    def _hmp(self, rec: VMRecord, line: str) -> str:
+        out = str(self._cmd(rec, "human-monitor-command", **{"command-line": line}) or "")
+        if "Error" in out or "error" in out.lower().split(":")[0]:
+            raise CoveError(f"vm {rec.name}: {line}: {out.strip()}")
+        return out
+
+    # -- create ----------------------------------------------------------------------
+
+    def create(self, spec: VMSpec) -> VMRecord:
+        from cove.vm import disks
+
+        spec.validate()
+        for f in (spec.iso, spec.kernel, spec.initrd, spec.disk_image, spec.cloud_init,
+                  spec.ssh_key):  # fmt: skip
+            if f and not os.path.isfile(f):
+                raise NotFound(f"no such file: {f}")
+        for attr in ("iso", "kernel", "initrd", "disk_image", "cloud_init", "ssh_key"):
+            value = getattr(spec, attr)
+            if value:
+                setattr(spec, attr, os.path.abspath(value))
+        if self.db.execute("SELECT 1 FROM vms WHERE name = ?", (spec.name,)).fetchone():
+            raise Conflict(f"the vm name {spec.name!r} is already in use")
+        rec = VMRecord(secrets.token_hex(32), spec.name, spec, created=time.time())
+        rec.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        paths = self.paths(rec)
+        os.makedirs(paths.dir, mode=0o700)
+        try:
+            if spec.disk_image:
+                disks.overlay(paths.disk, spec.disk_image)
+                if spec.disk_size and spec.disk_size > disks.virtual_size(paths.disk):
+                    disks.resize(paths.disk, spec.disk_size)
+            elif spec.disk_size:
+                disks.create(paths.disk, spec.disk_size)
+            self._save(rec)  # the name is taken from here on (UNIQUE)
+            if spec.network not in ("user", "none"):
+                self._lease(rec)
+            self._seed(rec)
+            self._save(rec)
+        except BaseException:
+            self._purge(rec)
+            raise
+        return rec
+
+    def _lease(self, rec: VMRecord) -> None:
+        from cove.network.manager import NetworkManager
+
+        rec.tap = "ctap" + rec.id[:10]
+        n, lease = NetworkManager(self.root, self.db).lease_vm(
+            rec.id, rec.name, rec.spec.network, rec.tap
+        )
+        rec.network_id, rec.address, rec.mac = n.id, lease.address, lease.mac
+
+    def _network(self) -> Any:
+        from cove.network.manager import NetworkManager
+
+        return NetworkManager(self.root, self.db)
+
+    def _seed(self, rec: VMRecord) -> None:
+        """The NoCloud seed: the user's user-data as given, the hostname, the user and key,
+        and, on a cove network, the static address cove leased."""
+        spec = rec.spec
+        net_cfg: bytes | None = None
+        if rec.address:
+            import ipaddress
+
+            n = self._network().store.get(rec.network_id)
+            prefix = ipaddress.IPv4Network(n.subnet).prefixlen
+            net_cfg = (
+                "version: 2\nethernets:\n  eth0:\n    match:\n"
+                f'      macaddress: "{rec.mac}"\n    set-name: eth0\n'
+                f'    addresses: ["{rec.address}/{prefix}"]\n'
+                f'    routes: [{{to: "0.0.0.0/0", via: "{n.gateway}"}}]\n'
+                f'    nameservers: {{addresses: ["{n.gateway}"]}}\n'
+            ).encode()
+        if not (spec.cloud_init or spec.ssh_key or spec.user or net_cfg):
+            return
+        from cove.vm import cloudinit
+
+        keys: list[str] = []
+        if spec.ssh_key:
+            with open(spec.ssh_key) as f:
+                keys = [ln.strip() for ln in f if ln.strip()]
+        user_data = None
+        if spec.cloud_init:
+            with open(spec.cloud_init, "rb") as f:
+                user_data = f.read()
+        cloudinit.build_seed(
+            self.paths(rec).seed,
+            instance_id=f"cove-{rec.id[:12]}",
+            hostname=rec.name,
+            user=spec.user or ("cove" if keys and not user_data else None),
+            ssh_keys=keys,
+            user_data=user_data,
+            network_config=net_cfg,
+        )
+
+    # -- start ------------------------------------------------------------------------
+
+    def start(self, ref: str) -> VMRecord:
+        from cove.vm import accel
+
+        rec = self.get(ref)
+        if not rec.status.can_start():
+            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot start it")
+        spec = rec.spec
+        paths = self.paths(rec)
+        verdict = accel.choose(spec.accel, self.root, spec.kernel, self.qemu)
+        rec.accel, rec.accel_reason = verdict.accel, verdict.reason
+        append_extra = ""
+        if rec.address:
+            import ipaddress
+
+            nets = self._network()
+            n = nets.store.get(rec.network_id)
+            prefix = ipaddress.IPv4Network(n.subnet).prefixlen
+            nets.plug_tap(n, rec.tap)
+            append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
+        launch = qcmd.Launch(
+            verdict.accel,
+            rec.mac,
+            tap=rec.tap or None,
+            append_extra=append_extra,
+            has_disk=os.path.exists(paths.disk),
+            has_seed=os.path.exists(paths.seed),
+        )
+        argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
+        for p in (paths.qmp, paths.console, paths.pidfile):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+        with open(paths.serial_log, "ab") as log:
+            log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self._failed_start(rec)
+            raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
+        with open(paths.qemu_log, "a") as f:
+            f.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            self._failed_start(rec)
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            raise CoveError(
+                f"vm {rec.name}: qemu failed (exit {proc.returncode}): "
+                + (lines[-1] if lines else "no output")
+            )
+        try:
+            with open(paths.pidfile) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError) as e:
+            self._failed_start(rec)
+            raise CoveError(f"vm {rec.name}: qemu wrote no pidfile") from e
+        rec.pid, rec.pid_start = pid, _proc_start(pid)
+        rec.status, rec.started_at, rec.error = VMStatus.RUNNING, time.time(), ""
+        self._save(rec)
+        return rec
+
+    def _failed_start(self, rec: VMRecord) -> None:
+        from cove.network import links
+
+        if rec.tap:
+            links.delete(rec.tap)
+        rec.accel = rec.accel_reason = ""
+        self._save(rec)
+
+    # -- stop, kill, restart, pause -------------------------------------------------------
+
+    def stop(self, ref: str, timeout: float = 60.0) -> tuple[VMRecord, bool]:
+        """ACPI power button, then (after ``timeout``) QEMU is made to quit; whether the
+        guest went by itself."""
+        rec = self.get(ref)
+        if not rec.status.can_stop():
+            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot stop it")
+        clean = False
+        with contextlib.suppress(CoveError):
+            if rec.status == VMStatus.PAUSED:
+                self._cmd(rec, "cont")  # a paused guest cannot see the button
+            self._cmd(rec, "system_powerdown")
+            clean = self._wait_exit(rec, timeout)
+        if not clean:
+            self._terminate(rec)
+        self._after_exit(rec, "" if clean else f"forced off after {timeout:g} s")
+        return rec, clean
+
+    def _wait_exit(self, rec: VMRecord, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(rec.pid, rec.pid_start):
+                return True
+            time.sleep(0.1)
+        return not _alive(rec.pid, rec.pid_start)
+
+    def _terminate(self, rec: VMRecord) -> None:
+        with contextlib.suppress(CoveError, StateError):
+            self._cmd(rec, "quit")
+        if not self._wait_exit(rec, 5):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            self._wait_exit(rec, 5)
+
+    def kill(self, ref: str) -> VMRecord:
+        rec = self.get(ref)
+        if not rec.status.can_stop():
+            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot kill it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+        self._wait_exit(rec, 5)
+        self._after_exit(rec, "killed")
+        return rec
+
+    def restart(self, ref: str, timeout: float = 60.0) -> VMRecord:
+        rec = self.get(ref)
+        if rec.status.can_stop():
+            self.stop(rec.id, timeout)
+        return self.start(rec.id)
+
+    def pause(self, ref: str) -> VMRecord:
+        rec = self.get(ref)
+        if not rec.status.can_pause():
+            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot pause it")
+        self._cmd(rec, "stop")
+        rec.status = VMStatus.PAUSED
+        self._save(rec)
+        return rec
+
+    def resume(self, ref: str) -> VMRecord:
+        rec = self.get(ref)
+        if not rec.status.can_resume():
+            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot resume it")
+        self._cmd(rec, "cont")
+        rec.status = VMStatus.RUNNING
+        self._save(rec)
+        return rec
+
+    def query_status(self, ref: str) -> str:
+        rec = self.get(ref)
+        return str(self._cmd(rec, "query-status").get("status", ""))
+
+    # -- remove ----------------------------------------------------------------------------
+
+    def remove(self, ref: str, *, force: bool = False) -> str:
+        rec = self.get(ref)
+        if rec.status.can_stop():
+            if not force:
+                raise Conflict(f"vm {rec.name} is {rec.status.value}: stop it first or use -f")
+            self.kill(rec.id)
+        self._purge(rec)
+        return rec.name
+
+    def _purge(self, rec: VMRecord) -> None:
+        from cove.network import links
+
+        if _alive(rec.pid, rec.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            self._wait_exit(rec, 5)
+        if rec.tap:
+            links.delete(rec.tap)
+        with contextlib.suppress(Exception):
+            self._network().detach(rec.id)
+        shutil.rmtree(self.paths(rec).dir, ignore_errors=True)
+        self.db.execute("DELETE FROM vms WHERE id = ?", (rec.id,))
+
+    def remove_all(self) -> list[str]:
+        return [self.remove(r.id, force=True) for r in self.all()]
+
+    # -- inspect ---------------------------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        rec = self.get(ref)
+        paths = self.paths(rec)
+        qmp_status = ""
+        if rec.status.can_stop():
+            with contextlib.suppress(CoveError, StateError):
+                qmp_status = str(self._cmd(rec, "query-status").get("status", ""))
+        spec = rec.spec
+        return {
+            "Id": rec.id,
+            "Name": rec.name,
+            "Created": _iso(rec.created),
+            "State": {
+                "Status": rec.status.value,
+                "Running": rec.status == VMStatus.RUNNING,
+                "Paused": rec.status == VMStatus.PAUSED,
+                "Pid": rec.pid,
+                "QMPStatus": qmp_status,
+                "StartedAt": _iso(rec.started_at),
+                "FinishedAt": _iso(rec.finished_at),
+                "Error": rec.error,
+            },
+            "Accelerator": {"Name": rec.accel, "Reason": rec.accel_reason},
+            "Boot": spec.boot,
+            "Machine": "q35",
+            "Memory": spec.memory_mib * (1 << 20),
+            "Cpus": spec.cpus,
+            "Disk": {"Path": paths.disk, "Base": spec.disk_image} if os.path.exists(paths.disk)
+            else None,
+            "Iso": spec.iso,
+            "Kernel": {"Path": spec.kernel, "Initrd": spec.initrd, "Append": spec.append}
+            if spec.kernel else None,
+            "CloudInit": paths.seed if os.path.exists(paths.seed) else None,
+            "Network": {"Mode": spec.network, "MacAddress": rec.mac, "IPAddress": rec.address,
+                        "Tap": rec.tap, "Ports": [str(p) for p in spec.ports]},
+            "Display": spec.display,
+            "Paths": {"Qmp": paths.qmp, "Console": paths.console, "SerialLog": paths.serial_log,
+                      "Pidfile": paths.pidfile, "Dir": paths.dir},
+        }  # fmt: skip
+
+    # -- console, logs, screenshot -----------------------------------------------------------
+
+    def console_socket(self, ref: str) -> str:
+        rec = self.get(ref)
+        if not rec.status.can_stop():
+            raise StateError(f"vm {rec.name} is not running")
+        return self.paths(rec).console
+
+    def serial_log(self, ref: str) -> tuple[VMRecord, str]:
+        rec = self.get(ref)
+        return rec, self.paths(rec).serial_log
+
+    def screenshot(self, ref: str, dest: str) -> None:
+        rec = self.get(ref)
+        if rec.spec.display == "none":
+            raise InvalidSpec(f"vm {rec.name} has no display: create it with --display vnc")
+        dest = os.path.abspath(dest)
+        tmp = dest + ".tmp"
+        try:
+            self._cmd(rec, "screendump", filename=tmp, format="png")
+            os.replace(tmp, dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    # -- snapshots and disks ---------------------------------------------------------------------
+
+    def _disk(self, rec: VMRecord) -> str:
+        disk = self.paths(rec).disk
+        if not os.path.exists(disk):
+            raise InvalidSpec(f"vm {rec.name} has no disk")
+        return disk
+
+    def snapshot_create(self, ref: str, name: str) -> None:
+        from cove.vm import disks
+
+        rec = self.get(ref)
+        disk = self._disk(rec)
+        if any(s["name"] == name for s in self.snapshots(rec.id)):
+            raise Conflict(f"vm {rec.name} already has a snapshot {name!r}")
+        if rec.status.can_stop():
+            self._hmp(rec, f"savevm {name}")  # disks and device state, while it runs
+        else:
+            disks.snapshot_create(disk, name)
+
+    def snapshots(self, ref: str) -> list[Any]:
+        from cove.vm import disks
+
+        rec = self.get(ref)
+        return disks.snapshot_list(self._disk(rec))
+
+    def snapshot_restore(self, ref: str, name: str) -> None:
+        from cove.vm import disks
+
+        rec = self.get(ref)
+        disk = self._disk(rec)
+        snaps = self.snapshots(rec.id)
+        if not any(s["name"] == name for s in snaps):
+            raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
+        if rec.status.can_stop():
+            self._hmp(rec, f"loadvm {name}")
+        else:
+            disks.snapshot_apply(disk, name)
+
+    def snapshot_remove(self, ref: str, name: str) -> None:
+        from cove.vm import disks
+
+        rec = self.get(ref)
+        disk = self._disk(rec)
+        if not any(s["name"] == name for s in self.snapshots(rec.id)):
+            raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
+        if rec.status.can_stop():
+            self._hmp(rec, f"delvm {name}")
+        else:
+            disks.snapshot_delete(disk, name)
+
+    def disk_resize(self, ref: str, size: int) -> None:
+        from cove.vm import disks
+
+        rec = self.get(ref)
+        disk = self._disk(rec)
+        if rec.status.can_stop():
+            self._cmd(rec, "block_resize", device="disk0", size=size)
+        else:
+            disks.resize(disk, size)
+
+    # -- ssh --------------------------------------------------------------------------------
+
+    def ssh_argv(self, ref: str, command: list[str]) -> list[str]:
+        rec = self.get(ref)
+        spec = rec.spec
+        if not spec.ssh_key:
+            raise InvalidSpec(f"vm {rec.name} has no ssh key: create it with --ssh-key")
+        fwd = [p for p in spec.ports if p.guest_port == 22 and p.proto == "tcp"]
+        if not fwd and not rec.address:
+            raise InvalidSpec(f"vm {rec.name} forwards no port to 22: create it with -p PORT:22")
+        private = spec.ssh_key.removesuffix(".pub")
+        host, port = (fwd[0].host_ip, fwd[0].host_port) if fwd else (rec.address, 22)
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"
+        return ["ssh", "-i", private, "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                f"{spec.user or 'cove'}@{host}", *command]  # fmt: skip
+
+
+def _iso(t: float) -> str:
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

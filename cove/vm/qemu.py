@@ -1,0 +1,150 @@
+"""The QEMU command line of a VM: a pure function of its spec, its paths and its launch.
+
+One machine type, q35, for every boot mode: it has the ACPI power button that
+``vm stop`` presses (microvm without ACPI has none, and with ACPI did not boot an
+initramfs here), PCI for virtio devices and SeaBIOS for ISO and disk boots. Every
+device is virtio and explicit (``-nodefaults``): no emulated NIC with a PXE ROM, no
+VGA unless a display is asked for, which is also what makes boots fast.
+
+QEMU runs daemonized, one process per VM, with its QMP socket, pidfile, serial
+console socket (logged to a file whether or not anyone is attached) and disks in the
+VM's state directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cove.spec.vm import VMSpec
+
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The files of one VM under ``<root>/vms/<id>/``."""
+
+    dir: str
+
+    def _p(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    @property
+    def qmp(self) -> str:
+        return self._p("qmp.sock")
+
+    @property
+    def pidfile(self) -> str:
+        return self._p("qemu.pid")
+
+    @property
+    def console(self) -> str:
+        return self._p("console.sock")
+
+    @property
+    def serial_log(self) -> str:
+        return self._p("serial.log")
+
+    @property
+    def vnc(self) -> str:
+        return self._p("vnc.sock")
+
+    @property
+    def disk(self) -> str:
+        return self._p("disk.qcow2")
+
+    @property
+    def seed(self) -> str:
+        return self._p("seed.iso")
+
+    @property
+    def qemu_log(self) -> str:
+        return self._p("qemu.log")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What is decided at start, not at create: the accelerator and the network link."""
+
+    accel: str  # "kvm" or "tcg"
+    mac: str
+    tap: str | None = None  # a tap device on a cove network's bridge
+    append_extra: str = ""  # cove's own kernel parameters (the address on a cove network)
+    has_disk: bool = False
+    has_seed: bool = False
+
+
+def kernel_cmdline(spec: VMSpec, launch: Launch) -> str:
+    """The direct boot's command line: the user's, a serial console unless they chose one,
+    then cove's parameters."""
+    parts = [spec.append] if spec.append else []
+    if "console=" not in spec.append:
+        parts.insert(0, "console=ttyS0")
+    if launch.append_extra:
+        parts.append(launch.append_extra)
+    return " ".join(parts)
+
+
+def command(
+    spec: VMSpec, paths: Paths, launch: Launch, *, qemu: str = QEMU, daemonize: bool = True
+) -> list[str]:
+    """The argv that starts ``spec``'s VM."""
+    kvm = launch.accel == "kvm"
+    argv = [
+        qemu,
+        "-name", f"{spec.name},process=cove-vm-{spec.name}",
+        "-machine", f"q35,accel={launch.accel}",
+        # KVM passes the host CPU through; TCG emulates the richest model it has
+        "-cpu", "host" if kvm else "max",
+        "-smp", str(spec.cpus),
+        "-m", f"{spec.memory_mib}M",
+        "-nodefaults",
+        "-no-user-config",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+        # the console keeps a log of everything the guest printed, attached or not
+        "-chardev", f"socket,id=serial0,path={paths.console},server=on,wait=off,"
+                    f"logfile={paths.serial_log},logappend=on",
+        "-serial", "chardev:serial0",
+        "-device", "virtio-rng-pci",  # entropy early in boot: no stall in getrandom()
+    ]  # fmt: skip
+    if spec.display == "vnc":
+        argv += ["-device", "VGA", "-display", f"vnc=unix:{paths.vnc}"]
+    else:
+        argv += ["-display", "none"]
+    boot_cd = spec.boot == "iso"
+    if launch.has_disk:
+        argv += [
+            "-drive", f"file={paths.disk},if=none,id=disk0,format=qcow2,discard=unmap",
+            "-device", f"virtio-blk-pci,drive=disk0,bootindex={2 if boot_cd else 1}",
+        ]  # fmt: skip
+    if spec.iso or launch.has_seed:
+        argv += ["-device", "virtio-scsi-pci,id=scsi0"]
+    if spec.iso:
+        argv += [
+            "-drive", f"file={spec.iso},if=none,id=cd0,media=cdrom,readonly=on",
+            "-device", "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0",
+        ]  # fmt: skip
+    if launch.has_seed:
+        argv += [
+            "-drive", f"file={paths.seed},if=none,id=seed0,media=cdrom,readonly=on",
+            "-device", "scsi-cd,drive=seed0,bus=scsi0.0",
+        ]  # fmt: skip
+    if spec.kernel:
+        argv += ["-kernel", spec.kernel, "-append", kernel_cmdline(spec, launch)]
+        if spec.initrd:
+            argv += ["-initrd", spec.initrd]
+    if spec.network == "user":
+        fwd = "".join(
+            f",hostfwd={p.proto}:{p.host_ip}:{p.host_port}-:{p.guest_port}" for p in spec.ports
+        )
+        argv += ["-netdev", f"user,id=net0{fwd}",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={launch.mac}"]  # fmt: skip
+    elif spec.network != "none":
+        if not launch.tap:
+            raise ValueError(f"vm {spec.name}: network {spec.network} needs a tap device")
+        argv += ["-netdev", f"tap,id=net0,ifname={launch.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={launch.mac}"]  # fmt: skip
+    if daemonize:
+        argv += ["-daemonize", "-pidfile", paths.pidfile]
+    return argv
