@@ -26,6 +26,8 @@ packages=(
     iptables         # NAT, published ports, network isolation (iptables-restore)
     iperf3           # bench/net.py
     docker-registry openssl  # registry tests: real registries on 127.0.0.1, test CAs
+    qemu-system-x86 qemu-utils  # the VMM of cove vm, qemu-img for disks
+    grub-pc-bin grub-common xorriso mtools cpio  # the VM tests build a bootable ISO; the demo an initramfs
 )
 missing=()
 for p in "${packages[@]}"; do

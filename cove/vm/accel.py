@@ -67,8 +67,7 @@ def _cpio_init() -> bytes:
     for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
         raw = name.encode() + b"\0"
         head = b"070701" + b"".join(
-            f"{v:08x}".encode()
-            for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
+            f"{v:08x}".encode() for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
         )
         out.write(head + raw + b"\0" * (-(110 + len(raw)) % 4) + data + b"\0" * (-len(data) % 4))
     return gzip.compress(out.getvalue(), mtime=0)

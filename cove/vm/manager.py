@@ -27,7 +27,7 @@ from cove.spec.vm import VMSpec
 from cove.vm import qemu as qcmd
 
 QEMU = qcmd.QEMU
-BOOT_TIMEOUT = 30.0
+RUN_DIR = "/run/cove-vm"  # sockets and pidfiles of running VMs, by id prefix
 
 
 class VMStatus(enum.StrEnum):
@@ -133,8 +133,7 @@ class VMManager:
                   rec.accel_reason, rec.mac, rec.tap, rec.network_id, rec.address, rec.error,
                   json.dumps(rec.extra))  # fmt: skip
         self.db.execute(
-            f"INSERT OR REPLACE INTO vms ({','.join(_COLS)}) VALUES "
-            f"({','.join('?' * len(_COLS))})",
+            f"INSERT OR REPLACE INTO vms ({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
             values,
         )
 
@@ -160,15 +159,13 @@ class VMManager:
         return [self.reconcile(self._row(r)) for r in rows]
 
     def paths(self, rec: VMRecord) -> qcmd.Paths:
-        return qcmd.Paths(os.path.join(self.dir, rec.id))
+        return qcmd.Paths(os.path.join(self.dir, rec.id), os.path.join(RUN_DIR, rec.id[:20]))
 
     # -- reality ----------------------------------------------------------------------
 
     def reconcile(self, rec: VMRecord) -> VMRecord:
         """A VM whose QEMU is gone (killed, or the guest powered off) is stopped."""
-        if rec.status in (VMStatus.RUNNING, VMStatus.PAUSED) and not _alive(
-            rec.pid, rec.pid_start
-        ):
+        if rec.status in (VMStatus.RUNNING, VMStatus.PAUSED) and not _alive(rec.pid, rec.pid_start):
             self._after_exit(rec)
         return rec
 
@@ -177,10 +174,7 @@ class VMManager:
 
         if rec.tap:
             links.delete(rec.tap)
-        paths = self.paths(rec)
-        for p in (paths.qmp, paths.console, paths.pidfile, paths.vnc):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        shutil.rmtree(self.paths(rec).run, ignore_errors=True)
         rec.status = VMStatus.STOPPED
         rec.pid = rec.pid_start = 0
         rec.finished_at = time.time()
@@ -339,9 +333,8 @@ class VMManager:
             has_seed=os.path.exists(paths.seed),
         )
         argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
-        for p in (paths.qmp, paths.console, paths.pidfile):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(p)
+        shutil.rmtree(paths.run, ignore_errors=True)
+        os.makedirs(paths.run, mode=0o700)
         with open(paths.serial_log, "ab") as log:
             log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
         try:
@@ -375,6 +368,7 @@ class VMManager:
 
         if rec.tap:
             links.delete(rec.tap)
+        shutil.rmtree(self.paths(rec).run, ignore_errors=True)
         rec.accel = rec.accel_reason = ""
         self._save(rec)
 
@@ -474,6 +468,7 @@ class VMManager:
         with contextlib.suppress(Exception):
             self._network().detach(rec.id)
         shutil.rmtree(self.paths(rec).dir, ignore_errors=True)
+        shutil.rmtree(self.paths(rec).run, ignore_errors=True)
         self.db.execute("DELETE FROM vms WHERE id = ?", (rec.id,))
 
     def remove_all(self) -> list[str]:

@@ -23,24 +23,30 @@ QEMU = "qemu-system-x86_64"
 
 @dataclass(frozen=True)
 class Paths:
-    """The files of one VM under ``<root>/vms/<id>/``."""
+    """The files of one VM: disks and logs under ``<root>/vms/<id>/``; its sockets and
+    pidfile, which live only while QEMU does, under ``run`` (a short path in /run: a unix
+    socket path must fit in 108 bytes, and state roots can be deep)."""
 
     dir: str
+    run: str = ""
 
     def _p(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
+    def _r(self, name: str) -> str:
+        return os.path.join(self.run or self.dir, name)
+
     @property
     def qmp(self) -> str:
-        return self._p("qmp.sock")
+        return self._r("qmp.sock")
 
     @property
     def pidfile(self) -> str:
-        return self._p("qemu.pid")
+        return self._r("qemu.pid")
 
     @property
     def console(self) -> str:
-        return self._p("console.sock")
+        return self._r("console.sock")
 
     @property
     def serial_log(self) -> str:
@@ -48,7 +54,7 @@ class Paths:
 
     @property
     def vnc(self) -> str:
-        return self._p("vnc.sock")
+        return self._r("vnc.sock")
 
     @property
     def disk(self) -> str:
