@@ -258,8 +258,11 @@ def register(sub: Any) -> None:
     p.add_argument("--cpus", type=int, default=2, help="virtual cpus (default 2)")
     disk = p.add_mutually_exclusive_group()
     disk.add_argument("--disk", metavar="SIZE", help="a new qcow2 disk of this size")
-    disk.add_argument("--disk-image", metavar="FILE",
-                      help="boot disk: an overlay over this qcow2/raw image (never modified)")
+    disk.add_argument(
+        "--disk-image",
+        metavar="FILE",
+        help="boot disk: an overlay over this qcow2/raw image (never modified)",
+    )
     p.add_argument("--iso", metavar="FILE", help="a CD image to boot (installers)")
     p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly")
     p.add_argument("--initrd", metavar="FILE", help="initramfs for --kernel")
@@ -268,8 +271,14 @@ def register(sub: Any) -> None:
     p.add_argument("--ssh-key", metavar="FILE", help="public key for the guest user")
     p.add_argument("--user", help="guest user cloud-init creates (default cove with --ssh-key)")
     p.add_argument("--network", default="user", help="user (default), none, or a cove network")
-    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:GUEST",
-                   help="forward a host port to the guest (user networking)")
+    p.add_argument(
+        "-p",
+        "--publish",
+        action="append",
+        default=[],
+        metavar="[IP:]HOST:GUEST",
+        help="forward a host port to the guest (user networking)",
+    )
     p.add_argument("--display", default="none", choices=["none", "vnc"])
     p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"])
     p.add_argument("--start", action="store_true", help="start it at once")

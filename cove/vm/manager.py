@@ -361,6 +361,14 @@ class VMManager:
         rec.pid, rec.pid_start = pid, _proc_start(pid)
         rec.status, rec.started_at, rec.error = VMStatus.RUNNING, time.time(), ""
         self._save(rec)
+        try:
+            status = self._cmd(rec, "query-status").get("status")
+            if status not in ("running", "prelaunch"):
+                raise CoveError(f"vm {rec.name}: qemu started but the vm is {status}")
+        except BaseException:
+            self._terminate(rec)
+            self._after_exit(rec, "start failed")
+            raise
         return rec
 
     def _failed_start(self, rec: VMRecord) -> None:
