@@ -120,13 +120,15 @@ def probe(qemu: str, kernels: list[str], seconds: float = PROBE_SECONDS) -> Verd
                     "-append", "console=ttyS0 panic=-1 quiet"]  # fmt: skip
             ok, last = _run_probe(argv, time.monotonic() + seconds)
             if ok:
-                return Verdict("kvm", f"kvm probe: {os.path.basename(kernels[0])} booted")
-            why = f" (qemu said: {last})" if last and "COVE" not in last else ""
-            return Verdict(
-                "tcg",
-                f"kvm probe: {os.path.basename(kernels[0])} did not boot under kvm within "
-                f"{seconds:.0f} s{why}: using tcg emulation",
-            )
+                return Verdict("kvm", f"kvm probe: {kernels[0]} booted under kvm")
+            kname = os.path.basename(os.path.dirname(kernels[0])) or kernels[0]
+            if last and "COVE" not in last:
+                # QEMU gave up (a nested host refusing MSRs, ...): its last word says why
+                said = last.rsplit(": ", 1)[-1][:120]
+                return Verdict("tcg", f"kvm probe: qemu failed booting {kname} under kvm "
+                                      f"({said}): using tcg emulation")  # fmt: skip
+            return Verdict("tcg", f"kvm probe: {kname} printed nothing under kvm within "
+                                  f"{seconds:.0f} s: using tcg emulation")  # fmt: skip
         rom = os.path.join(tmp, "probe.rom")
         with open(rom, "wb") as f:
             f.write(_firmware())
