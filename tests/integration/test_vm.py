@@ -143,6 +143,16 @@ def test_direct_kernel_boot_acpi_stop_and_rm(
     assert accel["Name"] in ("kvm", "tcg") and accel["Reason"]
     if os.path.exists("/dev/kvm") and accel["Name"] == "tcg":
         assert "probe" in accel["Reason"]  # the verdict of a real boot, not a file check
+    # restart: the power button, then a new QEMU that boots again
+    vms("vm", "restart", "-t", "90", "k1")
+    assert inspect(vms, "k1")["State"]["Pid"] != info["State"]["Pid"]
+    log = wait_log(vms, "k1", "COVE-POWER-BUTTON")
+    assert log.count("--- cove: vm k1 started") == 2
+    deadline = time.monotonic() + BOOT
+    while vms("vm", "logs", "k1").stdout.count(vmguest.MARKER) < 2:
+        assert time.monotonic() < deadline, "no second boot"
+        time.sleep(0.3)
+    info = inspect(vms, "k1")
     pid = info["State"]["Pid"]
     assert Path(f"/proc/{pid}").exists()
     t0 = time.monotonic()
