@@ -291,16 +291,22 @@ def _find(path: str, name: str) -> str:
     return matches[0]["id"]
 
 
+def check_snapshot_name(name: str) -> None:
+    """HMP and qemu-img read an all-digit name as a snapshot id, and a blank ends the
+    name: only plain names are safe on both paths."""
+    if not _SNAPSHOT_RE.fullmatch(name) or name.isdigit():
+        raise InvalidSpec(
+            f"invalid snapshot name {name!r}: want letters, digits, '_', '.' or '-', not all digits"
+        )
+
+
 def snapshot_create(path: str, name: str) -> None:
     """Take an internal snapshot of a qcow2 that no VM is running on.
 
     Names are 1-128 of ``[A-Za-z0-9_.-]``, starting alphanumeric, and not all digits
     (QEMU would read those as snapshot ids). A name in use is a Conflict.
     """
-    if not _SNAPSHOT_RE.fullmatch(name) or name.isdigit():
-        raise InvalidSpec(
-            f"invalid snapshot name {name!r}: want letters, digits, '_', '.' or '-', not all digits"
-        )
+    check_snapshot_name(name)
     if any(sn["name"] == name for sn in _snapshots(_qcow2(path))):
         raise Conflict(f"snapshot {name!r} of {path}: already exists")
     _run(["snapshot", "-q", "-c", name, path], path, f"create snapshot {name!r} of")

@@ -27,6 +27,8 @@ from cove.spec.vm import VMSpec
 from cove.vm import qemu as qcmd
 
 QEMU = qcmd.QEMU
+QMP_TIMEOUT = 10.0
+SNAPSHOT_TIMEOUT = 300.0  # savevm writes all of the guest's memory
 RUN_DIR = "/run/cove-vm"  # sockets and pidfiles of running VMs, by id prefix
 
 
@@ -92,10 +94,10 @@ def _proc_start(pid: int) -> int:
 
 
 def _alive(pid: int, start: int) -> bool:
-    if pid <= 0:
+    """Whether ``pid`` is still the process that had ``start`` (never a recycled pid)."""
+    if pid <= 0 or start <= 0:
         return False
-    got = _proc_start(pid)
-    if not got or (start and got != start):
+    if _proc_start(pid) != start:
         return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -127,23 +129,48 @@ class VMManager:
             json.loads(d["extra"] or "{}"),
         )  # fmt: skip
 
+    def _values(self, rec: VMRecord) -> tuple[Any, ...]:
+        return (rec.id, rec.name, json.dumps(rec.spec.to_json()), rec.status.value, rec.pid,
+                rec.pid_start, rec.created, rec.started_at, rec.finished_at, rec.accel,
+                rec.accel_reason, rec.mac, rec.tap, rec.network_id, rec.address, rec.error,
+                json.dumps(rec.extra))  # fmt: skip
+
+    def _insert(self, rec: VMRecord) -> None:
+        import sqlite3
+
+        try:
+            self.db.execute(
+                f"INSERT INTO vms ({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
+                self._values(rec),
+            )
+        except sqlite3.IntegrityError as e:
+            raise Conflict(f"the vm name {rec.name!r} is already in use") from e
+
     def _save(self, rec: VMRecord) -> None:
-        values = (rec.id, rec.name, json.dumps(rec.spec.to_json()), rec.status.value, rec.pid,
-                  rec.pid_start, rec.created, rec.started_at, rec.finished_at, rec.accel,
-                  rec.accel_reason, rec.mac, rec.tap, rec.network_id, rec.address, rec.error,
-                  json.dumps(rec.extra))  # fmt: skip
+        """Update the row (never resurrect one ``rm`` deleted meanwhile)."""
         self.db.execute(
-            f"INSERT OR REPLACE INTO vms ({','.join(_COLS)}) VALUES ({','.join('?' * len(_COLS))})",
-            values,
+            f"UPDATE vms SET {', '.join(f'{c} = ?' for c in _COLS[1:])} WHERE id = ?",
+            (*self._values(rec)[1:], rec.id),
         )
+
+    @contextlib.contextmanager
+    def _locked(self, ref: str) -> Iterator[VMRecord]:
+        """The VM, fresh from the database, with its lifecycle lock held: two cove
+        commands never start, stop or remove one VM at once."""
+        from cove.syscalls import flocked
+
+        rec = self._get_raw(ref)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        with flocked(os.path.join(self.dir, f".{rec.id[:20]}.lock")):
+            yield self.reconcile(self._get_raw(rec.id))
 
     def _get_raw(self, ref: str) -> VMRecord:
         rows = self.db.execute(
             f"SELECT {','.join(_COLS)} FROM vms WHERE name = ? OR id = ?", (ref, ref)
         ).fetchall()
-        if not rows and len(ref) >= 4:
+        if not rows and len(ref) >= 4 and all(c in "0123456789abcdef" for c in ref):
             rows = self.db.execute(
-                f"SELECT {','.join(_COLS)} FROM vms WHERE id LIKE ?", (ref + "%",)
+                f"SELECT {','.join(_COLS)} FROM vms WHERE substr(id, 1, ?) = ?", (len(ref), ref)
             ).fetchall()
         if not rows:
             raise NotFound(f"no such vm: {ref}")
@@ -170,48 +197,58 @@ class VMManager:
         return rec
 
     def _after_exit(self, rec: VMRecord, error: str = "") -> None:
+        """Record that QEMU ``rec.pid`` is gone, and clean up after it; only if the row
+        still names that QEMU (a parallel command may have started a new one)."""
         from cove.network import links
 
-        if rec.tap:
-            links.delete(rec.tap)
-        shutil.rmtree(self.paths(rec).run, ignore_errors=True)
-        rec.status = VMStatus.STOPPED
-        rec.pid = rec.pid_start = 0
-        rec.finished_at = time.time()
-        rec.error = error
-        self._save(rec)
+        cur = self.db.execute(
+            "UPDATE vms SET status = ?, pid = 0, pid_start = 0, finished_at = ?, error = ? "
+            "WHERE id = ? AND pid = ? AND pid_start = ?",
+            (VMStatus.STOPPED.value, time.time(), error, rec.id, rec.pid, rec.pid_start),
+        )
+        if cur.rowcount:
+            if rec.tap:
+                links.delete(rec.tap)
+            shutil.rmtree(self.paths(rec).run, ignore_errors=True)
+        fresh = self._get_raw(rec.id)
+        rec.status, rec.pid, rec.pid_start = fresh.status, fresh.pid, fresh.pid_start
+        rec.finished_at, rec.error = fresh.finished_at, fresh.error
 
-    @contextlib.contextmanager
-    def qmp(self, rec: VMRecord) -> Iterator[Any]:
-        """A QMP session with the VM's QEMU."""
-        from qemu.qmp.legacy import QEMUMonitorProtocol
+    def _cmd(self, rec: VMRecord, name: str, *, timeout: float = QMP_TIMEOUT,
+             **args: Any) -> Any:  # fmt: skip
+        """One QMP command; a QEMU that does not answer within ``timeout`` is an error,
+        never a hang (a stopped or wedged QEMU must not freeze ``ls``, ``stop``...)."""
+        import asyncio
+
+        from qemu.qmp import ExecuteError, QMPClient
 
         if not rec.status.can_stop():
             raise StateError(f"vm {rec.name} is not running")
-        mon = QEMUMonitorProtocol(self.paths(rec).qmp)
-        try:
-            mon.connect()
-        except (OSError, Exception) as e:
-            raise CoveError(f"vm {rec.name}: cannot reach its qemu monitor: {e}") from e
-        try:
-            yield mon
-        finally:
-            mon.close()
 
-    def _cmd(self, rec: VMRecord, name: str, **args: Any) -> Any:
-        from qemu.qmp import ExecuteError
-
-        with self.qmp(rec) as mon:
+        async def run() -> Any:
+            client = QMPClient(rec.name)
+            await asyncio.wait_for(client.connect(self.paths(rec).qmp), timeout)
             try:
-                return mon.cmd(name, **args)
-            except ExecuteError as e:
-                raise CoveError(f"vm {rec.name}: {name}: {e}") from e
+                return await asyncio.wait_for(client.execute(name, args or None), timeout)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.disconnect(), 5)
 
-    def _hmp(self, rec: VMRecord, line: str) -> str:
-        out = str(self._cmd(rec, "human-monitor-command", **{"command-line": line}) or "")
-        if "Error" in out or "error" in out.lower().split(":")[0]:
-            raise CoveError(f"vm {rec.name}: {line}: {out.strip()}")
-        return out
+        try:
+            return asyncio.run(run())
+        except ExecuteError as e:
+            raise CoveError(f"vm {rec.name}: {name}: {e.error.error.desc}") from e
+        except TimeoutError as e:
+            raise CoveError(f"vm {rec.name}: qemu did not answer {name} in {timeout:g} s") from e
+        except Exception as e:
+            raise CoveError(f"vm {rec.name}: cannot reach its qemu monitor: {e}") from e
+
+    def _hmp(self, rec: VMRecord, line: str) -> None:
+        """savevm, loadvm, delvm: they answer nothing when they worked."""
+        out = str(self._cmd(rec, "human-monitor-command", timeout=SNAPSHOT_TIMEOUT,
+                            **{"command-line": line}) or "").strip()  # fmt: skip
+        if out:
+            raise CoveError(f"vm {rec.name}: {line}: {out.splitlines()[-1]}")
 
     # -- create ----------------------------------------------------------------------
 
@@ -227,8 +264,6 @@ class VMManager:
             value = getattr(spec, attr)
             if value:
                 setattr(spec, attr, os.path.abspath(value))
-        if self.db.execute("SELECT 1 FROM vms WHERE name = ?", (spec.name,)).fetchone():
-            raise Conflict(f"the vm name {spec.name!r} is already in use")
         rec = VMRecord(secrets.token_hex(32), spec.name, spec, created=time.time())
         rec.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         paths = self.paths(rec)
@@ -240,7 +275,7 @@ class VMManager:
                     disks.resize(paths.disk, spec.disk_size)
             elif spec.disk_size:
                 disks.create(paths.disk, spec.disk_size)
-            self._save(rec)  # the name is taken from here on (UNIQUE)
+            self._insert(rec)  # the name is taken from here on (UNIQUE)
             if spec.network not in ("user", "none"):
                 self._lease(rec)
             self._seed(rec)
@@ -306,77 +341,108 @@ class VMManager:
     # -- start ------------------------------------------------------------------------
 
     def start(self, ref: str) -> VMRecord:
+        with self._locked(ref) as rec:
+            return self._start(rec)
+
+    def _start(self, rec: VMRecord) -> VMRecord:
+        """Launch QEMU; either the VM runs and is recorded, or nothing of the launch stays
+        (no QEMU, tap or runtime directory), even on Ctrl-C."""
         from cove.vm import accel
 
-        rec = self.get(ref)
         if not rec.status.can_start():
             raise StateError(f"vm {rec.name} is {rec.status.value}: cannot start it")
         spec = rec.spec
         paths = self.paths(rec)
+        prev = rec.status
+        self._kill_orphan(rec)
         verdict = accel.choose(spec.accel, self.root, spec.kernel, self.qemu)
-        rec.accel, rec.accel_reason = verdict.accel, verdict.reason
-        append_extra = ""
-        if rec.address:
-            import ipaddress
+        try:
+            rec.accel, rec.accel_reason = verdict.accel, verdict.reason
+            append_extra = ""
+            if rec.address:
+                import ipaddress
 
-            nets = self._network()
-            n = nets.store.get(rec.network_id)
-            prefix = ipaddress.IPv4Network(n.subnet).prefixlen
-            nets.plug_tap(n, rec.tap)
-            append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
-        launch = qcmd.Launch(
-            verdict.accel,
-            rec.mac,
-            tap=rec.tap or None,
-            append_extra=append_extra,
-            has_disk=os.path.exists(paths.disk),
-            has_seed=os.path.exists(paths.seed),
-        )
-        argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
-        shutil.rmtree(paths.run, ignore_errors=True)
-        os.makedirs(paths.run, mode=0o700)
-        with open(paths.serial_log, "ab") as log:
-            log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
-        try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                  stdin=subprocess.DEVNULL)  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as e:
-            self._failed_start(rec)
-            raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
-        with open(paths.qemu_log, "a") as f:
-            f.write(proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            self._failed_start(rec)
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            raise CoveError(
-                f"vm {rec.name}: qemu failed (exit {proc.returncode}): "
-                + (lines[-1] if lines else "no output")
+                nets = self._network()
+                n = nets.store.get(rec.network_id)
+                prefix = ipaddress.IPv4Network(n.subnet).prefixlen
+                nets.plug_tap(n, rec.tap)
+                append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
+            launch = qcmd.Launch(
+                verdict.accel,
+                rec.mac,
+                tap=rec.tap or None,
+                append_extra=append_extra,
+                has_disk=os.path.exists(paths.disk),
+                has_seed=os.path.exists(paths.seed),
             )
-        try:
-            with open(paths.pidfile) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError) as e:
-            self._failed_start(rec)
-            raise CoveError(f"vm {rec.name}: qemu wrote no pidfile") from e
-        rec.pid, rec.pid_start = pid, _proc_start(pid)
-        rec.status, rec.started_at, rec.error = VMStatus.RUNNING, time.time(), ""
-        self._save(rec)
-        try:
+            argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
+            shutil.rmtree(paths.run, ignore_errors=True)
+            os.makedirs(paths.run, mode=0o700)
+            with open(paths.serial_log, "ab") as log:
+                log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
+            try:
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                                      stdin=subprocess.DEVNULL)  # fmt: skip
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
+            with open(paths.qemu_log, "a") as f:
+                f.write(proc.stdout + proc.stderr)
+            if proc.returncode != 0:
+                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+                raise CoveError(
+                    f"vm {rec.name}: qemu failed (exit {proc.returncode}): "
+                    + (lines[-1] if lines else "no output")
+                )
+            pid = self._pidfile_pid(rec)
+            pid_start = _proc_start(pid) if pid else 0
+            if not pid_start:
+                raise CoveError(
+                    f"vm {rec.name}: qemu exited right after starting; see {paths.qemu_log}"
+                )
+            rec.pid, rec.pid_start = pid, pid_start
+            rec.status, rec.started_at, rec.error = VMStatus.RUNNING, time.time(), ""
+            self._save(rec)
             status = self._cmd(rec, "query-status").get("status")
             if status not in ("running", "prelaunch"):
                 raise CoveError(f"vm {rec.name}: qemu started but the vm is {status}")
         except BaseException:
-            self._terminate(rec)
-            self._after_exit(rec, "start failed")
+            self._abort_start(rec, prev)
             raise
         return rec
 
-    def _failed_start(self, rec: VMRecord) -> None:
+    def _pidfile_pid(self, rec: VMRecord) -> int:
+        try:
+            with open(self.paths(rec).pidfile) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def _kill_orphan(self, rec: VMRecord) -> None:
+        """A QEMU that a killed cove launched but never recorded: its pidfile names it, its
+        command line names this VM's runtime directory."""
+        pid = self._pidfile_pid(rec)
+        if not pid or (pid == rec.pid and _alive(rec.pid, rec.pid_start)):
+            return
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                mine = self.paths(rec).run.encode() in f.read()
+        except OSError:
+            return
+        if mine:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def _abort_start(self, rec: VMRecord, prev: VMStatus) -> None:
         from cove.network import links
 
+        if _alive(rec.pid, rec.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+        self._kill_orphan(rec)
         if rec.tap:
             links.delete(rec.tap)
         shutil.rmtree(self.paths(rec).run, ignore_errors=True)
+        rec.status, rec.pid, rec.pid_start = prev, 0, 0
         rec.accel = rec.accel_reason = ""
         self._save(rec)
 
@@ -385,7 +451,10 @@ class VMManager:
     def stop(self, ref: str, timeout: float = 60.0) -> tuple[VMRecord, bool]:
         """ACPI power button, then (after ``timeout``) QEMU is made to quit; whether the
         guest went by itself."""
-        rec = self.get(ref)
+        with self._locked(ref) as rec:
+            return rec, self._stop(rec, timeout)
+
+    def _stop(self, rec: VMRecord, timeout: float) -> bool:
         if not rec.status.can_stop():
             raise StateError(f"vm {rec.name} is {rec.status.value}: cannot stop it")
         clean = False
@@ -397,7 +466,7 @@ class VMManager:
         if not clean:
             self._terminate(rec)
         self._after_exit(rec, "" if clean else f"forced off after {timeout:g} s")
-        return rec, clean
+        return clean
 
     def _wait_exit(self, rec: VMRecord, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -409,45 +478,49 @@ class VMManager:
 
     def _terminate(self, rec: VMRecord) -> None:
         with contextlib.suppress(CoveError, StateError):
-            self._cmd(rec, "quit")
-        if not self._wait_exit(rec, 5):
+            self._cmd(rec, "quit", timeout=5)
+        if not self._wait_exit(rec, 5) and _alive(rec.pid, rec.pid_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGKILL)
             self._wait_exit(rec, 5)
 
     def kill(self, ref: str) -> VMRecord:
-        rec = self.get(ref)
+        with self._locked(ref) as rec:
+            self._kill(rec)
+            return rec
+
+    def _kill(self, rec: VMRecord) -> None:
         if not rec.status.can_stop():
             raise StateError(f"vm {rec.name} is {rec.status.value}: cannot kill it")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGKILL)
+        if _alive(rec.pid, rec.pid_start):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
         self._wait_exit(rec, 5)
         self._after_exit(rec, "killed")
-        return rec
 
     def restart(self, ref: str, timeout: float = 60.0) -> VMRecord:
-        rec = self.get(ref)
-        if rec.status.can_stop():
-            self.stop(rec.id, timeout)
-        return self.start(rec.id)
+        with self._locked(ref) as rec:
+            if rec.status.can_stop():
+                self._stop(rec, timeout)
+            return self._start(rec)
 
     def pause(self, ref: str) -> VMRecord:
-        rec = self.get(ref)
-        if not rec.status.can_pause():
-            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot pause it")
-        self._cmd(rec, "stop")
-        rec.status = VMStatus.PAUSED
-        self._save(rec)
-        return rec
+        with self._locked(ref) as rec:
+            if not rec.status.can_pause():
+                raise StateError(f"vm {rec.name} is {rec.status.value}: cannot pause it")
+            self._cmd(rec, "stop")
+            rec.status = VMStatus.PAUSED
+            self._save(rec)
+            return rec
 
     def resume(self, ref: str) -> VMRecord:
-        rec = self.get(ref)
-        if not rec.status.can_resume():
-            raise StateError(f"vm {rec.name} is {rec.status.value}: cannot resume it")
-        self._cmd(rec, "cont")
-        rec.status = VMStatus.RUNNING
-        self._save(rec)
-        return rec
+        with self._locked(ref) as rec:
+            if not rec.status.can_resume():
+                raise StateError(f"vm {rec.name} is {rec.status.value}: cannot resume it")
+            self._cmd(rec, "cont")
+            rec.status = VMStatus.RUNNING
+            self._save(rec)
+            return rec
 
     def query_status(self, ref: str) -> str:
         rec = self.get(ref)
@@ -456,13 +529,13 @@ class VMManager:
     # -- remove ----------------------------------------------------------------------------
 
     def remove(self, ref: str, *, force: bool = False) -> str:
-        rec = self.get(ref)
-        if rec.status.can_stop():
-            if not force:
-                raise Conflict(f"vm {rec.name} is {rec.status.value}: stop it first or use -f")
-            self.kill(rec.id)
-        self._purge(rec)
-        return rec.name
+        with self._locked(ref) as rec:
+            if rec.status.can_stop():
+                if not force:
+                    raise Conflict(f"vm {rec.name} is {rec.status.value}: stop it first or use -f")
+                self._kill(rec)
+            self._purge(rec)
+            return rec.name
 
     def _purge(self, rec: VMRecord) -> None:
         from cove.network import links
@@ -471,6 +544,7 @@ class VMManager:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGKILL)
             self._wait_exit(rec, 5)
+        self._kill_orphan(rec)
         if rec.tap:
             links.delete(rec.tap)
         with contextlib.suppress(Exception):
@@ -478,6 +552,8 @@ class VMManager:
         shutil.rmtree(self.paths(rec).dir, ignore_errors=True)
         shutil.rmtree(self.paths(rec).run, ignore_errors=True)
         self.db.execute("DELETE FROM vms WHERE id = ?", (rec.id,))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, f".{rec.id[:20]}.lock"))
 
     def remove_all(self) -> list[str]:
         return [self.remove(r.id, force=True) for r in self.all()]
@@ -540,11 +616,11 @@ class VMManager:
         rec = self.get(ref)
         if rec.spec.display == "none":
             raise InvalidSpec(f"vm {rec.name} has no display: create it with --display vnc")
-        dest = os.path.abspath(dest)
-        tmp = dest + ".tmp"
+        # QEMU writes the file as root, following links: only into our private directory
+        tmp = os.path.join(self.paths(rec).run, "screendump.png")
         try:
             self._cmd(rec, "screendump", filename=tmp, format="png")
-            os.replace(tmp, dest)
+            shutil.copyfile(tmp, dest)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -560,14 +636,15 @@ class VMManager:
     def snapshot_create(self, ref: str, name: str) -> None:
         from cove.vm import disks
 
-        rec = self.get(ref)
-        disk = self._disk(rec)
-        if any(s["name"] == name for s in self.snapshots(rec.id)):
-            raise Conflict(f"vm {rec.name} already has a snapshot {name!r}")
-        if rec.status.can_stop():
-            self._hmp(rec, f"savevm {name}")  # disks and device state, while it runs
-        else:
-            disks.snapshot_create(disk, name)
+        disks.check_snapshot_name(name)
+        with self._locked(ref) as rec:
+            disk = self._disk(rec)
+            if any(s["name"] == name for s in disks.snapshot_list(disk)):
+                raise Conflict(f"vm {rec.name} already has a snapshot {name!r}")
+            if rec.status.can_stop():
+                self._hmp(rec, f"savevm {name}")  # disks and device state, while it runs
+            else:
+                disks.snapshot_create(disk, name)
 
     def snapshots(self, ref: str) -> list[Any]:
         from cove.vm import disks
@@ -578,37 +655,54 @@ class VMManager:
     def snapshot_restore(self, ref: str, name: str) -> None:
         from cove.vm import disks
 
-        rec = self.get(ref)
-        disk = self._disk(rec)
-        snaps = self.snapshots(rec.id)
-        if not any(s["name"] == name for s in snaps):
-            raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
-        if rec.status.can_stop():
-            self._hmp(rec, f"loadvm {name}")
-        else:
-            disks.snapshot_apply(disk, name)
+        with self._locked(ref) as rec:
+            disk = self._disk(rec)
+            snap = next((s for s in disks.snapshot_list(disk) if s["name"] == name), None)
+            if snap is None:
+                raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
+            if not rec.status.can_stop():
+                disks.snapshot_apply(disk, name)
+                return
+            if not snap["vm_state_size"]:
+                raise InvalidSpec(
+                    f"snapshot {name!r} of vm {rec.name} holds no vm state (it was taken "
+                    "while stopped): stop the vm to restore it"
+                )
+            try:
+                self._hmp(rec, f"loadvm {name}")
+            finally:
+                # loadvm stops the VM first and resumes it only on success
+                with contextlib.suppress(CoveError):
+                    if (
+                        rec.status == VMStatus.RUNNING
+                        and self._cmd(rec, "query-status").get("status") != "running"
+                    ):
+                        self._cmd(rec, "cont")
 
     def snapshot_remove(self, ref: str, name: str) -> None:
         from cove.vm import disks
 
-        rec = self.get(ref)
-        disk = self._disk(rec)
-        if not any(s["name"] == name for s in self.snapshots(rec.id)):
-            raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
-        if rec.status.can_stop():
-            self._hmp(rec, f"delvm {name}")
-        else:
-            disks.snapshot_delete(disk, name)
+        with self._locked(ref) as rec:
+            disk = self._disk(rec)
+            if not any(s["name"] == name for s in disks.snapshot_list(disk)):
+                raise NotFound(f"vm {rec.name} has no snapshot {name!r}")
+            if rec.status.can_stop():
+                self._hmp(rec, f"delvm {name}")
+            else:
+                disks.snapshot_delete(disk, name)
 
     def disk_resize(self, ref: str, size: int) -> None:
         from cove.vm import disks
 
-        rec = self.get(ref)
-        disk = self._disk(rec)
-        if rec.status.can_stop():
+        with self._locked(ref) as rec:
+            disk = self._disk(rec)
+            if not rec.status.can_stop():
+                disks.resize(disk, size)
+                return
+            size = -(-size // 512) * 512
+            if size < disks.virtual_size(disk):
+                raise Conflict(f"vm {rec.name}: a running vm's disk only grows")
             self._cmd(rec, "block_resize", device="disk0", size=size)
-        else:
-            disks.resize(disk, size)
 
     # -- ssh --------------------------------------------------------------------------------
 

@@ -81,6 +81,12 @@ class Launch:
     has_seed: bool = False
 
 
+def _q(path: str) -> str:
+    """A path inside a QEMU option string: its commas doubled, or they would end the value
+    (and let a file name add options of its own)."""
+    return path.replace(",", ",,")
+
+
 def kernel_cmdline(spec: VMSpec, launch: Launch) -> str:
     """The direct boot's command line: the user's, a serial console unless they chose one,
     then cove's parameters."""
@@ -107,33 +113,33 @@ def command(
         "-m", f"{spec.memory_mib}M",
         "-nodefaults",
         "-no-user-config",
-        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+        "-qmp", f"unix:{_q(paths.qmp)},server=on,wait=off",
         # the console keeps a log of everything the guest printed, attached or not
-        "-chardev", f"socket,id=serial0,path={paths.console},server=on,wait=off,"
-                    f"logfile={paths.serial_log},logappend=on",
+        "-chardev", f"socket,id=serial0,path={_q(paths.console)},server=on,wait=off,"
+                    f"logfile={_q(paths.serial_log)},logappend=on",
         "-serial", "chardev:serial0",
         "-device", "virtio-rng-pci",  # entropy early in boot: no stall in getrandom()
     ]  # fmt: skip
     if spec.display == "vnc":
-        argv += ["-device", "VGA", "-display", f"vnc=unix:{paths.vnc}"]
+        argv += ["-device", "VGA", "-display", f"vnc=unix:{_q(paths.vnc)}"]
     else:
         argv += ["-display", "none"]
     boot_cd = spec.boot == "iso"
     if launch.has_disk:
         argv += [
-            "-drive", f"file={paths.disk},if=none,id=disk0,format=qcow2,discard=unmap",
+            "-drive", f"file={_q(paths.disk)},if=none,id=disk0,format=qcow2,discard=unmap",
             "-device", f"virtio-blk-pci,drive=disk0,bootindex={2 if boot_cd else 1}",
         ]  # fmt: skip
     if spec.iso or launch.has_seed:
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     if spec.iso:
         argv += [
-            "-drive", f"file={spec.iso},if=none,id=cd0,media=cdrom,readonly=on",
+            "-drive", f"file={_q(spec.iso)},if=none,id=cd0,media=cdrom,readonly=on",
             "-device", "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0",
         ]  # fmt: skip
     if launch.has_seed:
         argv += [
-            "-drive", f"file={paths.seed},if=none,id=seed0,media=cdrom,readonly=on",
+            "-drive", f"file={_q(paths.seed)},if=none,id=seed0,media=cdrom,readonly=on",
             "-device", "scsi-cd,drive=seed0,bus=scsi0.0",
         ]  # fmt: skip
     if spec.kernel:

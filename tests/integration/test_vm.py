@@ -44,10 +44,22 @@ def vms(cove: CoveRunner, cove_root: Path, kernel: vmguest.Kernel) -> Iterator[C
     dest.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-al", kernel.dir, str(dest)], check=True)
     yield cove
+    ids = [json.loads(line)["Id"] for line in
+           cove("vm", "ls", "--format", "json").stdout.splitlines()]  # fmt: skip
     subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True)
-    left = subprocess.run(["pgrep", "-f", f"-pidfile /run/cove-vm/.*{cove_root}"],
-                          capture_output=True, text=True)  # fmt: skip
-    assert left.stdout == ""
+    for vm_id in ids:
+        assert not Path(f"/run/cove-vm/{vm_id[:20]}").exists()
+        assert not Path(f"/sys/class/net/ctap{vm_id[:10]}").exists()
+    mine = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"qemu-system" in cmdline and any(i[:20].encode() in cmdline for i in ids):
+                mine.append(proc.name)
+    assert mine == [], "QEMU processes left behind"
 
 
 def gone(pid: int) -> bool:
@@ -309,17 +321,31 @@ def test_pause_resume_and_snapshots(vms: CoveRunner, kernel: vmguest.Kernel,
     out = console_run(vms, "snap", "echo 3 > /proc/sys/vm/drop_caches; head -c 8 /dev/vda; "
                       "echo; echo R-$((3+3))", "R-6")  # fmt: skip
     assert "OLD-DATA\r\n" in out and "NEW-DATA\r\n" not in out
-    # stopped: the same through qemu-img
-    vms("vm", "kill", "snap")
+    # a snapshot taken while stopped holds no vm state: restoring it online is refused
+    # (below); growing the disk online works, shrinking it is refused
+    vms("vm", "disk", "resize", "snap", "96M")
+    from cove.vm import disks
+
+    disk = inspect(vms, "snap")["Disk"]["Path"]
+    assert disks.virtual_size(disk) == 96 << 20
+    assert vms("vm", "disk", "resize", "snap", "32M", check=False).returncode != 0
+    assert vms("vm", "snapshot", "create", "snap", "bad name", check=False).returncode != 0
+    # a forced stop: no waiting for the guest
+    stop = vms("vm", "stop", "-t", "0", "snap")
+    assert "forced" in stop.stderr
+    assert inspect(vms, "snap")["State"]["Error"].startswith("forced off")
     vms("vm", "snapshot", "create", "snap", "s2")
-    vms("vm", "snapshot", "rm", "snap", "s1")
+    vms("vm", "start", "snap")
+    bad = vms("vm", "snapshot", "restore", "snap", "s2", check=False)
+    assert bad.returncode != 0 and "no vm state" in bad.stderr
+    assert inspect(vms, "snap")["State"]["QMPStatus"] == "running"
+    vms("vm", "snapshot", "rm", "snap", "s1")  # online: delvm
+    vms("vm", "kill", "snap")
     listed = vms("vm", "snapshot", "ls", "snap").stdout
     assert "s2" in listed and "s1 " not in listed
     assert vms("vm", "snapshot", "restore", "snap", "nope", check=False).returncode != 0
     vms("vm", "disk", "resize", "snap", "128M")
-    from cove.vm import disks
-
-    assert disks.virtual_size(inspect(vms, "snap")["Disk"]["Path"]) == 128 << 20
+    assert disks.virtual_size(disk) == 128 << 20
 
 
 def test_screenshot_png(vms: CoveRunner, kernel: vmguest.Kernel, initrd: Path,
@@ -333,6 +359,15 @@ def test_screenshot_png(vms: CoveRunner, kernel: vmguest.Kernel, initrd: Path,
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert width >= 320 and height >= 200
+    import zlib
+
+    idat, pos = b"", 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        if data[pos + 4 : pos + 8] == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    assert len(set(zlib.decompress(idat))) > 2  # the guest's text, not a blank screen
     no_display = tmp_path / "x.png"
     create(vms, "nodisp", initrd, kernel)
     bad = vms("vm", "screenshot", "nodisp", str(no_display), check=False)
@@ -344,12 +379,19 @@ def test_reality_wins_and_bad_input(vms: CoveRunner, cove_root: Path, kernel: vm
     create(vms, "r1", initrd, kernel)
     vms("vm", "start", "r1")
     wait_log(vms, "r1", vmguest.MARKER)
-    os.kill(inspect(vms, "r1")["State"]["Pid"], 9)  # QEMU killed by hand
-    time.sleep(0.5)
+    pid = inspect(vms, "r1")["State"]["Pid"]
+    os.kill(pid, 9)  # QEMU killed by hand
+    deadline = time.monotonic() + 30
+    while not gone(pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     assert "stopped" in vms("vm", "ls").stdout
     # the guest powers itself off: the state says so
     vms("vm", "start", "r1")
-    wait_log(vms, "r1", vmguest.MARKER)
+    deadline = time.monotonic() + BOOT
+    while vms("vm", "logs", "r1").stdout.count(vmguest.MARKER) < 2:
+        assert time.monotonic() < deadline, "no second boot"
+        time.sleep(0.3)
     console_run(vms, "r1", "poweroff -f", "Power down")
     wait_status(vms, "r1", "stopped", timeout=60)
     # bad input: one line, non-zero, nothing half-made
