@@ -497,6 +497,7 @@ class ContainerEngine:
         from cove.runtime.api import ContainerStartError, proc_start_time
 
         rec = self.get(ref) if op == OP_START else self.store.get(ref)
+        container_only(rec, "start")
         if op == OP_START:
             if rec.status == Status.PAUSED:
                 raise Conflict(f"cannot start a paused container {rec.name}, try unpause instead")
@@ -901,6 +902,7 @@ class ContainerEngine:
 
     def pause(self, ref: str) -> Record:
         rec = self.get(ref)
+        container_only(rec, "pause")
         if rec.status == Status.PAUSED:
             raise Conflict(f"container {rec.id} is already paused")
         if not rec.status.can_pause():
@@ -911,6 +913,7 @@ class ContainerEngine:
 
     def unpause(self, ref: str) -> Record:
         rec = self.get(ref)
+        container_only(rec, "unpause")
         if not rec.status.can_unpause():
             raise Conflict(f"container {rec.id} is not paused")
         self._freeze(rec, False)
@@ -1006,6 +1009,7 @@ class ContainerEngine:
         from cove.network.manager import settings
 
         rec = self.get(ref)
+        container_only(rec, "network connect")
         mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
         if mode in ("none", "host") or mode.startswith("container:"):
             raise Conflict(f"container {rec.name} uses network mode {mode}: cannot connect it")
@@ -1034,6 +1038,7 @@ class ContainerEngine:
 
     def disconnect(self, net_ref: str, ref: str) -> None:
         rec = self.get(ref)
+        container_only(rec, "network disconnect")
         nm = self.networks()
         n = nm.get(net_ref)
         cfg = rec.config
@@ -1159,6 +1164,15 @@ class _NoLog:
 
 
 _NO_LOG = _NoLog()
+
+
+def container_only(rec: Record, verb: str) -> None:
+    """Verbs that work on namespaces, cgroups or the upper directory have none of those to
+    work on in a ``run --vm``: its process is a QEMU."""
+    if rec.config.get("HostConfig", {}).get("Isolation") == "vm":
+        from cove.errors import Unsupported
+
+        raise Unsupported(f"{verb} does not apply to {rec.name}: it runs in a vm (--vm)")
 
 
 def _pump_output(

@@ -60,6 +60,9 @@ def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
 
 
 def _check_running(rec: Record) -> None:
+    from cove.containers import container_only
+
+    container_only(rec, "exec")
     if rec.status == Status.PAUSED:
         raise Conflict(f"container {rec.id} is paused, unpause the container before exec")
     if rec.status != Status.RUNNING:

@@ -93,6 +93,9 @@ def copy(
     ref = src_ctr or dst_ctr
     assert ref is not None
     rec = ce.get(ref)
+    from cove.containers import container_only
+
+    container_only(rec, "cp")
     if src_ctr is not None:
         _in_root(ce, rec, lambda fd: fscopy.copy_out(fd, src, dst, follow_link=follow_link))
     else:
@@ -108,6 +111,9 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
     from cove.rootfs import changes
 
     rec = ce.get(ref)
+    from cove.containers import container_only
+
+    container_only(rec, "diff")
     layers = ce.layers_top_first(rec)
     result: list[tuple[str, str]] = changes(layers[0], layers[1:])
     return result
@@ -117,6 +123,9 @@ def export(ce: Any, ref: str, output: str | None) -> None:
     from cove.rootfs import write_merged_tar
 
     rec = ce.get(ref)
+    from cove.containers import container_only
+
+    container_only(rec, "export")
     layers = ce.layers_top_first(rec)
     uid, gid = ce.id_shift(rec)
     if output:
@@ -165,6 +174,9 @@ def commit(
     from cove.spec import reference as refs
 
     rec = ce.get(ref)
+    from cove.containers import container_only
+
+    container_only(rec, "commit")
     names = [refs.parse(repository)] if repository else []
     if repository and not names[0].tag and not names[0].digest:
         names = [refs.parse(repository + ":latest")]

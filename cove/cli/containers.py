@@ -136,9 +136,36 @@ def _start_errors(fn: Callable[[], int]) -> int:
         return 125
 
 
+def _vm_opts(args: argparse.Namespace) -> Any:
+    import math
+
+    from cove.spec.vm import parse_bytes
+    from cove.vm.run import VMRunOptions
+
+    return VMRunOptions(
+        memory_mib=parse_bytes(args.memory, default_unit="m") >> 20 if args.memory else 512,
+        cpus=max(1, math.ceil(float(args.cpus))) if args.cpus else 1,
+        kernel=args.kernel,
+    )
+
+
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     opts = _opts(args)
     ce = _ce(engine)
+    if getattr(args, "vm", False) or getattr(args, "isolation", "container") == "vm":
+        from cove.vm import run as vmrun
+
+        def go_vm() -> int:
+            vm = _vm_opts(args)
+            if opts.detach:
+                print(vmrun.run_detached(ce, opts, vm))
+                return 0
+            return vmrun.run_foreground(ce, opts, vm)
+
+        return _start_errors(go_vm)
+    if args.kernel:
+        sys.stderr.write("Error: --kernel needs --vm\n")
+        return 125
 
     def go() -> int:
         if opts.detach:
@@ -152,6 +179,9 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
+    if args.vm or args.isolation == "vm" or args.kernel:
+        sys.stderr.write("Error: create does not make --vm runs: use run --vm [-d]\n")
+        return 125
     opts = _opts(args)
     opts.detach = True
     return _start_errors(lambda: print(_ce(engine).create(opts)) or 0)
@@ -446,6 +476,7 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
                 f"{k}={v}" for k, v in (cfg.get("Config", {}).get("Labels") or {}).items()
             ),
             "Mounts": ",".join(m.get("Name") or m.get("Source", "") for m in cfg.get("Mounts", [])),
+            "Isolation": cfg.get("HostConfig", {}).get("Isolation") or "container",
         }
         if args.size:
             row["Size"] = fmt.human_size(_size(os.path.join(ce.cdir(rec.id), "upper")))
@@ -454,8 +485,9 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
         if rows:
             print("\n".join(r["ID"] for r in rows))
         return 0
-    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
-    cols = ["ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names"]
+    headers = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES",
+               "ISOLATION"]  # fmt: skip
+    cols = ["ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names", "Isolation"]
     if args.size:
         headers.append("SIZE")
         cols.append("Size")
@@ -502,6 +534,9 @@ def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     rec = ce.get(args.container)
+    from cove.containers import container_only
+
+    container_only(rec, "top")
     if rec.status.value not in ("running", "paused"):
         sys.stderr.write(f"Error: container {rec.id} is not running\n")
         return 1
@@ -869,6 +904,18 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     _list(p, "-p", "--publish", help="publish ports [IP:][HOSTPORT:]CPORT[/udp], ranges too")
     p.add_argument("--pull", default="missing", choices=["missing", "always", "never"],
                    help="pull the image before running (default missing)")  # fmt: skip
+    p.add_argument(
+        "--vm",
+        action="store_true",
+        help="run in a virtual machine of its own (same as --isolation vm)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=["container", "vm"],
+        default="container",
+        help="container (namespaces, shared kernel) or vm (QEMU, own kernel)",
+    )
+    p.add_argument("--kernel", help="--vm: guest kernel (default: cove vm kernel fetch's)")
     p.add_argument(
         "--tls-verify",
         type=lambda v: v.lower() in ("true", "1"),

@@ -104,6 +104,7 @@ HEADERS = {
     "RunningFor": "CREATED",
     "CreatedAt": "CREATED AT",
     "Names": "NAMES",
+    "Isolation": "ISOLATION",
     "Image": "IMAGE",
     "Status": "STATUS",
     "Ports": "PORTS",

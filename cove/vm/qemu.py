@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from cove.spec.vm import VMSpec
+from cove.spec.vm import PortForward, VMSpec
 
 QEMU = "qemu-system-x86_64"
 
@@ -159,4 +159,117 @@ def command(
                  "-device", f"virtio-net-pci,netdev=net0,mac={launch.mac}"]  # fmt: skip
     if daemonize:
         argv += ["-daemonize", "-pidfile", paths.pidfile]
+    return argv
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one ``run --vm``: in the container's directory, and (sockets) a short
+    runtime directory."""
+
+    dir: str
+    run: str
+
+    @property
+    def disk(self) -> str:
+        return os.path.join(self.dir, "root.qcow2")
+
+    @property
+    def initrd(self) -> str:
+        return os.path.join(self.dir, "initrd.img")
+
+    @property
+    def stdout(self) -> str:
+        return os.path.join(self.dir, "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return os.path.join(self.dir, "stderr")
+
+    @property
+    def exit(self) -> str:
+        return os.path.join(self.dir, "exit")
+
+    @property
+    def console_log(self) -> str:
+        return os.path.join(self.dir, "console.log")
+
+    @property
+    def qemu_log(self) -> str:
+        return os.path.join(self.dir, "qemu.log")
+
+    @property
+    def ctl(self) -> str:
+        return os.path.join(self.run, "ctl.sock")
+
+    @property
+    def stdin(self) -> str:
+        return os.path.join(self.run, "stdin.sock")
+
+    def fs(self, i: int) -> str:
+        return os.path.join(self.run, f"fs{i}.sock")
+
+
+def run_command(
+    *,
+    accel: str,
+    cpus: int,
+    memory_mib: int,
+    kernel: str,
+    append: str,
+    files: RunFiles,
+    volumes: int = 0,
+    interactive: bool = False,
+    network: str = "user",
+    ports: tuple[PortForward, ...] = (),
+    tap: str | None = None,
+    mac: str = "52:54:00:12:34:56",
+    qemu: str = QEMU,
+) -> list[str]:
+    """The argv of one ``run --vm``: QEMU in the foreground of its supervisor, the kernel
+    and agent initramfs booted directly, the image's root on a throw-away virtio disk, the
+    command's streams on virtio-serial ports (files QEMU appends to; control and stdin on
+    sockets), volumes through virtiofs (which needs guest memory shared with virtiofsd)."""
+    kvm = accel == "kvm"
+    machine = f"q35,accel={accel}"
+    argv = [
+        qemu,
+        "-machine", machine,
+        "-cpu", "host" if kvm else "max",
+        "-smp", str(cpus),
+        "-m", f"{memory_mib}M",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-kernel", kernel, "-initrd", files.initrd, "-append", append,
+        "-serial", f"file:{_q(files.console_log)}",
+        "-device", "virtio-rng-pci",
+        "-drive", f"file={_q(files.disk)},if=none,id=root,format=qcow2,discard=unmap,"
+                  "cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root",
+        "-device", "virtio-serial-pci,id=vser",
+    ]  # fmt: skip
+    ports_ = [("out", "cove.stdout", f"file,path={_q(files.stdout)}"),
+              ("err", "cove.stderr", f"file,path={_q(files.stderr)}"),
+              ("exit", "cove.exit", f"file,path={_q(files.exit)}"),
+              ("ctl", "cove.ctl", f"socket,path={_q(files.ctl)},server=on,wait=off")]  # fmt: skip
+    if interactive:
+        ports_.append(("in", "cove.stdin", f"socket,path={_q(files.stdin)},server=on,wait=off"))
+    for cid, name, spec in ports_:
+        argv += ["-chardev", f"{spec},id={cid}",
+                 "-device", f"virtserialport,bus=vser.0,chardev={cid},name={name}"]  # fmt: skip
+    if volumes:
+        argv[argv.index("-machine") + 1] = f"{machine},memory-backend=mem"
+        argv += ["-object", f"memory-backend-memfd,id=mem,size={memory_mib}M,share=on"]
+        for i in range(volumes):
+            argv += ["-chardev", f"socket,id=fs{i},path={_q(files.fs(i))}",
+                     "-device", f"vhost-user-fs-pci,chardev=fs{i},tag=cove{i}"]  # fmt: skip
+    if network == "user":
+        fwd = "".join(f",hostfwd={p.proto}:{p.host_ip}:{p.host_port}-:{p.guest_port}"
+                      for p in ports)  # fmt: skip
+        argv += ["-netdev", f"user,id=net0{fwd}",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]  # fmt: skip
+    elif network != "none":
+        if not tap:
+            raise ValueError(f"network {network} needs a tap device")
+        argv += ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
+                 "-device", f"virtio-net-pci,netdev=net0,mac={mac}"]  # fmt: skip
     return argv

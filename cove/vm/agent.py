@@ -1,0 +1,188 @@
+"""The guest side of ``cove run --vm``: an initramfs whose /init runs one command of an OCI
+image inside a VM and reports back over virtio-serial ports.
+
+The /init below (busybox sh, static) loads the virtio modules, mounts the image's root
+file system from /dev/vda (a throw-away qcow2 over the cached ext4 of the image),
+prepares /proc, /sys, /dev, the hostname, the network and the shared volumes, then runs
+the command through a private copy of busybox (``/.cove``, a tmpfs, so images without a
+shell work too) with the run's user, environment and working directory. stdout and
+stderr go to the ports ``cove.stdout`` and ``cove.stderr``, the exit code to
+``cove.exit``; signal names arriving on ``cove.ctl`` are delivered to the command. Then
+the guest powers off. What a run needs (its command, env, user ...) comes in a second
+cpio appended to the cached initramfs: ``/cove/config``, a shell file cove writes with
+every value quoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cove.vm import initramfs
+from cove.vm.kernel import Kernel
+
+# q35 + virtio-pci devices; virtiofs for -v; virtio_console for the ports
+MODULES = (
+    "virtio_pci", "virtio_blk", "virtio_console", "virtio_net", "virtio_rng", "virtiofs"
+)  # fmt: skip
+
+INIT = r"""#!/bin/busybox sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+while read -r mod params; do
+    insmod "/lib/modules/$mod" $params 2>/dev/null
+done </lib/modules/load-order
+. /cove/config
+port() {
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && { echo "/dev/${p##*/}"; return; }
+    done
+}
+fail() {
+    echo "cove-agent: $*" >/dev/console
+    [ -n "$EXIT" ] && echo 125 >"$EXIT"
+    poweroff -f
+}
+i=0
+while [ -z "$(port cove.exit)" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); done
+OUT=$(port cove.stdout); ERR=$(port cove.stderr); EXIT=$(port cove.exit); CTL=$(port cove.ctl)
+IN=$(port cove.stdin)
+[ -n "$OUT" ] && [ -n "$EXIT" ] || fail "no virtio-serial ports"
+mkdir -p /newroot
+mount -t ext4 /dev/vda /newroot || fail "cannot mount the image's root file system"
+for d in proc sys dev tmp .cove; do mkdir -p "/newroot/$d"; done
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
+mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
+mount -t tmpfs -o mode=0755 cove /newroot/.cove
+cp /bin/busybox /newroot/.cove/busybox
+hostname "$COVE_HOSTNAME"
+echo "$COVE_HOSTNAME" >/newroot/etc/hostname 2>/dev/null
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t%s\n' "$COVE_HOSTNAME" \
+    >/newroot/etc/hosts 2>/dev/null
+ip link set lo up
+if [ -n "$COVE_ADDR" ]; then
+    ip link set eth0 up
+    ip addr add "$COVE_ADDR" dev eth0
+    ip route add default via "$COVE_GW"
+    echo "nameserver $COVE_DNS" >/newroot/etc/resolv.conf 2>/dev/null
+fi
+cove_volumes || fail "cannot mount the volumes"
+cove_run >"$OUT" 2>"$ERR" <"${IN:-/dev/null}" &
+child=$!
+if [ -n "$CTL" ]; then
+    ( while read -r sig; do kill -"$sig" "$child" 2>/dev/null; done <"$CTL" ) &
+fi
+wait "$child"
+code=$?
+echo "$code" >"$EXIT"
+sync
+poweroff -f
+"""
+
+
+@dataclass
+class RunConfig:
+    """One run's command as the guest must execute it (resolved like the container path)."""
+
+    args: list[str]
+    env: list[str]
+    cwd: str
+    uid: int
+    gid: int
+    hostname: str
+    address: str = ""  # ADDR/PREFIX on eth0, with gateway and dns
+    gateway: str = ""
+    dns: str = ""
+    volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (tag, target, ro)
+
+    def script(self) -> str:
+        q = shlex.quote
+        lines = [
+            f"COVE_HOSTNAME={q(self.hostname)}",
+            f"COVE_ADDR={q(self.address)}",
+            f"COVE_GW={q(self.gateway)}",
+            f"COVE_DNS={q(self.dns)}",
+            "cove_volumes() {",
+            "    :",
+        ]
+        for tag, target, ro in self.volumes:
+            opts = "-o ro " if ro else ""
+            where = "/newroot" + q(target)
+            mount = f"mount -t virtiofs {opts}{q(tag)} {where}"
+            lines.append(f"    mkdir -p {where} && {mount} || return 1")
+        lines.append("}")
+        bb = "/.cove/busybox"
+        # the working directory is made if missing, as Docker does, before the user switch
+        run = [
+            "exec", "chroot", "/newroot", bb, "sh", "-c",
+            'mkdir -p "$0" 2>/dev/null; exec "$@"', self.cwd,
+            # busybox's nsenter sets uid and gid (and clears the groups) without a namespace
+            bb, "nsenter", "-S", str(self.uid), "-G", str(self.gid), "-F",
+            bb, "env", "-i", *self.env,
+            bb, "sh", "-c", 'cd "$0" || exit 126; exec "$@"', self.cwd, *self.args,
+        ]  # fmt: skip
+        lines.append("cove_run() {")
+        lines.append("    " + " ".join(q(a) for a in run))
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+
+def base_initrd(cache_dir: str, kernel: Kernel) -> str:
+    """The agent's initramfs for ``kernel``, built once and kept (its name says what went
+    in: the kernel release, the /init, the module list, the busybox)."""
+    bb = initramfs.BUSYBOX
+    st = bb.stat()
+    h = hashlib.sha256(f"{INIT}|{MODULES}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    path = os.path.join(cache_dir, f"agent-{kernel.release}-{h[:16]}.cpio.gz")
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+    cpio = initramfs.Cpio()
+    initramfs.busybox_base(cpio, bb)
+    initramfs.add_modules(cpio, kernel, MODULES)
+    cpio.file("init", INIT.encode(), 0o755)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    # level 1: the kernel inflates it at every boot; size hardly matters here
+    initramfs.write(cpio, tmp, level=1)
+    os.replace(tmp, path)
+    return path
+
+
+def run_initrd(base: str, config: RunConfig, dest: str) -> None:
+    """The cached initramfs followed by this run's /cove/config: the kernel unpacks
+    concatenated archives in order (each gzip member padded to 4 bytes)."""
+    cpio = initramfs.Cpio()
+    cpio.file("cove/config", config.script().encode())
+    with open(base, "rb") as f:
+        data = f.read()
+    data += b"\0" * (-len(data) % 4)
+    with open(dest, "wb") as out:
+        out.write(data)
+        out.write(cpio.bytes())
+
+
+def cmdline(extra: Sequence[str] = ()) -> str:
+    """The guest kernel's command line: serial console for the boot log, no reboot loop,
+    and initcalls a one-command VM never needs skipped (measured: ~1 s less under TCG)."""
+    return " ".join([
+        "console=ttyS0", "quiet", "panic=-1", "cryptomgr.notests", "audit=0",
+        "initcall_blacklist=init_kprobe_trace,load_system_certificate_list,crypto_kdf108_init",
+        "random.trust_cpu=on", "rcupdate.rcu_expedited=1", "tsc=reliable", "no_timer_check",
+        *extra,
+    ])  # fmt: skip
+
+
+def initrd_dir(root: str) -> str:
+    return os.path.join(root, "vmroot")
+
+
+__all__ = ["MODULES", "RunConfig", "base_initrd", "cmdline", "initrd_dir", "run_initrd"]

@@ -1,0 +1,577 @@
+"""``cove run --vm``: one OCI image's command in its own virtual machine.
+
+The same image, the same semantics as the container path (ENTRYPOINT/CMD, env, user,
+workdir come from ``cove.container.build_spec``), a different isolation: the guest has
+its own kernel. The image's layers are flattened once per image id into an ext4 file
+(``mkfs.ext4 -d``, no mount of the result needed), and every run boots on a qcow2
+overlay of it that is thrown away, so runs never change it. The run is a row in the
+containers table (``ps`` shows ISOLATION vm), its supervisor is this process (or, with
+``-d``, a daemon forked from it) and its QEMU a child that dies with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cove.errors import CoveError, InvalidSpec, NotFound
+from cove.vm import qemu as qcmd
+
+RUN_DIR = "/run/cove-vm"
+VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
+USER_NET = ("10.0.2.15/24", "10.0.2.2", "10.0.2.3")  # QEMU's user-mode network, fixed
+
+
+@dataclass
+class VMRunOptions:
+    memory_mib: int = 512
+    cpus: int = 1
+    kernel: str | None = None
+
+
+def _pdeathsig() -> None:
+    """In the child before exec: die with the supervisor, and keep out of its process
+    group so a terminal's Ctrl-C reaches only cove (which relays it to the guest)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# -- the pieces, each cached --------------------------------------------------------------
+
+
+def guest_kernel(root: str, explicit: str | None) -> Any:
+    """The kernel to boot (with its modules beside it, cove's kernel layout)."""
+    from cove.vm import kernel as kmod
+
+    if explicit:
+        path = os.path.abspath(explicit)
+        if os.path.isdir(path):
+            path = os.path.join(path, "vmlinuz")
+        if not os.path.isfile(path):
+            raise NotFound(f"no such kernel: {explicit}")
+        k = kmod.Kernel(os.path.basename(os.path.dirname(path)), os.path.dirname(path))
+        if not os.path.isdir(k.modules):
+            raise InvalidSpec(f"kernel {explicit}: no modules/{k.release}/ beside it "
+                              "(use a kernel from `cove vm kernel fetch`)")  # fmt: skip
+        return k
+    have = kmod.installed(kmod.kernels_dir(root))
+    if have:
+        return have[-1]
+    sys.stderr.write("no guest kernel yet: fetching Debian's cloud kernel (cove vm kernel fetch)\n")
+    return kmod.fetch(kmod.kernels_dir(root))
+
+
+def rootfs_image(engine: Any, img: Any, *, note: Callable[[str], None] | None = None) -> str:
+    """The image's root file system as an ext4 file, built once per image id."""
+    from cove.syscalls import flocked
+
+    cache = os.path.join(engine.root, "vmroot")
+    os.makedirs(cache, mode=0o700, exist_ok=True)
+    path = os.path.join(cache, img.id.removeprefix("sha256:") + ".ext4")
+    if os.path.exists(path):
+        return path
+    with flocked(path + ".lock"):
+        if os.path.exists(path):
+            return path
+        if note:
+            note(f"building the vm root file system of {img.id[:19]} (once per image)")
+        layers = engine.unpack_image(img)
+        size = sum(engine.images.layer_size(d) or 0 for d in img.config.diff_ids)
+        # room for what runs write (they go to a throw-away overlay, not into this file)
+        total = max(size * 2, size + (256 << 20), 64 << 20)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            _mkfs_from_layers(list(reversed(layers)), tmp, total)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return path
+
+
+def _mkfs_from_layers(top_first: list[str], dest: str, size: int) -> None:
+    """``mkfs.ext4 -d`` of the layers' merged view, mounted read-only in a child's private
+    mount namespace (so the mount vanishes with it, whatever happens)."""
+    from cove import syscalls as sc
+
+    with open(dest, "wb") as f:
+        f.truncate(size)
+    mnt = tempfile.mkdtemp(prefix="cove-vmroot-")
+    empty = tempfile.mkdtemp(prefix="cove-vmroot-empty-")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe
+        os.close(r)
+        try:
+            # invariant: a new, private mount namespace; nothing here reaches the host's
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            lowers = top_first if len(top_first) > 1 else [*top_first, empty]
+            sc.mount("overlay", mnt, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join(lowers)}")
+            proc = subprocess.run(
+                ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-L", "cove-root",
+                 "-E", "root_owner=0:0", "-d", mnt, dest],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                os.write(w, (proc.stderr.strip().splitlines() or ["mkfs.ext4 failed"])[-1]
+                         .encode())  # fmt: skip
+                os._exit(1)
+            os._exit(0)
+        except BaseException as e:
+            os.write(w, str(e).encode()[:2000])
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        err = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    os.rmdir(mnt)
+    os.rmdir(empty)
+    if status != 0:
+        raise CoveError(f"cannot build the vm root file system: {err}")
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def _bind_volumes(opts: Any) -> list[tuple[str, str, bool]]:
+    """``-v HOST:CTR[:ro]`` for a VM: host directories, shared over virtiofs."""
+    out = []
+    for v in opts.volumes:
+        parts = v.split(":")
+        if len(parts) not in (2, 3) or not parts[0].startswith("/"):
+            raise InvalidSpec(f"--vm takes -v HOST_DIR:CONTAINER_DIR[:ro], not {v!r}")
+        host, target = parts[0], parts[1]
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise InvalidSpec(f"invalid volume mode {mode!r} in {v!r}")
+        if not target.startswith("/"):
+            raise InvalidSpec(f"invalid volume target {target!r}: must be absolute")
+        os.makedirs(host, exist_ok=True)
+        if not os.path.isdir(host):
+            raise InvalidSpec(f"--vm shares directories: {host} is not one")
+        out.append((os.path.realpath(host), target, mode == "ro"))
+    if opts.mounts or opts.tmpfs or opts.volumes_from:
+        raise InvalidSpec("--vm takes volumes as -v HOST_DIR:CONTAINER_DIR[:ro] only")
+    return out
+
+
+class VMRun:
+    """One ``run --vm`` from creation of its record to its end."""
+
+    def __init__(self, ce: Any, opts: Any, vm: VMRunOptions) -> None:
+        self.ce = ce
+        self.opts = opts
+        self.vm = vm
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.qemu: subprocess.Popen[bytes] | None = None
+        self.cid = ""
+        self.tap = ""
+
+    # -- create -----------------------------------------------------------------------------
+
+    def create(self) -> str:
+        from cove import container as ctr
+        from cove.containers import _docker_config, _log_config, _self_ids, container_name
+        from cove.spec import image as spec
+        from cove.spec.vm import PortForward
+        from cove.state import OP_CREATE, Record, now
+        from cove.vm import accel, agent
+
+        opts = self.opts
+        if opts.tty:
+            raise InvalidSpec("--vm does not give the command a terminal yet: drop -t")
+        if opts.restart and opts.restart != "no":
+            raise InvalidSpec("--vm runs do not take --restart")
+        ce = self.ce
+        img = ce._image_for_run(opts)
+        host = spec.Platform.host()
+        have = img.config.platform
+        if (have.os, have.architecture) != (host.os, host.architecture):
+            raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+        self.volumes = _bind_volumes(opts)
+        self.ports = tuple(PortForward.parse(p) for p in opts.publish)
+        if opts.network in ("bridge", "default"):
+            opts.network = "user"  # a VM's default network is QEMU's own (slirp)
+        if self.ports and opts.network != "user":
+            raise InvalidSpec("--vm publishes ports (-p) on its user-mode network only")
+        if opts.network.startswith("container:") or opts.network == "host":
+            raise InvalidSpec(f"--vm cannot share a network namespace (--network {opts.network})")
+        kernel = guest_kernel(ce.engine.root, self.vm.kernel)
+        self.kernel = kernel
+        self.verdict = accel.choose("auto", ce.engine.root, kernel.vmlinuz, qcmd.QEMU)
+        def note(message: str) -> None:
+            sys.stderr.write(message + "\n")
+
+        rootfs = rootfs_image(ce.engine, img, note=note)
+        self.base_initrd = agent.base_initrd(agent.initrd_dir(ce.engine.root), kernel)
+        layers = list(reversed(ce.engine.unpack_image(img)))
+        image_cfg = img.config.config
+        user = ctr.resolve_user(opts.user or image_cfg.get("User") or "", opts.group_add, layers)
+        cid = secrets.token_hex(32)
+        hostname = opts.hostname or cid[:12]
+        opts.hostname = hostname
+        oci = ctr.build_spec(opts, image_cfg, user, cid, {}, None, [])
+        me, me_start = _self_ids()
+        name = (opts.name or container_name(cid)).removeprefix("/")
+        rec = Record(cid, name, opts.image, img.id, now(), op=OP_CREATE, op_pid=me,
+                     op_start=me_start)  # fmt: skip
+        ce.store.add(rec)
+        self.cid = cid
+        try:
+            cdir = ce.cdir(cid)
+            os.makedirs(os.path.dirname(cdir), mode=0o711, exist_ok=True)
+            os.mkdir(cdir, 0o700)
+            self.files = qcmd.RunFiles(cdir, os.path.join(RUN_DIR, cid[:20]))
+            from cove.vm import disks
+
+            disks.overlay(self.files.disk, rootfs)
+            log_cfg = _log_config(opts.log_opts)
+            stop_signal = opts.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
+            config = _docker_config(opts, img, oci, hostname, {"Name": "", "MaximumRetryCount": 0},
+                                    log_cfg, stop_signal)  # fmt: skip
+            host_cfg = config["HostConfig"]
+            host_cfg["Isolation"] = "vm"
+            host_cfg["NetworkMode"] = opts.network
+            host_cfg["Binds"] = [f"{h}:{t}{':ro' if ro else ''}" for h, t, ro in self.volumes]
+            host_cfg["PortBindings"] = {
+                f"{p.guest_port}/{p.proto}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port)}]
+                for p in self.ports
+            }
+            config["LogPath"] = ce.log_path(cid)
+            config["VM"] = {
+                "Kernel": kernel.vmlinuz,
+                "KernelRelease": kernel.release,
+                "Accelerator": self.verdict.accel,
+                "AcceleratorReason": self.verdict.reason,
+                "RootFS": rootfs,
+                "Memory": self.vm.memory_mib << 20,
+                "Cpus": self.vm.cpus,
+                "ConsoleLog": self.files.console_log,
+            }
+            address, gateway, dns = USER_NET if opts.network == "user" else ("", "", "")
+            mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+            if opts.network not in ("user", "none"):
+                import ipaddress
+
+                from cove.network.manager import NetworkManager
+
+                self.tap = "ctap" + cid[:10]
+                nets = NetworkManager(ce.engine.root, ce.store.db)
+                n, lease = nets.lease_vm(cid, name, opts.network, self.tap)
+                prefix = ipaddress.IPv4Network(n.subnet).prefixlen
+                address, gateway, dns = f"{lease.address}/{prefix}", n.gateway, n.gateway
+                mac = lease.mac
+                config["NetworkSettings"] = {"Networks": {n.name: {
+                    "NetworkID": n.id, "IPAddress": lease.address, "Gateway": n.gateway,
+                    "IPPrefixLen": prefix, "MacAddress": mac}}}  # fmt: skip
+            self.mac = mac
+            run_cfg = agent.RunConfig(
+                args=list(oci.process.args),
+                env=list(oci.process.env),
+                cwd=oci.process.cwd,
+                uid=oci.process.user.uid,
+                gid=oci.process.user.gid,
+                hostname=hostname,
+                address=address,
+                gateway=gateway,
+                dns=dns,
+                volumes=[(f"cove{i}", t, ro) for i, (_, t, ro) in enumerate(self.volumes)],
+            )
+            agent.run_initrd(self.base_initrd, run_cfg, self.files.initrd)
+            ce.store.update(cid, config=config, op="", op_pid=0, op_start=0)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.cleanup(remove=True)
+            raise
+        return cid
+
+    # -- start and supervise -------------------------------------------------------------------
+
+    def argv(self) -> list[str]:
+        from cove.vm import agent
+
+        return qcmd.run_command(
+            accel=self.verdict.accel,
+            cpus=self.vm.cpus,
+            memory_mib=self.vm.memory_mib,
+            kernel=self.kernel.vmlinuz,
+            append=agent.cmdline(),
+            files=self.files,
+            volumes=len(self.volumes),
+            interactive=self.opts.interactive,
+            network=self.opts.network,
+            ports=self.ports,
+            tap=self.tap or None,
+            mac=self.mac,
+        )
+
+    def launch(self) -> None:
+        """virtiofsd for each volume, the tap, then QEMU (children of this process)."""
+        files = self.files
+        shutil.rmtree(files.run, ignore_errors=True)
+        os.makedirs(files.run, mode=0o700)
+        for path in (files.stdout, files.stderr, files.exit, files.console_log):
+            with open(path, "wb"):
+                pass
+        for i, (host, _, _ro) in enumerate(self.volumes):
+            argv = [VIRTIOFSD, f"--socket-path={files.fs(i)}", "-o", f"source={host}",
+                    "-o", "cache=none", "-o", "no_posix_lock"]  # fmt: skip
+            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL,
+                                               preexec_fn=_pdeathsig))  # fmt: skip
+            deadline = time.monotonic() + 10
+            while not os.path.exists(files.fs(i)):
+                if time.monotonic() > deadline or self.procs[-1].poll() is not None:
+                    raise CoveError(f"virtiofsd did not start for volume {host}")
+                time.sleep(0.01)
+        if self.tap:
+            from cove.network.manager import NetworkManager
+
+            nets = NetworkManager(self.ce.engine.root, self.ce.store.db)
+            lease = nets.store.leases(container=self.cid)[0]
+            nets.plug_tap(nets.store.get(lease.network), self.tap)
+        with open(files.qemu_log, "ab") as qlog:
+            self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
+                                         stderr=qlog, preexec_fn=_pdeathsig,
+                                         start_new_session=True)  # fmt: skip
+
+    def supervise(self, echo: Callable[[int, bytes], None] | None, log: Any) -> int:
+        """Relay the command's output until QEMU exits; the command's exit code. SIGINT and
+        SIGTERM are passed to the command in the guest; a second one stops the VM."""
+        assert self.qemu is not None
+        files = self.files
+        pending: list[str] = []
+        forwarded = [0]
+
+        def on_signal(signum: int, frame: Any) -> None:
+            forwarded[0] += 1
+            if forwarded[0] > 2 and self.qemu is not None:
+                self.qemu.kill()
+            pending.append(signal.Signals(signum).name.removeprefix("SIG"))
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM,
+                                                        signal.SIGHUP)}  # fmt: skip
+        streams = [(open(files.stdout, "rb"), 0), (open(files.stderr, "rb"), 1)]
+        stdin_relay = self._stdin_relay() if self.opts.interactive else None
+        try:
+            while True:
+                exited = self.qemu.poll() is not None
+                moved = False
+                for f, stream in streams:
+                    data = f.read(65536)
+                    if data:
+                        moved = True
+                        log.feed(stream, data)
+                        if echo is not None:
+                            echo(stream, data)
+                while pending:
+                    self._send_ctl(pending.pop(0))
+                if exited and not moved:
+                    break
+                if not moved:
+                    time.sleep(0.01)
+            for _, stream in streams:
+                log.flush(stream)
+        finally:
+            for f, _ in streams:
+                f.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+            if stdin_relay is not None:
+                stdin_relay.join(timeout=0)
+        try:
+            with open(files.exit) as ef:
+                text = ef.read().strip().splitlines()
+            return int(text[-1]) if text else 255
+        except (OSError, ValueError):
+            return 255
+
+    def _send_ctl(self, sig: str) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            if not hasattr(self, "_ctl"):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(self.files.ctl)
+                self._ctl = s
+            self._ctl.sendall(f"{sig}\n".encode())
+
+    def _stdin_relay(self) -> Any:
+        """Copy our stdin to the guest's cove.stdin port; closing it is the command's EOF."""
+        import socket
+        import threading
+
+        def pump() -> None:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    s.connect(self.files.stdin)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        return
+                    time.sleep(0.02)
+            with s:
+                while True:
+                    try:
+                        data = os.read(0, 65536)
+                    except OSError:
+                        break
+                    if not data:
+                        break
+                    with contextlib.suppress(OSError):
+                        s.sendall(data)
+                # the port sees the host side close: the guest reads end of file
+                time.sleep(0.2)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        return t
+
+    def cleanup(self, *, remove: bool) -> None:
+        from cove.network import links
+
+        for p in ([self.qemu] if self.qemu else []) + self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        if self.tap:
+            links.delete(self.tap)
+        if self.cid:
+            shutil.rmtree(os.path.join(RUN_DIR, self.cid[:20]), ignore_errors=True)
+            if remove:
+                with contextlib.suppress(Exception):
+                    from cove.network.manager import NetworkManager
+
+                    NetworkManager(self.ce.engine.root, self.ce.store.db).detach(self.cid)
+                with contextlib.suppress(Exception):
+                    self.ce._purge(self.ce.store.get(self.cid))
+
+
+def _record_start(ce: Any, cid: str, pid: int) -> None:
+    from cove.runtime.api import proc_start_time
+    from cove.state import Status, now
+
+    start = proc_start_time(pid) or 0
+    ce.store.update(cid, status=Status.RUNNING, pid=pid, start_time=start, started_at=now(),
+                    monitor_pid=pid, monitor_start=start)  # fmt: skip
+
+
+def _record_exit(ce: Any, run: VMRun, code: int) -> None:
+    from cove.state import Status, now
+
+    with contextlib.suppress(Exception):
+        ce.store.update(run.cid, status=Status.EXITED, exit_code=code, finished_at=now(),
+                        monitor_pid=0, pid=0)  # fmt: skip
+
+
+def _log(ce: Any, cid: str) -> Any:
+    from cove.monitor import Log
+
+    cfg = ce.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
+    return Log(ce.log_path(cid), int(cfg.get("MaxSize", 0)), int(cfg.get("MaxFile", 1)))
+
+
+def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
+    run = VMRun(ce, opts, vm)
+    run.create()
+    log = _log(ce, run.cid)
+    code = 125
+    try:
+        _record_start(ce, run.cid, os.getpid())
+        run.launch()
+
+        def echo(stream: int, data: bytes) -> None:
+            with contextlib.suppress(BrokenPipeError):
+                os.write(1 + stream, data)
+
+        code = run.supervise(echo, log)
+        if code == 255 and not _exit_reported(run):
+            tail = _tail(run.files.console_log)
+            raise CoveError(f"the vm ended without the command's exit code{tail}")
+        return code
+    finally:
+        os.close(log.fd)
+        _record_exit(ce, run, code)
+        run.cleanup(remove=opts.rm)
+
+
+def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
+    """Fork a supervisor daemon that runs the VM and writes the json-file log; return once
+    QEMU runs."""
+    run = VMRun(ce, opts, vm)
+    cid = run.create()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the daemon reports through the pipe
+        os.close(r)
+        code = 125
+        try:
+            os.setsid()
+            if os.fork():
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            ce.store.db.close()
+            from cove.state import Store
+
+            ce.store = Store(ce.engine.root)
+            _record_start(ce, cid, os.getpid())
+            log = _log(ce, cid)
+            run.launch()
+            os.write(w, b"ok")
+            os.close(w)
+            code = run.supervise(None, log)
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                os.write(w, f"error {e}".encode()[:2000])
+        finally:
+            _record_exit(ce, run, code)
+            run.cleanup(remove=opts.rm)
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        msg = f.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    if msg != "ok":
+        raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
+    return cid
+
+
+def _exit_reported(run: VMRun) -> bool:
+    try:
+        with open(run.files.exit) as f:
+            return bool(f.read().strip())
+    except OSError:
+        return False
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f"; the console's last line: {lines[-1]}" if lines else ""
+
+
+def is_vm(rec: Any) -> bool:
+    return bool(rec.config.get("HostConfig", {}).get("Isolation") == "vm")
+
+
+__all__ = ["VMRunOptions", "guest_kernel", "is_vm", "rootfs_image", "run_detached",
+           "run_foreground"]  # fmt: skip
