@@ -76,12 +76,18 @@ if [ -n "$COVE_ADDR" ]; then
     echo "nameserver $COVE_DNS" >/newroot/etc/resolv.conf 2>/dev/null
 fi
 cove_volumes || fail "cannot mount the volumes"
-cove_run >"$OUT" 2>"$ERR" <"${IN:-/dev/null}" &
-child=$!
+# signal names from the host go to the command; a port reads end-of-file while the host
+# side is not connected, hence the outer loop
 if [ -n "$CTL" ]; then
-    ( while read -r sig; do kill -"$sig" "$child" 2>/dev/null; done <"$CTL" ) &
+    ( while :; do
+        while read -r sig; do
+            kill -"$sig" "$(cat /run/cove-child 2>/dev/null)" 2>/dev/null
+        done <"$CTL"
+        sleep 0.2
+    done ) &
 fi
-wait "$child"
+# in the foreground: a background job would start with SIGINT and SIGQUIT ignored
+( cove_run ) >"$OUT" 2>"$ERR" <"${IN:-/dev/null}"
 code=$?
 echo "$code" >"$EXIT"
 sync
@@ -123,7 +129,9 @@ class RunConfig:
         bb = "/.cove/busybox"
         # the working directory is made if missing, as Docker does, before the user switch
         run = [
-            "exec", "chroot", "/newroot", bb, "sh", "-c",
+            # the command keeps this pid through every exec below: the signal relay's target
+            "exec", "/bin/busybox", "sh", "-c", 'echo $$ >/run/cove-child; exec "$@"', "cove",
+            "chroot", "/newroot", bb, "sh", "-c",
             'mkdir -p "$0" 2>/dev/null; exec "$@"', self.cwd,
             # busybox's nsenter sets uid and gid (and clears the groups) without a namespace
             bb, "nsenter", "-S", str(self.uid), "-G", str(self.gid), "-F",

@@ -158,7 +158,8 @@ def _bind_volumes(opts: Any) -> list[tuple[str, str, bool]]:
             raise InvalidSpec(f"invalid volume mode {mode!r} in {v!r}")
         if not target.startswith("/"):
             raise InvalidSpec(f"invalid volume target {target!r}: must be absolute")
-        os.makedirs(host, exist_ok=True)
+        if not os.path.lexists(host):
+            os.makedirs(host)  # Docker's -v rule: a missing host directory is made
         if not os.path.isdir(host):
             raise InvalidSpec(f"--vm shares directories: {host} is not one")
         out.append((os.path.realpath(host), target, mode == "ro"))
@@ -178,6 +179,7 @@ class VMRun:
         self.qemu: subprocess.Popen[bytes] | None = None
         self.cid = ""
         self.tap = ""
+        self._ctl: Any = None  # the connected control socket
 
     # -- create -----------------------------------------------------------------------------
 
@@ -250,6 +252,7 @@ class VMRun:
                 for p in self.ports
             }
             config["LogPath"] = ce.log_path(cid)
+            config["NetworkSettings"] = {"Ports": host_cfg["PortBindings"] or None}
             config["VM"] = {
                 "Kernel": kernel.vmlinuz,
                 "KernelRelease": kernel.release,
@@ -273,9 +276,9 @@ class VMRun:
                 prefix = ipaddress.IPv4Network(n.subnet).prefixlen
                 address, gateway, dns = f"{lease.address}/{prefix}", n.gateway, n.gateway
                 mac = lease.mac
-                config["NetworkSettings"] = {"Networks": {n.name: {
+                config["NetworkSettings"]["Networks"] = {n.name: {
                     "NetworkID": n.id, "IPAddress": lease.address, "Gateway": n.gateway,
-                    "IPPrefixLen": prefix, "MacAddress": mac}}}  # fmt: skip
+                    "IPPrefixLen": prefix, "MacAddress": mac}}  # fmt: skip
             self.mac = mac
             run_cfg = agent.RunConfig(
                 args=list(oci.process.args),
@@ -364,6 +367,7 @@ class VMRun:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM,
                                                         signal.SIGHUP)}  # fmt: skip
         streams = [(open(files.stdout, "rb"), 0), (open(files.stderr, "rb"), 1)]
+        self._connect_ctl()  # before the guest reads the port: it sees the host side open
         stdin_relay = self._stdin_relay() if self.opts.interactive else None
         try:
             while True:
@@ -398,15 +402,24 @@ class VMRun:
         except (OSError, ValueError):
             return 255
 
-    def _send_ctl(self, sig: str) -> None:
+    def _connect_ctl(self) -> None:
         import socket
 
-        with contextlib.suppress(OSError):
-            if not hasattr(self, "_ctl"):
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        deadline = time.monotonic() + 5
+        while self._ctl is None and time.monotonic() < deadline:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
                 s.connect(self.files.ctl)
                 self._ctl = s
-            self._ctl.sendall(f"{sig}\n".encode())
+            except OSError:
+                s.close()
+                time.sleep(0.01)
+
+    def _send_ctl(self, sig: str) -> None:
+        self._connect_ctl()
+        if self._ctl is not None:
+            with contextlib.suppress(OSError):
+                self._ctl.sendall(f"{sig}\n".encode())
 
     def _stdin_relay(self) -> Any:
         """Copy our stdin to the guest's cove.stdin port; closing it is the command's EOF."""
