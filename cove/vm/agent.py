@@ -86,8 +86,15 @@ if [ -n "$CTL" ]; then
         sleep 0.2
     done ) &
 fi
+# the host sends stdin only once the command's port is open (writes before are dropped)
+[ -n "$IN" ] && exec 3<"$IN"
+[ -n "$CTL" ] && echo ready >"$CTL"
 # in the foreground: a background job would start with SIGINT and SIGQUIT ignored
-( cove_run ) >"$OUT" 2>"$ERR" <"${IN:-/dev/null}"
+if [ -n "$IN" ]; then
+    ( cove_run ) >"$OUT" 2>"$ERR" <&3
+else
+    ( cove_run ) >"$OUT" 2>"$ERR" </dev/null
+fi
 code=$?
 echo "$code" >"$EXIT"
 sync

@@ -438,6 +438,14 @@ class VMRun:
                         return
                     time.sleep(0.02)
             with s:
+                self._connect_ctl()
+                if self._ctl is not None:
+                    seen = b""
+                    while b"ready\n" not in seen:  # the guest opened its stdin port
+                        chunk = self._ctl.recv(64)
+                        if not chunk:
+                            return
+                        seen += chunk
                 while True:
                     try:
                         data = os.read(0, 65536)
@@ -448,7 +456,7 @@ class VMRun:
                     with contextlib.suppress(OSError):
                         s.sendall(data)
                 # the port sees the host side close: the guest reads end of file
-                time.sleep(0.2)
+                time.sleep(0.5)
 
         t = threading.Thread(target=pump, daemon=True)
         t.start()
