@@ -46,7 +46,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 # compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
-"$venv/bin/python" -m pip install -q -e "$here[test]" --config-settings editable_mode=compat
+"$venv/bin/python" -m pip install -q -e "$here[test,chart]" --config-settings editable_mode=compat
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 echo "installed: $(/usr/local/bin/cove --version) ($venv)"
 

@@ -54,6 +54,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         from cove.cli import vm
 
         vm.register(sub)
+        vm.register_compare(sub)
     if command is None or command in container_verbs:
         containers.register(sub, command)
     return parser

@@ -345,3 +345,59 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_kernel_fetch)
     p = ksub.add_parser("ls", help="list fetched kernels")
     p.set_defaults(func=cmd_kernel_ls)
+
+
+def cmd_compare(engine: Engine, args: argparse.Namespace) -> int:
+    from cove import compare
+
+    rest = list(args.command)
+    command: list[str] = []
+    takes = {"-n": "n", "--output": "output", "--memory": "memory", "--cpus": "cpus"}
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        name, eq, value = word.partition("=")
+        if word == "--":
+            command = rest[i + 1 :]
+            break
+        if name in takes:
+            if not eq:
+                if i + 1 >= len(rest):
+                    sys.stderr.write(f"Error: {name} needs a value\n")
+                    return 125
+                value = rest[i + 1]
+                i += 1
+            setattr(args, takes[name], int(value) if name == "-n" else value)
+            i += 1
+            continue
+        command = rest[i:]
+        break
+    if not command:
+        command = ["true"]
+    if args.n < 1:
+        sys.stderr.write("Error: -n must be at least 1\n")
+        return 125
+    vm_flags = []
+    if args.memory:
+        vm_flags += ["--memory", args.memory]
+    if args.cpus:
+        vm_flags += ["--cpus", args.cpus]
+    results = compare.compare(engine.root, args.image, command, args.n, vm_flags=vm_flags)
+    print(compare.table(results, args.n))
+    if args.output:
+        compare.write_outputs(results, args.image, command, args.output)
+        print(f"\nwrote {os.path.join(args.output, 'results.json')} and "
+              f"{os.path.join(args.output, 'compare.png')}")  # fmt: skip
+    return 0
+
+
+def register_compare(sub: Any) -> None:
+    p = sub.add_parser("compare", help="run a command as a container and as a vm, measure both")
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("-n", type=int, default=3, help="runs per isolation (default 3)")
+    p.add_argument("--output", metavar="DIR", help="write results.json and compare.png here")
+    p.add_argument("--memory", help="vm memory (default 512M)")
+    p.add_argument("--cpus", help="vm cpus (default 1)")
+    # REMAINDER: "compare IMAGE -n 3 -- CMD" puts options after IMAGE; they are read below
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    p.set_defaults(func=cmd_compare)

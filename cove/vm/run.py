@@ -213,6 +213,7 @@ class VMRun:
         kernel = guest_kernel(ce.engine.root, self.vm.kernel)
         self.kernel = kernel
         self.verdict = accel.choose("auto", ce.engine.root, kernel.vmlinuz, qcmd.QEMU)
+
         def note(message: str) -> None:
             sys.stderr.write(message + "\n")
 

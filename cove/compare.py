@@ -1,0 +1,226 @@
+"""``cove compare``: one image, one command, run N times as a container and as a VM.
+
+Each run is a real ``cove run --rm [--vm]`` child process, so what is measured is what a
+user gets: time to the first byte of output (or to the exit, for a silent command), wall
+time, the CPU time of cove and everything it started (``wait4`` rusage: QEMU and the
+container are its descendants), the peak RSS of the largest of those processes (rusage)
+and the peak PSS of all of them together (sampled from /proc every 10 ms). Isolation
+facts come from inside: the kernel release the command sees, and which namespaces differ
+from the host's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cove.errors import CoveError
+
+MODES = ("container", "vm")
+_NS_PROBE = 'uname -r; for n in /proc/self/ns/*; do echo "$n $(readlink "$n")"; done'
+
+
+@dataclass
+class Sample:
+    first_output_s: float
+    wall_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    peak_pss_mib: float
+    exit_code: int
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    samples: list[Sample] = field(default_factory=list)
+    kernel: str = ""
+    own_kernel: bool = False
+    namespaces: list[str] = field(default_factory=list)
+    accelerator: str = ""
+
+    def median(self, attr: str) -> float:
+        return float(statistics.median(getattr(s, attr) for s in self.samples))
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _one(argv: list[str], workdir: str | None = None) -> tuple[Sample, bytes]:
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    first: float | None = None
+    out = b""
+    peak_pss = 0
+    last_sample = 0.0
+    status = None
+    rusage = None
+    while status is None:
+        try:
+            chunk = proc.stdout.read()
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            if first is None:
+                first = time.monotonic() - t0
+            out += chunk
+        now = time.monotonic()
+        if now - last_sample >= 0.01:
+            last_sample = now
+            peak_pss = max(peak_pss, sum(_pss_kib(p) for p in _descendants(proc.pid)))
+        pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            status, rusage = st, ru
+            break
+        time.sleep(0.002)
+    wall = time.monotonic() - t0
+    rest = proc.stdout.read() or b""
+    if rest and first is None:
+        first = wall
+    out += rest
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read() if proc.stderr else b""
+    if proc.returncode and proc.returncode not in (0,) and not out and err:
+        sys.stderr.write(err.decode(errors="replace"))
+    assert rusage is not None
+    sample = Sample(
+        first_output_s=first if first is not None else wall,
+        wall_s=wall,
+        cpu_s=rusage.ru_utime + rusage.ru_stime,
+        peak_rss_mib=rusage.ru_maxrss / 1024,
+        peak_pss_mib=peak_pss / 1024,
+        exit_code=proc.returncode,
+    )
+    return sample, out
+
+
+def compare(
+    root: str, image: str, command: list[str], n: int, *, vm_flags: list[str] | None = None
+) -> list[ModeResult]:
+    """Run ``command`` in ``image`` ``n`` times per isolation, interleaved."""
+    base = [sys.executable, "-m", "cove", "--root", root, "run", "--rm", "--pull", "never"]
+    flags = {"container": [], "vm": ["--vm", *(vm_flags or [])]}
+    results = {m: ModeResult(m) for m in MODES}
+    host_ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in os.listdir("/proc/self/ns")}
+    for mode in MODES:  # facts first: this also builds the vm's cached root once
+        sample, out = _one([*base, *flags[mode], image, "sh", "-c", _NS_PROBE])
+        if sample.exit_code != 0:
+            raise CoveError(f"the {mode} run of {image} failed (exit {sample.exit_code})")
+        lines = out.decode(errors="replace").splitlines()
+        r = results[mode]
+        r.kernel = lines[0] if lines else ""
+        r.own_kernel = r.kernel != os.uname().release
+        inside = dict(line.split(" ", 1) for line in lines[1:] if " " in line)
+        names = sorted(os.path.basename(k) for k in inside)
+        r.namespaces = [n for n in names if inside.get(f"/proc/self/ns/{n}") != host_ns.get(n)]
+    from cove.vm import accel, kernel
+
+    k = kernel.installed(kernel.kernels_dir(root))
+    results["vm"].accelerator = accel.choose(
+        "auto", root, k[-1].vmlinuz if k else None, "qemu-system-x86_64"
+    ).accel
+    for _ in range(n):
+        for mode in MODES:
+            sample, _out = _one([*base, *flags[mode], image, *command])
+            results[mode].samples.append(sample)
+    return [results[m] for m in MODES]
+
+
+ROWS = (
+    ("first output (s)", "first_output_s", "{:.3f}"),
+    ("wall time (s)", "wall_s", "{:.3f}"),
+    ("host cpu time (s)", "cpu_s", "{:.3f}"),
+    ("peak rss, largest process (MiB)", "peak_rss_mib", "{:.1f}"),
+    ("peak pss, all processes (MiB)", "peak_pss_mib", "{:.1f}"),
+)
+
+
+def table(results: list[ModeResult], n: int) -> str:
+    head = ["", *(f"{r.mode} (median of {n})" for r in results)]
+    rows = [head]
+    for label, attr, fmt in ROWS:
+        rows.append([label, *(fmt.format(r.median(attr)) for r in results)])
+    rows.append(["own kernel", *("yes" if r.own_kernel else "no (shared)" for r in results)])
+    rows.append(["uname -r inside", *(r.kernel for r in results)])
+    rows.append(["namespaces unshared", *(",".join(r.namespaces) or "-" if not r.own_kernel
+                                          else "n/a: own kernel" for r in results)])  # fmt: skip
+    rows.append(["accelerator", *(r.accelerator or "-" for r in results)])
+    rows.append(["exit codes", *(",".join(str(s.exit_code) for s in r.samples) for r in results)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)  # fmt: skip
+
+
+def write_outputs(results: list[ModeResult], image: str, command: list[str], out_dir: str) -> None:
+    """``results.json`` and ``compare.png`` (matplotlib, imported only here)."""
+    os.makedirs(out_dir, exist_ok=True)
+    doc: dict[str, Any] = {
+        "image": image,
+        "command": command,
+        "host_kernel": os.uname().release,
+        "results": [asdict(r) | {"median": {a: r.median(a) for _, a, _ in ROWS}} for r in results],
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise CoveError("the chart needs matplotlib: pip install 'cove[chart]'") from e
+    fig, axes = plt.subplots(1, len(ROWS), figsize=(4 * len(ROWS), 4.2))
+    colors = {"container": "#2a7ab9", "vm": "#d9822b"}
+    for ax, (label, attr, _) in zip(axes, ROWS, strict=True):
+        names = [r.mode for r in results]
+        meds = [r.median(attr) for r in results]
+        spans = [[getattr(s, attr) for s in r.samples] for r in results]
+        lows = [m - min(v) for m, v in zip(meds, spans, strict=True)]
+        highs = [max(v) - m for m, v in zip(meds, spans, strict=True)]
+        ax.bar(names, meds, color=[colors[nm] for nm in names], yerr=[lows, highs], capsize=6)
+        ax.set_title(label, fontsize=10)
+        for i, v in enumerate(meds):
+            ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=9,
+                        xytext=(0, 3), textcoords="offset points")  # fmt: skip
+    kernels = ", ".join(f"{r.mode}: {r.kernel}" + (f" ({r.accelerator})" if r.accelerator else "")
+                        for r in results)  # fmt: skip
+    fig.suptitle(f"cove compare {image} -- {' '.join(command)}\n{kernels}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "compare.png"), dpi=110)
+    plt.close(fig)
