@@ -86,9 +86,12 @@ if [ -n "$CTL" ]; then
         sleep 0.2
     done ) &
 fi
-# the host sends stdin only once the command's port is open (writes before are dropped)
-[ -n "$IN" ] && exec 3<"$IN"
-[ -n "$CTL" ] && echo ready >"$CTL"
+# the host sends stdin only once the command's port is open (earlier writes would be lost):
+# the port is opened both ways and says so (ports open exclusively; the host is connected)
+if [ -n "$IN" ]; then
+    exec 3<>"$IN"
+    echo ready >&3
+fi
 # in the foreground: a background job would start with SIGINT and SIGQUIT ignored
 if [ -n "$IN" ]; then
     ( cove_run ) >"$OUT" 2>"$ERR" <&3

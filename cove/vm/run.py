@@ -439,14 +439,12 @@ class VMRun:
                         return
                     time.sleep(0.02)
             with s:
-                self._connect_ctl()
-                if self._ctl is not None:
-                    seen = b""
-                    while b"ready\n" not in seen:  # the guest opened its stdin port
-                        chunk = self._ctl.recv(64)
-                        if not chunk:
-                            return
-                        seen += chunk
+                seen = b""
+                while b"ready\n" not in seen:  # the guest opened its stdin port
+                    chunk = s.recv(64)
+                    if not chunk:
+                        return
+                    seen += chunk
                 while True:
                     try:
                         data = os.read(0, 65536)

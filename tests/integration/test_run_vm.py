@@ -1,0 +1,190 @@
+"""``cove run --vm`` and ``cove compare``: the same image as a container and as a VM (real
+QEMU, the Debian cloud kernel, TCG here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import vmguest
+from conftest import CoveRunner, cove_argv
+
+
+@pytest.fixture
+def vmrun(cove: CoveRunner, cove_root: Path, alpine: str) -> Iterator[CoveRunner]:
+    """``cove`` with alpine:3.20 and the guest kernel where ``cove vm kernel fetch`` puts it;
+    afterwards no QEMU, virtiofsd or tap of this root is left."""
+    k = vmguest.test_kernel()
+    dest = cove_root / "kernels" / k.release
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", k.dir, str(dest)], check=True)
+    yield cove
+    ids = cove("ps", "-aq", "--no-trunc").stdout.split()
+    subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            assert str(cove_root).encode() not in cmdline, cmdline
+            assert not any(i[:20].encode() in cmdline for i in ids), cmdline
+    for i in ids:
+        assert not Path(f"/run/cove-vm/{i[:20]}").exists()
+        assert not Path(f"/sys/class/net/ctap{i[:10]}").exists()
+
+
+def test_command_streams_exit_code_and_kernel(vmrun: CoveRunner) -> None:
+    proc = vmrun("run", "--vm", "--rm", "alpine:3.20", "cat", "/etc/alpine-release")
+    assert proc.stdout == "3.20.3\n" and proc.returncode == 0
+    proc = vmrun("run", "--vm", "--rm", "alpine:3.20", "sh", "-c",
+                 "echo out; echo err >&2; exit 42", check=False)  # fmt: skip
+    assert proc.returncode == 42
+    assert proc.stdout == "out\n"
+    assert proc.stderr.strip().splitlines()[-1] == "err"
+    vm_kernel = vmrun("run", "--vm", "--rm", "alpine:3.20", "uname", "-r").stdout.strip()
+    assert vm_kernel == vmguest.test_kernel().release
+    host = vmrun("run", "--rm", "alpine:3.20", "uname", "-r").stdout.strip()
+    assert host == os.uname().release != vm_kernel
+    missing = vmrun("run", "--vm", "--rm", "alpine:3.20", "no-such-cmd", check=False)
+    assert missing.returncode == 127
+    assert vmrun("ps", "-aq").stdout == ""  # --rm left nothing
+
+
+def test_same_semantics_as_the_container_path(vmrun: CoveRunner, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        'FROM alpine:3.20\nENV GREETING=hi\nWORKDIR /srv\nENTRYPOINT ["echo", "ep"]\n'
+        'CMD ["default"]\n'
+    )
+    vmrun("build", "-q", "-t", "epimg", str(ctx))
+    cases = [
+        ["epimg"],
+        ["epimg", "given"],
+        ["--entrypoint", "sh", "epimg", "-c", 'echo "$GREETING $(pwd)"'],
+        ["-e", "GREETING=bye", "-w", "/tmp", "--entrypoint", "sh", "epimg", "-c",
+         'echo "$GREETING $(pwd)"'],
+        ["-u", "nobody", "alpine:3.20", "id"],
+        ["-u", "1234:5678", "alpine:3.20", "sh", "-c", "id -u; id -g"],
+        ["--hostname", "named", "alpine:3.20", "hostname"],
+    ]  # fmt: skip
+    for args in cases:
+        as_ctr = vmrun("run", "--rm", *args).stdout
+        as_vm = vmrun("run", "--vm", "--rm", *args).stdout
+        assert as_vm == as_ctr, (args, as_ctr, as_vm)
+    assert vmrun("run", "--vm", "--rm", "epimg").stdout == "ep default\n"
+
+
+def test_volumes_ports_detach_logs_stop(vmrun: CoveRunner, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "in.txt").write_text("from-host\n")
+    out = vmrun("run", "--vm", "--rm", "-v", f"{share}:/data", "alpine:3.20", "sh", "-c",
+                "cat /data/in.txt; echo from-guest > /data/out.txt").stdout  # fmt: skip
+    assert out == "from-host\n" and (share / "out.txt").read_text() == "from-guest\n"
+    ro = vmrun("run", "--vm", "--rm", "-v", f"{share}:/data:ro", "alpine:3.20", "sh", "-c",
+               "echo x > /data/ro.txt", check=False)  # fmt: skip
+    assert ro.returncode != 0 and not (share / "ro.txt").exists()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cid = vmrun("run", "--vm", "-d", "--name", "vweb", "-p", f"127.0.0.1:{port}:8080",
+                "-v", "/bin:/opt/bb:ro", "alpine:3.20", "sh", "-c",
+                "echo started; echo hello-vm > /tmp/index.html; "
+                "exec /opt/bb/busybox httpd -f -p 8080 -h /tmp").stdout.strip()  # fmt: skip
+    assert len(cid) == 64
+    ps = vmrun("ps").stdout
+    assert "vweb" in ps and ps.splitlines()[0].endswith("ISOLATION") and " vm" in ps
+    assert f"127.0.0.1:{port}->8080/tcp" in ps
+    deadline = time.monotonic() + 120
+    while "started" not in vmrun("logs", "vweb").stdout:
+        assert time.monotonic() < deadline, "no output from the vm"
+        time.sleep(0.3)
+    body = ""
+    while time.monotonic() < deadline and "hello-vm" not in body:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as r:
+                body = r.read().decode()
+        except OSError:
+            time.sleep(0.3)
+    assert body == "hello-vm\n"
+    for verb in (["exec", "vweb", "true"], ["pause", "vweb"], ["diff", "vweb"]):
+        bad = vmrun(*verb, check=False)
+        assert bad.returncode != 0 and "vm" in bad.stderr, verb
+    vmrun("stop", "vweb")
+    assert "Exited (143)" in vmrun("ps", "-a").stdout  # SIGTERM reached the command
+    vmrun("rm", "vweb")
+
+
+def test_cached_root_and_throwaway_runs(vmrun: CoveRunner, cove_root: Path) -> None:
+    first = vmrun("run", "--vm", "--rm", "alpine:3.20", "sh", "-c", "echo x > /marker; ls /marker")
+    assert first.stdout == "/marker\n" and "building the vm root" in first.stderr
+    (rootfs,) = (cove_root / "vmroot").glob("*.ext4")
+    before = rootfs.stat()
+    second = vmrun("run", "--vm", "--rm", "alpine:3.20", "sh", "-c",
+                   "test -e /marker && echo present || echo absent")  # fmt: skip
+    assert second.stdout == "absent\n"
+    assert "building the vm root" not in second.stderr
+    after = rootfs.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino, before.st_mtime_ns, before.st_size)  # fmt: skip
+
+
+def test_ctrl_c_stdin_and_network(vmrun: CoveRunner, cove_root: Path) -> None:
+    proc = subprocess.Popen(
+        cove_argv(cove_root, "run", "--vm", "--rm", "alpine:3.20", "sh", "-c",
+                  'trap "echo got-int; exit 3" INT; echo ready; while :; do sleep 0.2; done'),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out == "got-int\n" and proc.returncode == 3
+    piped = vmrun("run", "--vm", "--rm", "-i", "alpine:3.20", "sh", "-c", "cat; echo eof",
+                  input="line1\nline2\n")  # fmt: skip
+    assert piped.stdout == "line1\nline2\neof\n"
+    vmrun("network", "create", "vmrunnet")
+    vmrun("run", "-d", "--name", "nc1", "--network", "vmrunnet", "-v",
+          "/bin/busybox:/opt/bb/busybox:ro", "alpine:3.20", "sh", "-c",
+          "echo from-ctr > /tmp/i && /opt/bb/busybox httpd -f -p 8080 -h /tmp")  # fmt: skip
+    got = vmrun("run", "--vm", "--rm", "--network", "vmrunnet", "alpine:3.20", "wget", "-qO-",
+                "http://nc1:8080/i").stdout  # fmt: skip
+    assert got == "from-ctr\n"
+    vmrun("rm", "-f", "nc1")
+    vmrun("network", "rm", "vmrunnet")
+    bad = vmrun("run", "--vm", "-t", "--rm", "alpine:3.20", "true", check=False)
+    assert bad.returncode == 125 and "-t" in bad.stderr
+
+
+def test_compare(vmrun: CoveRunner, tmp_path: Path) -> None:
+    out_dir = tmp_path / "cmp"
+    proc = vmrun("compare", "alpine:3.20", "-n", "3", "--output", str(out_dir), "--", "true")
+    table = proc.stdout
+    assert "container (median of 3)" in table and "vm (median of 3)" in table
+    assert vmguest.test_kernel().release in table and os.uname().release in table
+    doc = json.loads((out_dir / "results.json").read_text())
+    modes = {r["mode"]: r for r in doc["results"]}
+    assert set(modes) == {"container", "vm"}
+    for r in modes.values():
+        assert len(r["samples"]) == 3 and all(s["exit_code"] == 0 for s in r["samples"])
+        assert all(s["wall_s"] > 0 and s["cpu_s"] > 0 for s in r["samples"])
+    assert modes["vm"]["own_kernel"] and not modes["container"]["own_kernel"]
+    assert "pid" in modes["container"]["namespaces"]
+    assert modes["vm"]["median"]["peak_rss_mib"] > modes["container"]["median"]["peak_rss_mib"]
+    png = (out_dir / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
