@@ -64,6 +64,7 @@ mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t tmpfs -o mode=0755 cove /newroot/.cove
 cp /bin/busybox /newroot/.cove/busybox
+cp /cove/setids /newroot/.cove/setids
 hostname "$COVE_HOSTNAME"
 echo "$COVE_HOSTNAME" >/newroot/etc/hostname 2>/dev/null
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t%s\n' "$COVE_HOSTNAME" \
@@ -115,6 +116,7 @@ class RunConfig:
     uid: int
     gid: int
     hostname: str
+    groups: list[int] = field(default_factory=list)
     address: str = ""  # ADDR/PREFIX on eth0, with gateway and dns
     gateway: str = ""
     dns: str = ""
@@ -143,8 +145,7 @@ class RunConfig:
             "exec", "/bin/busybox", "sh", "-c", 'echo $$ >/run/cove-child; exec "$@"', "cove",
             "chroot", "/newroot", bb, "sh", "-c",
             'mkdir -p "$0" 2>/dev/null; exec "$@"', self.cwd,
-            # busybox's nsenter sets uid and gid (and clears the groups) without a namespace
-            bb, "nsenter", "-S", str(self.uid), "-G", str(self.gid), "-F",
+            "/.cove/setids",  # groups, gid, uid as the container path sets them (setids.py)
             bb, "env", "-i", *self.env,
             bb, "sh", "-c", 'cd "$0" || exit 126; exec "$@"', self.cwd, *self.args,
         ]  # fmt: skip
@@ -178,8 +179,11 @@ def base_initrd(cache_dir: str, kernel: Kernel) -> str:
 def run_initrd(base: str, config: RunConfig, dest: str) -> None:
     """The cached initramfs followed by this run's /cove/config: the kernel unpacks
     concatenated archives in order (each gzip member padded to 4 bytes)."""
+    from cove.vm.setids import program
+
     cpio = initramfs.Cpio()
     cpio.file("cove/config", config.script().encode())
+    cpio.file("cove/setids", program(config.uid, config.gid, config.groups), 0o755)
     with open(base, "rb") as f:
         data = f.read()
     data += b"\0" * (-len(data) % 4)

@@ -287,6 +287,7 @@ class VMRun:
                 cwd=oci.process.cwd,
                 uid=oci.process.user.uid,
                 gid=oci.process.user.gid,
+                groups=list(oci.process.user.additional_gids or []),
                 hostname=hostname,
                 address=address,
                 gateway=gateway,
