@@ -330,6 +330,17 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     rec = ce.get(args.container)
+    if args.boot:
+        console = rec.config.get("VM", {}).get("ConsoleLog")
+        if not console:
+            sys.stderr.write(f"Error: {rec.name} is not a --vm run: it has no boot log\n")
+            return 1
+        try:
+            with open(console, "rb") as f:
+                sys.stdout.buffer.write(f.read())
+        except FileNotFoundError:
+            pass
+        return 0
     for stream, ts, line in read_logs(
         ce,
         rec,
@@ -1016,6 +1027,8 @@ def _register_common(sub: Any, only: str | None = None) -> None:
         p.add_argument("--until", help="before timestamp or relative")
         p.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
         p.add_argument("--details", action="store_true", help="accepted for compatibility")
+        p.add_argument("--boot", action="store_true",
+                       help="a --vm run: its guest's console (kernel and agent) instead")
         p.add_argument("container", metavar="CONTAINER")
         p.set_defaults(func=cmd_logs)
     if only is None or only == "top":

@@ -123,6 +123,8 @@ def test_volumes_ports_detach_logs_stop(vmrun: CoveRunner, tmp_path: Path) -> No
         assert bad.returncode != 0 and "vm" in bad.stderr, verb
     vmrun("stop", "vweb")
     assert "Exited (143)" in vmrun("ps", "-a").stdout  # SIGTERM reached the command
+    boot = vmrun("logs", "--boot", "vweb").stdout
+    assert "Linux version" in boot or "reboot: Power down" in boot  # the guest's console
     vmrun("rm", "vweb")
 
 
