@@ -80,8 +80,11 @@ def _pss_kib(pid: int) -> int:
 
 
 def _one(argv: list[str], workdir: str | None = None) -> tuple[Sample, bytes]:
+    import tempfile
+
+    errf = tempfile.TemporaryFile()
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf,
                             stdin=subprocess.DEVNULL)  # fmt: skip
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -115,7 +118,9 @@ def _one(argv: list[str], workdir: str | None = None) -> tuple[Sample, bytes]:
         first = wall
     out += rest
     proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read() if proc.stderr else b""
+    errf.seek(0)
+    err = errf.read()
+    errf.close()
     if proc.returncode and proc.returncode not in (0,) and not out and err:
         sys.stderr.write(err.decode(errors="replace"))
     assert rusage is not None

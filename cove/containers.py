@@ -196,6 +196,7 @@ class ContainerEngine:
                 os.kill(rec.pid, signal.SIGKILL)
         network_down(self.root, self.store.db, rec.id)
         shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
+        shutil.rmtree(f"/run/cove-vm/{rec.id[:20]}", ignore_errors=True)  # a vm run's sockets
         self.store.remove(rec.id)
 
     # -- create ---------------------------------------------------------------
@@ -824,7 +825,8 @@ class ContainerEngine:
         pidfd = _pidfd(rec.pid)
         try:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, sig)
+                # a vm run's supervisor passes the signal to the command in the guest
+                os.kill(rec.monitor_pid if _is_vm(rec) else rec.pid, sig)
             if rec.status == Status.PAUSED:
                 self._freeze(rec, False)
             if pidfd is not None and not _wait_fd(pidfd, timeout):
@@ -866,7 +868,8 @@ class ContainerEngine:
         stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
         if sig in (signal.SIGKILL, stop_sig):
             self.store.update(rec.id, manual_stop=True)
-        os.kill(rec.pid, sig)
+        # a vm run: SIGKILL ends its QEMU; other signals go to the command through the monitor
+        os.kill(rec.monitor_pid if _is_vm(rec) and sig != signal.SIGKILL else rec.pid, sig)
         if sig == signal.SIGKILL:
             if rec.status == Status.PAUSED:
                 self._freeze(rec, False)
@@ -890,6 +893,7 @@ class ContainerEngine:
             time.sleep(0.05)
 
     def restart(self, ref: str, *, timeout: float | None = None) -> Record:
+        container_only(self.get(ref), "restart")
         rec = self.get(ref)
         if rec.status.can_kill():
             self.stop(rec.id, timeout=timeout)
@@ -1164,6 +1168,10 @@ class _NoLog:
 
 
 _NO_LOG = _NoLog()
+
+
+def _is_vm(rec: Record) -> bool:
+    return bool(rec.config.get("HostConfig", {}).get("Isolation") == "vm")
 
 
 def container_only(rec: Record, verb: str) -> None:

@@ -90,6 +90,7 @@ class Engine:
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.collect()
+            self.drop_vm_roots()
             raise
 
     def save(self, names: list[str], out: str | None, fmt: str = "docker-archive") -> None:
@@ -197,6 +198,7 @@ class Engine:
                 events.append(("Deleted", img.id))
         if events and events[-1][0] == "Deleted":
             self.images.collect()
+            self.drop_vm_roots()
         return events
 
     def _image_users(self, image_id: str) -> list[str]:
@@ -230,7 +232,26 @@ class Engine:
         for digest in sorted(gone):
             events.append(("deleted", digest))
         _, freed = self.images.collect()
+        freed += self.drop_vm_roots()
         return events, freed
+
+    def drop_vm_roots(self) -> int:
+        """Remove the cached VM root file systems (``run --vm``) of images that are gone;
+        the bytes freed."""
+        cache = os.path.join(self.root, "vmroot")
+        try:
+            names = os.listdir(cache)
+        except FileNotFoundError:
+            return 0
+        live = {i.id.removeprefix("sha256:") for i in self.images.images()}
+        freed = 0
+        for name in names:
+            if name.endswith(".ext4") and name.removesuffix(".ext4") not in live:
+                path = os.path.join(cache, name)
+                with contextlib.suppress(OSError):
+                    freed += os.stat(path).st_blocks * 512
+                    os.unlink(path)
+        return freed
 
     def history(self, name: str) -> list[HistoryRow]:
         img = self.images.resolve(name)

@@ -1027,8 +1027,11 @@ def _register_common(sub: Any, only: str | None = None) -> None:
         p.add_argument("--until", help="before timestamp or relative")
         p.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
         p.add_argument("--details", action="store_true", help="accepted for compatibility")
-        p.add_argument("--boot", action="store_true",
-                       help="a --vm run: its guest's console (kernel and agent) instead")
+        p.add_argument(
+            "--boot",
+            action="store_true",
+            help="a --vm run: its guest's console (kernel and agent) instead",
+        )
         p.add_argument("container", metavar="CONTAINER")
         p.set_defaults(func=cmd_logs)
     if only is None or only == "top":

@@ -367,6 +367,9 @@ def cmd_compare(engine: Engine, args: argparse.Namespace) -> int:
                     return 125
                 value = rest[i + 1]
                 i += 1
+            if name == "-n" and not value.isdigit():
+                sys.stderr.write(f"Error: -n wants a number, not {value!r}\n")
+                return 125
             setattr(args, takes[name], int(value) if name == "-n" else value)
             i += 1
             continue

@@ -82,7 +82,9 @@ cove_volumes || fail "cannot mount the volumes"
 if [ -n "$CTL" ]; then
     ( while :; do
         while read -r sig; do
-            kill -"$sig" "$(cat /run/cove-child 2>/dev/null)" 2>/dev/null
+            # a signal that arrives during boot waits for the command to exist
+            while [ ! -s /run/cove-child ]; do sleep 0.05; done
+            kill -"$sig" "$(cat /run/cove-child)" 2>/dev/null
         done <"$CTL"
         sleep 0.2
     done ) &
@@ -95,7 +97,7 @@ if [ -n "$IN" ]; then
 fi
 # in the foreground: a background job would start with SIGINT and SIGQUIT ignored
 if [ -n "$IN" ]; then
-    ( cove_run ) >"$OUT" 2>"$ERR" <&3
+    ( cove_run ) >"$OUT" 2>"$ERR" <&3 3<&-
 else
     ( cove_run ) >"$OUT" 2>"$ERR" </dev/null
 fi
@@ -103,6 +105,30 @@ code=$?
 echo "$code" >"$EXIT"
 sync
 poweroff -f
+"""
+
+
+# the last step, in the image's root as the run's user: cd, then exec the command by its path
+# (busybox's sh would run its own applet for a bare ``ls`` or ``cat``, not the image's)
+_EXEC = r"""cd "$0" || exit 126
+case "$1" in
+*/*) ;;
+*)
+    found=
+    IFS=:
+    for d in $PATH; do
+        if [ -f "$d/$1" ] && [ -x "$d/$1" ]; then found="$d/$1"; break; fi
+    done
+    unset IFS
+    if [ -z "$found" ]; then
+        echo "exec: \"$1\": executable file not found in \$PATH" >&2
+        exit 127
+    fi
+    shift
+    set -- "$found" "$@"
+    ;;
+esac
+exec "$@"
 """
 
 
@@ -147,7 +173,7 @@ class RunConfig:
             'mkdir -p "$0" 2>/dev/null; exec "$@"', self.cwd,
             "/.cove/setids",  # groups, gid, uid as the container path sets them (setids.py)
             bb, "env", "-i", *self.env,
-            bb, "sh", "-c", 'cd "$0" || exit 126; exec "$@"', self.cwd, *self.args,
+            bb, "sh", "-c", _EXEC, self.cwd, *self.args,
         ]  # fmt: skip
         lines.append("cove_run() {")
         lines.append("    " + " ".join(q(a) for a in run))

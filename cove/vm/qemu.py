@@ -240,7 +240,7 @@ def run_command(
         "-m", f"{memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-kernel", kernel, "-initrd", files.initrd, "-append", append,
-        "-serial", f"file:{_q(files.console_log)}",
+        "-chardev", f"file,id=con,path={_q(files.console_log)}", "-serial", "chardev:con",
         "-device", "virtio-rng-pci",
         "-drive", f"file={_q(files.disk)},if=none,id=root,format=qcow2,discard=unmap,"
                   "cache=unsafe",

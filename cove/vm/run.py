@@ -28,6 +28,17 @@ from cove.errors import CoveError, InvalidSpec, NotFound
 from cove.vm import qemu as qcmd
 
 RUN_DIR = "/run/cove-vm"
+# what the supervisor passes on to the command (stop signals, kill -s, Ctrl-C); not the ones
+# the kernel or the terminal use for the supervisor itself
+RELAYED = tuple(
+    s for s in signal.valid_signals()
+    if isinstance(s, signal.Signals) and s not in {
+        signal.SIGKILL, signal.SIGSTOP, signal.SIGCHLD, signal.SIGCONT, signal.SIGTSTP,
+        signal.SIGTTIN, signal.SIGTTOU, signal.SIGWINCH, signal.SIGURG, signal.SIGSEGV,
+        signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGPIPE, signal.SIGPROF,
+        signal.SIGVTALRM, signal.SIGSYS, signal.SIGTRAP, signal.SIGXCPU, signal.SIGXFSZ,
+    } and s < signal.SIGRTMIN
+)  # fmt: skip
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 USER_NET = ("10.0.2.15/24", "10.0.2.2", "10.0.2.3")  # QEMU's user-mode network, fixed
 
@@ -37,6 +48,23 @@ class VMRunOptions:
     memory_mib: int = 512
     cpus: int = 1
     kernel: str | None = None
+
+
+def _readonly_source(host: str) -> Callable[[], None]:
+    """virtiofsd of a ``:ro`` volume sees its source read-only: a bind remounted read-only in
+    a mount namespace of its own (the guest's ``ro`` alone, a guest root could remount)."""
+
+    def pre() -> None:
+        from cove import syscalls as sc
+
+        _pdeathsig()
+        # invariant: a private mount namespace, so the read-only bind reaches no one else
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount(host, host, None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, host, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+
+    return pre
 
 
 def _pdeathsig() -> None:
@@ -196,6 +224,17 @@ class VMRun:
             raise InvalidSpec("--vm does not give the command a terminal yet: drop -t")
         if opts.restart and opts.restart != "no":
             raise InvalidSpec("--vm runs do not take --restart")
+        ignored = [flag for flag, used in (
+            ("--read-only", opts.read_only), ("-P", opts.publish_all), ("--dns", opts.dns),
+            ("--add-host", opts.add_hosts), ("--ip", opts.ip),
+            ("--network-alias", opts.network_aliases), ("--cap-add", opts.cap_add),
+            ("--cap-drop", opts.cap_drop), ("--privileged", opts.privileged),
+            ("--security-opt", opts.security_opt), ("--init", opts.init),
+            ("--health-cmd", opts.health_cmd), ("--ulimit", opts.ulimits),
+            ("--pids-limit", opts.pids_limit), ("--device", getattr(opts, "devices", None)),
+        ) if used]  # fmt: skip
+        if ignored:
+            raise InvalidSpec(f"{', '.join(ignored)}: not supported with --vm")
         ce = self.ce
         img = ce._image_for_run(opts)
         host = spec.Platform.host()
@@ -330,12 +369,16 @@ class VMRun:
         for path in (files.stdout, files.stderr, files.exit, files.console_log):
             with open(path, "wb"):
                 pass
-        for i, (host, _, _ro) in enumerate(self.volumes):
+        for i, (host, _, ro) in enumerate(self.volumes):
             argv = [VIRTIOFSD, f"--socket-path={files.fs(i)}", "-o", f"source={host}",
                     "-o", "cache=none", "-o", "no_posix_lock"]  # fmt: skip
-            self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                               stderr=subprocess.DEVNULL,
-                                               preexec_fn=_pdeathsig))  # fmt: skip
+            try:
+                self.procs.append(subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    preexec_fn=_readonly_source(host) if ro else _pdeathsig,
+                ))  # fmt: skip
+            except OSError as e:
+                raise CoveError(f"cannot start {VIRTIOFSD}: {e.strerror}") from e
             deadline = time.monotonic() + 10
             while not os.path.exists(files.fs(i)):
                 if time.monotonic() > deadline or self.procs[-1].poll() is not None:
@@ -348,9 +391,15 @@ class VMRun:
             lease = nets.store.leases(container=self.cid)[0]
             nets.plug_tap(nets.store.get(lease.network), self.tap)
         with open(files.qemu_log, "ab") as qlog:
-            self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
-                                         stderr=qlog, preexec_fn=_pdeathsig,
-                                         start_new_session=True)  # fmt: skip
+            try:
+                self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
+                                             stderr=qlog, preexec_fn=_pdeathsig,
+                                             start_new_session=True)  # fmt: skip
+            except OSError as e:
+                raise CoveError(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
+        time.sleep(0.05)
+        if self.qemu.poll() is not None:
+            raise CoveError(f"qemu failed (exit {self.qemu.returncode}): {_last(files.qemu_log)}")
 
     def supervise(self, echo: Callable[[int, bytes], None] | None, log: Any) -> int:
         """Relay the command's output until QEMU exits; the command's exit code. SIGINT and
@@ -361,13 +410,13 @@ class VMRun:
         forwarded = [0]
 
         def on_signal(signum: int, frame: Any) -> None:
-            forwarded[0] += 1
-            if forwarded[0] > 2 and self.qemu is not None:
-                self.qemu.kill()
+            if signum == signal.SIGINT:
+                forwarded[0] += 1
+                if forwarded[0] > 2 and self.qemu is not None:
+                    self.qemu.kill()  # a third Ctrl-C: the guest is not listening
             pending.append(signal.Signals(signum).name.removeprefix("SIG"))
 
-        old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM,
-                                                        signal.SIGHUP)}  # fmt: skip
+        old = {s: signal.signal(s, on_signal) for s in RELAYED}
         streams = [(open(files.stdout, "rb"), 0), (open(files.stderr, "rb"), 1)]
         self._connect_ctl()  # before the guest reads the port: it sees the host side open
         stdin_relay = self._stdin_relay() if self.opts.interactive else None
@@ -400,9 +449,12 @@ class VMRun:
         try:
             with open(files.exit) as ef:
                 text = ef.read().strip().splitlines()
-            return int(text[-1]) if text else 255
+            if text:
+                return int(text[-1])
         except (OSError, ValueError):
-            return 255
+            pass
+        rc = self.qemu.returncode
+        return 128 - rc if rc is not None and rc < 0 else 255  # killed: 137 for SIGKILL
 
     def _connect_ctl(self) -> None:
         import socket
@@ -473,22 +525,25 @@ class VMRun:
             links.delete(self.tap)
         if self.cid:
             shutil.rmtree(os.path.join(RUN_DIR, self.cid[:20]), ignore_errors=True)
-            if remove:
-                with contextlib.suppress(Exception):
-                    from cove.network.manager import NetworkManager
+            with contextlib.suppress(Exception):  # a vm run is never started again
+                from cove.network.manager import NetworkManager
 
-                    NetworkManager(self.ce.engine.root, self.ce.store.db).detach(self.cid)
+                NetworkManager(self.ce.engine.root, self.ce.store.db).detach(self.cid)
+            if remove:
                 with contextlib.suppress(Exception):
                     self.ce._purge(self.ce.store.get(self.cid))
 
 
-def _record_start(ce: Any, cid: str, pid: int) -> None:
+def _record_start(ce: Any, cid: str, qemu: int) -> None:
+    """QEMU is the run's process (``kill`` ends it); this supervisor is its monitor (``stop``
+    and ``kill -s`` reach the command through it)."""
     from cove.runtime.api import proc_start_time
     from cove.state import Status, now
 
-    start = proc_start_time(pid) or 0
-    ce.store.update(cid, status=Status.RUNNING, pid=pid, start_time=start, started_at=now(),
-                    monitor_pid=pid, monitor_start=start)  # fmt: skip
+    me = os.getpid()
+    ce.store.update(cid, status=Status.RUNNING, pid=qemu, start_time=proc_start_time(qemu) or 0,
+                    started_at=now(), monitor_pid=me,
+                    monitor_start=proc_start_time(me) or 0)  # fmt: skip
 
 
 def _record_exit(ce: Any, run: VMRun, code: int) -> None:
@@ -509,11 +564,13 @@ def _log(ce: Any, cid: str) -> Any:
 def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
     run = VMRun(ce, opts, vm)
     run.create()
-    log = _log(ce, run.cid)
     code = 125
+    log: Any = None
     try:
-        _record_start(ce, run.cid, os.getpid())
+        log = _log(ce, run.cid)
         run.launch()
+        assert run.qemu is not None
+        _record_start(ce, run.cid, run.qemu.pid)
 
         def echo(stream: int, data: bytes) -> None:
             with contextlib.suppress(BrokenPipeError):
@@ -525,7 +582,8 @@ def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
             raise CoveError(f"the vm ended without the command's exit code{tail}")
         return code
     finally:
-        os.close(log.fd)
+        if log is not None:
+            os.close(log.fd)
         _record_exit(ce, run, code)
         run.cleanup(remove=opts.rm)
 
@@ -551,9 +609,10 @@ def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
             from cove.state import Store
 
             ce.store = Store(ce.engine.root)
-            _record_start(ce, cid, os.getpid())
             log = _log(ce, cid)
             run.launch()
+            assert run.qemu is not None
+            _record_start(ce, cid, run.qemu.pid)
             os.write(w, b"ok")
             os.close(w)
             code = run.supervise(None, log)
@@ -571,6 +630,15 @@ def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
     if msg != "ok":
         raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
     return cid
+
+
+def _last(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no output"
+    return lines[-1] if lines else "no output"
 
 
 def _exit_reported(run: VMRun) -> bool:

@@ -59,8 +59,10 @@ def program(uid: int, gid: int, groups: list[int]) -> bytes:
     struct.pack_into("<i", code, lea_at + 3, groups_at - (lea_at + 7))
     code += b"".join(struct.pack("<I", g) for g in groups)
     size = _HEADERS + len(code)
-    ehdr = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
-        "<HHIQQQIHHHHHH", 2, 62, 1, _BASE + _HEADERS, 64, 0, 0, 64, 56, 1, 0, 0, 0
+    ehdr = (
+        b"\x7fELF\x02\x01\x01"
+        + b"\0" * 9
+        + struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, _BASE + _HEADERS, 64, 0, 0, 64, 56, 1, 0, 0, 0)
     )
     phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, _BASE, _BASE, size, size, 0x1000)
     return ehdr + phdr + bytes(code)

@@ -81,6 +81,14 @@ def test_same_semantics_as_the_container_path(vmrun: CoveRunner, tmp_path: Path)
         as_vm = vmrun("run", "--vm", "--rm", *args).stdout
         assert as_vm == as_ctr, (args, as_ctr, as_vm)
     assert vmrun("run", "--vm", "--rm", "epimg").stdout == "ep default\n"
+    # the image's programs, not the agent's busybox applets of the same name
+    (ctx / "Dockerfile").write_text(
+        "FROM alpine:3.20\nRUN printf '#!/bin/sh\\necho image-cat $1\\n' > "
+        "/usr/local/bin/cat && chmod +x /usr/local/bin/cat\n"
+    )
+    vmrun("build", "-q", "-t", "catimg", str(ctx))
+    for flags in ([], ["--vm"]):
+        assert vmrun("run", *flags, "--rm", "catimg", "cat", "x").stdout == "image-cat x\n"
 
 
 def test_volumes_ports_detach_logs_stop(vmrun: CoveRunner, tmp_path: Path) -> None:
@@ -93,6 +101,10 @@ def test_volumes_ports_detach_logs_stop(vmrun: CoveRunner, tmp_path: Path) -> No
     ro = vmrun("run", "--vm", "--rm", "-v", f"{share}:/data:ro", "alpine:3.20", "sh", "-c",
                "echo x > /data/ro.txt", check=False)  # fmt: skip
     assert ro.returncode != 0 and not (share / "ro.txt").exists()
+    # root in the guest may remount; the host side stays read-only all the same
+    vmrun("run", "--vm", "--rm", "-v", f"{share}:/data:ro", "alpine:3.20", "sh", "-c",
+          "mount -o remount,rw /data; echo x > /data/ro2.txt", check=False)  # fmt: skip
+    assert not (share / "ro2.txt").exists()
     import socket
 
     with socket.socket() as s:
@@ -121,6 +133,9 @@ def test_volumes_ports_detach_logs_stop(vmrun: CoveRunner, tmp_path: Path) -> No
     for verb in (["exec", "vweb", "true"], ["pause", "vweb"], ["diff", "vweb"]):
         bad = vmrun(*verb, check=False)
         assert bad.returncode != 0 and "vm" in bad.stderr, verb
+    bad = vmrun("restart", "vweb", check=False)
+    assert bad.returncode != 0 and "vm" in bad.stderr
+    assert " Up " in vmrun("ps").stdout  # refused before anything was stopped
     vmrun("stop", "vweb")
     assert "Exited (143)" in vmrun("ps", "-a").stdout  # SIGTERM reached the command
     boot = vmrun("logs", "--boot", "vweb").stdout
@@ -140,6 +155,9 @@ def test_cached_root_and_throwaway_runs(vmrun: CoveRunner, cove_root: Path) -> N
     after = rootfs.stat()
     assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
         before.st_ino, before.st_mtime_ns, before.st_size)  # fmt: skip
+    # the cache goes with its image
+    vmrun("rmi", "alpine:3.20")
+    assert not rootfs.exists()
 
 
 def test_ctrl_c_stdin_and_network(vmrun: CoveRunner, cove_root: Path) -> None:
@@ -190,3 +208,25 @@ def test_compare(vmrun: CoveRunner, tmp_path: Path) -> None:
     assert modes["vm"]["median"]["peak_rss_mib"] > modes["container"]["median"]["peak_rss_mib"]
     png = (out_dir / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_kill_signals_and_rm(vmrun: CoveRunner) -> None:
+    vmrun("run", "--vm", "-d", "--name", "sig", "alpine:3.20", "sh", "-c",
+          'trap "echo got-usr1" USR1; echo ready; while :; do sleep 0.2; done')  # fmt: skip
+    deadline = time.monotonic() + 120
+    while "ready" not in vmrun("logs", "sig").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    vmrun("kill", "-s", "USR1", "sig")  # relayed, not fatal to the vm
+    while "got-usr1" not in vmrun("logs", "sig").stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.3)
+    assert " Up " in vmrun("ps").stdout
+    vmrun("kill", "sig")
+    deadline = time.monotonic() + 30
+    while "Exited (137)" not in vmrun("ps", "-a").stdout:
+        assert time.monotonic() < deadline, vmrun("ps", "-a").stdout
+        time.sleep(0.2)
+    vmrun("run", "--vm", "-d", "--name", "gone", "alpine:3.20", "sleep", "600")
+    vmrun("rm", "-f", "gone", "sig")
+    assert vmrun("ps", "-aq").stdout == ""
