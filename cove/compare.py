@@ -79,60 +79,58 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _one(argv: list[str], workdir: str | None = None) -> tuple[Sample, bytes]:
+def _one(argv: list[str]) -> tuple[Sample, bytes]:
+    """One run: output timed by a blocking reader, PSS sampled by a thread of its own (a
+    /proc walk must not delay the first-output timestamp), rusage from wait4."""
     import tempfile
+    import threading
 
     errf = tempfile.TemporaryFile()
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf,
                             stdin=subprocess.DEVNULL)  # fmt: skip
     assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    first: float | None = None
-    out = b""
-    peak_pss = 0
-    last_sample = 0.0
-    status = None
-    rusage = None
-    while status is None:
-        try:
-            chunk = proc.stdout.read()
-        except BlockingIOError:
-            chunk = None
-        if chunk:
-            if first is None:
-                first = time.monotonic() - t0
-            out += chunk
-        now = time.monotonic()
-        if now - last_sample >= 0.01:
-            last_sample = now
-            peak_pss = max(peak_pss, sum(_pss_kib(p) for p in _descendants(proc.pid)))
-        pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            status, rusage = st, ru
-            break
-        time.sleep(0.002)
+    first: list[float] = []
+    chunks: list[bytes] = []
+    peak = [0]
+    done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            if not first:
+                first.append(time.monotonic() - t0)
+            chunks.append(chunk)
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], sum(_pss_kib(p) for p in _descendants(proc.pid)))
+
+    threads = [threading.Thread(target=read), threading.Thread(target=sample)]
+    for t in threads:
+        t.start()
+    _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - t0
-    rest = proc.stdout.read() or b""
-    if rest and first is None:
-        first = wall
-    out += rest
+    done.set()
+    for t in threads:
+        t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    out = b"".join(chunks)
     errf.seek(0)
     err = errf.read()
     errf.close()
-    if proc.returncode and proc.returncode not in (0,) and not out and err:
+    if proc.returncode and not out and err:
         sys.stderr.write(err.decode(errors="replace"))
-    assert rusage is not None
-    sample = Sample(
-        first_output_s=first if first is not None else wall,
+    sample_ = Sample(
+        first_output_s=min(first[0], wall) if first else wall,
         wall_s=wall,
         cpu_s=rusage.ru_utime + rusage.ru_stime,
         peak_rss_mib=rusage.ru_maxrss / 1024,
-        peak_pss_mib=peak_pss / 1024,
+        peak_pss_mib=peak[0] / 1024,
         exit_code=proc.returncode,
     )
-    return sample, out
+    return sample_, out
 
 
 def compare(
