@@ -418,6 +418,9 @@ class VMRun:
 
         old = {s: signal.signal(s, on_signal) for s in RELAYED}
         streams = [(open(files.stdout, "rb"), 0), (open(files.stderr, "rb"), 1)]
+        punched = [0, 0]
+        # hole punching needs a writable descriptor; reading keeps the other
+        writable = [os.open(p, os.O_WRONLY | os.O_CLOEXEC) for p in (files.stdout, files.stderr)]
         self._connect_ctl()  # before the guest reads the port: it sees the host side open
         stdin_relay = self._stdin_relay() if self.opts.interactive else None
         try:
@@ -431,6 +434,11 @@ class VMRun:
                         log.feed(stream, data)
                         if echo is not None:
                             echo(stream, data)
+                        done = f.tell() & ~(PUNCH - 1)
+                        if done - punched[stream] >= PUNCH:
+                            # what was relayed leaves the disk; QEMU writes on at its offset
+                            _punch(writable[stream], done)
+                            punched[stream] = done
                 while pending:
                     self._send_ctl(pending.pop(0))
                 if exited and not moved:
@@ -442,6 +450,8 @@ class VMRun:
         finally:
             for f, _ in streams:
                 f.close()
+            for fd in writable:
+                os.close(fd)
             for s, h in old.items():
                 signal.signal(s, h)
             if stdin_relay is not None:
@@ -630,6 +640,18 @@ def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
     if msg != "ok":
         raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
     return cid
+
+
+PUNCH = 4 << 20  # bytes of relayed output after which their blocks are freed
+
+
+def _punch(fd: int, length: int) -> None:
+    """Free the first ``length`` bytes' blocks (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE): the
+    output files stay sparse however long a run talks. Best effort."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(length))
 
 
 def _last(path: str) -> str:
