@@ -50,7 +50,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cove-bench-vm-"))
     root = tmp / "root"
     initrd = tmp / "initrd.gz"
-    initrd.write_bytes(accel._cpio_init())
+    initrd.write_bytes(accel.probe_initrd())
     qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
     verdict = accel.choose("auto", str(tmp / "probe-root"), k.vmlinuz, qemu)
     times: dict[str, list[float]] = {"cove": [], "qemu defaults": []}

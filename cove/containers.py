@@ -622,12 +622,11 @@ class ContainerEngine:
         """``docker run`` without -d: this process is the container's parent and monitor
         (the lean path: no monitor process, output straight to our stdio)."""
         from cove.engine_io import forward_signals, proxy_tty
-        from cove.runtime.api import ContainerStartError, exit_status, proc_start_time
+        from cove.runtime.api import ContainerStartError, exit_status
 
         cid = self.create(opts)
         runtime = self.runtime()
         code = 125
-        me, me_start = _self_ids()
         from cove.monitor import Log
 
         log_cfg = self.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
@@ -649,30 +648,13 @@ class ContainerEngine:
                     devnull = os.open(os.devnull, os.O_RDONLY)
                 stdio = (0 if opts.interactive else devnull, out_w, err_w)
             try:
-                created = runtime.create(cid, self.cdir(cid), stdio=stdio)
+                created = self._create_here(runtime, cid, stdio)
             finally:
                 for fd in (devnull, *ends):
                     if fd >= 0:
                         os.close(fd)
-            rec = self.store.get(cid)
-            rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
-            self.store.update(
-                cid,
-                status=Status.RUNNING,
-                pid=created.pid,
-                start_time=proc_start_time(created.pid) or 0,
-                started_at=now(),
-                monitor_pid=me,
-                monitor_start=me_start,
-                config=rec.config,
-            )
             with forward_signals(created.pid):
-                runtime.start(cid)
-                try:
-                    runtime.wait_exec(created)
-                except Exception:
-                    os.waitpid(created.pid, 0)
-                    raise
+                _start_exec(runtime, cid, created)
                 if created.pty_master is not None:
                     status = proxy_tty(
                         created.pty_master,
@@ -717,6 +699,27 @@ class ContainerEngine:
                 with contextlib.suppress(Exception):
                     self.discard(self.store.get(cid), volumes=True)
 
+    def _create_here(self, runtime: Any, cid: str, stdio: Any) -> Any:
+        """Create the container as this process's child, attach its networks and record it
+        running with this process as its monitor (the foreground paths)."""
+        from cove.runtime.api import proc_start_time
+
+        me, me_start = _self_ids()
+        created = runtime.create(cid, self.cdir(cid), stdio=stdio)
+        rec = self.store.get(cid)
+        rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
+        self.store.update(
+            cid,
+            status=Status.RUNNING,
+            pid=created.pid,
+            start_time=proc_start_time(created.pid) or 0,
+            started_at=now(),
+            monitor_pid=me,
+            monitor_start=me_start,
+            config=rec.config,
+        )
+        return created
+
     def run_captured(self, cid: str, echo: Callable[[int, bytes], None]) -> int:
         """Run a created container to its exit with stdin closed, its output to
         ``echo(stream, data)`` and no log (a build's RUN step); its exit code.
@@ -724,38 +727,20 @@ class ContainerEngine:
         The row keeps the caller's ``op``: the caller removes the container, or, should it
         die, the next command does. An interrupt (Ctrl-C) kills the process on the way out.
         """
-        from cove.runtime.api import exit_status, proc_start_time
+        from cove.runtime.api import exit_status
 
         runtime = self.runtime()
-        me, me_start = _self_ids()
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         outputs = {out_r: 0, err_r: 1}
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:
             try:
-                created = runtime.create(cid, self.cdir(cid), stdio=(devnull, out_w, err_w))
+                created = self._create_here(runtime, cid, (devnull, out_w, err_w))
             finally:
                 for fd in (devnull, out_w, err_w):
                     os.close(fd)
-            rec = self.store.get(cid)
-            rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
-            self.store.update(
-                cid,
-                status=Status.RUNNING,
-                pid=created.pid,
-                start_time=proc_start_time(created.pid) or 0,
-                started_at=now(),
-                monitor_pid=me,
-                monitor_start=me_start,
-                config=rec.config,
-            )
-            runtime.start(cid)
-            try:
-                runtime.wait_exec(created)
-            except Exception:
-                os.waitpid(created.pid, 0)
-                raise
+            _start_exec(runtime, cid, created)
             status = _pump_output(outputs, created.pid, _NO_LOG, echo)
             outputs = {}
             code = 137 if created.cgroups.oom_killed() else exit_status(status)
@@ -1157,6 +1142,16 @@ class ContainerEngine:
         if oci.namespace("user") is None:
             return 0, 0
         return host_root_ids(oci)
+
+
+def _start_exec(runtime: Any, cid: str, created: Any) -> None:
+    """Let a created container exec its process; reap it should the exec fail."""
+    runtime.start(cid)
+    try:
+        runtime.wait_exec(created)
+    except Exception:
+        os.waitpid(created.pid, 0)
+        raise
 
 
 class _NoLog:

@@ -170,7 +170,6 @@ def commit(
     from cove.image.importer import now_rfc3339
     from cove.rootfs import write_layer_tar
     from cove.spec import changes as changes_spec
-    from cove.spec import image as spec
     from cove.spec import reference as refs
 
     rec = ce.get(ref)
@@ -227,17 +226,9 @@ def commit(
                 entry["author"] = author
             history.append(entry)
             doc["history"] = history
-            config_bytes = spec.canonical_json(doc)
-            config_digest = store.blobs.put(config_bytes)
-            manifest = spec.Manifest(
-                spec.OCI_MANIFEST,
-                spec.Descriptor(spec.OCI_CONFIG, config_digest, len(config_bytes)),
-                (*img.manifest.layers, desc),
-            )
-            manifest_bytes = manifest.to_bytes()
-            digest = store.blobs.put(manifest_bytes)
-            store.add_image(spec.Descriptor(spec.OCI_MANIFEST, digest, len(manifest_bytes)), names)
-        return str(config_digest)
+            new, manifest_desc = store.put_image(doc, [*img.manifest.layers, desc])
+            store.add_image(manifest_desc, names)
+        return str(new.id)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -171,6 +171,21 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(ret, "pivot_root", new_root)
 
 
+def die_with_parent() -> None:
+    """In a child before exec (QEMU, virtiofsd): SIGKILL when its parent dies, so nothing
+    outlives a killed cove."""
+    prctl(PR_SET_PDEATHSIG, 9)
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    _check(_libc.fallocate(fd, mode, ctypes.c_long(offset), ctypes.c_long(length)),
+           "fallocate")  # fmt: skip
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     ret = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                       ctypes.c_ulong(arg4), ctypes.c_ulong(arg5))  # fmt: skip

@@ -383,3 +383,30 @@ menuentry cove {{
         if proc.returncode != 0:
             raise RuntimeError(f"grub-mkrescue failed: {proc.stderr.strip()}")
     return Path(dest)
+
+
+def install_kernel(root: Path) -> Kernel:
+    """The test kernel where ``cove vm kernel fetch`` puts it in state root ``root`` (hard
+    links: no copy), so the KVM probe and ``run --vm`` find it."""
+    k = test_kernel()
+    dest = Path(root) / "kernels" / k.release
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", k.dir, str(dest)], check=True)
+    return k
+
+
+def leftovers(ids: Sequence[str], *needles: str) -> list[str]:
+    """What of VMs ``ids`` outlived them: runtime dirs, taps, and processes whose command
+    line names one of them (or a ``needle``, such as the state root)."""
+    found = [p for i in ids for p in (f"/run/cove-vm/{i[:20]}", f"/sys/class/net/ctap{i[:10]}")
+             if os.path.exists(p)]  # fmt: skip
+    marks = [i[:20].encode() for i in ids] + [n.encode() for n in needles]
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(m in cmdline for m in marks):
+                found.append(f"process {proc.name}: {cmdline[:120]!r}")
+    return found

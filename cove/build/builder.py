@@ -921,21 +921,16 @@ class Builder:
     def _intermediate(self, state: State) -> Any:
         """The state as an unnamed store image a container can start from. Without its
         VOLUMEs: BuildKit keeps what a RUN writes below them."""
-        from cove.image.store import Image
-
-        doc = copymod.deepcopy(state.doc)
+        doc = self._image_doc(state)
         doc.get("config", {}).pop("Volumes", None)
+        img, _ = self.store.put_image(doc, [la.desc for la in state.layers])
+        return img
+
+    @staticmethod
+    def _image_doc(state: State) -> dict[str, Any]:
+        doc = copymod.deepcopy(state.doc)
         doc["rootfs"] = {"type": "layers", "diff_ids": [la.diff_id for la in state.layers]}
-        raw = spec.canonical_json(doc)
-        digest = self.store.blobs.put(raw)
-        manifest = spec.Manifest(
-            spec.OCI_MANIFEST,
-            spec.Descriptor(spec.OCI_CONFIG, digest, len(raw)),
-            tuple(la.desc for la in state.layers),
-        )
-        mraw = manifest.to_bytes()
-        mdigest = self.store.blobs.put(mraw)
-        return Image(mdigest, manifest, spec.ImageConfig.parse(raw), ())
+        return doc
 
     def _run(
         self,
@@ -991,8 +986,7 @@ class Builder:
     # -- the result ---------------------------------------------------------------------
 
     def _finish(self, state: State) -> str:
-        doc = copymod.deepcopy(state.doc)
-        doc["rootfs"] = {"type": "layers", "diff_ids": [la.diff_id for la in state.layers]}
+        doc = self._image_doc(state)
         labels = _parse_labels(self.opts.labels)
         if labels:
             doc["config"]["Labels"] = {**(doc["config"].get("Labels") or {}), **labels}
@@ -1001,21 +995,13 @@ class Builder:
                 _rfc3339(self.epoch, exact=False) if self.epoch is not None else
                 _rfc3339(time.time(), exact=True)
             )  # fmt: skip
-        raw = spec.canonical_json(doc)
-        digest = self.store.blobs.put(raw)
-        manifest = spec.Manifest(
-            spec.OCI_MANIFEST,
-            spec.Descriptor(spec.OCI_CONFIG, digest, len(raw)),
-            tuple(la.desc for la in state.layers),
-        )
-        mraw = manifest.to_bytes()
-        mdigest = self.store.blobs.put(mraw)
+        img, desc = self.store.put_image(doc, [la.desc for la in state.layers])
         names = [_tag(t) for t in self.opts.tags]
-        self.store.add_image(spec.Descriptor(spec.OCI_MANIFEST, mdigest, len(mraw)), names)
-        self.progress.line(f"writing image {digest}")
+        self.store.add_image(desc, names)
+        self.progress.line(f"writing image {img.id}")
         for n in names:
             self.progress.line(f"naming to {n}")
-        return str(digest)
+        return str(img.id)
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -58,14 +58,6 @@ def import_rootfs(
             "comment": message or f"Imported from {source}",
         }
         config = spec.new_config([diff_id], platform, created, container_config, [history])
-        config_bytes = spec.canonical_json(config)
-        config_digest = store.blobs.put(config_bytes)
-        manifest = spec.Manifest(
-            spec.OCI_MANIFEST,
-            spec.Descriptor(spec.OCI_CONFIG, config_digest, len(config_bytes)),
-            (desc,),
-        )
-        manifest_bytes = manifest.to_bytes()
-        digest = store.blobs.put(manifest_bytes)
-        store.add_image(spec.Descriptor(spec.OCI_MANIFEST, digest, len(manifest_bytes)), names)
-    return config_digest, digest
+        img, manifest_desc = store.put_image(config, [desc])
+        store.add_image(manifest_desc, names)
+    return img.id, img.manifest_digest

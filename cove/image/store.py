@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -324,6 +324,22 @@ class ImageStore:
                     entries.append(IndexEntry(e.manifest, None))
                     orphaned.append(e.manifest.digest)
         return orphaned
+
+    def put_image(
+        self, config: dict[str, Any], layers: Sequence[spec.Descriptor]
+    ) -> tuple[Image, spec.Descriptor]:
+        """Store an image config document and the OCI manifest over ``layers`` (blobs only:
+        ``add_image`` names it); the image and its manifest's descriptor."""
+        raw = spec.canonical_json(config)
+        config_digest = self.blobs.put(raw)
+        manifest = spec.Manifest(
+            spec.OCI_MANIFEST,
+            spec.Descriptor(spec.OCI_CONFIG, config_digest, len(raw)),
+            tuple(layers),
+        )
+        mraw = manifest.to_bytes()
+        desc = spec.Descriptor(spec.OCI_MANIFEST, self.blobs.put(mraw), len(mraw))
+        return Image(desc.digest, manifest, spec.ImageConfig.parse(raw), ()), desc
 
     def load_image(self, manifest_digest: str, names: tuple[refs.Reference, ...]) -> Image:
         manifest = spec.Manifest.parse(

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
-import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -53,36 +51,28 @@ def probe_kernels(root: str, preferred: str | None) -> list[str]:
     return [k for k in found if os.access(k, os.R_OK)]
 
 
-def _cpio_init() -> bytes:
-    """A gzip newc cpio holding only /init: a static busybox is not guaranteed, so /init
-    is the busybox binary itself when there is one, else the kernel's own panic path
-    prints nothing and the probe fails safe (TCG)."""
+def probe_initrd() -> bytes:
+    """A gzip initramfs whose /init prints MARKER and powers off (busybox-static). Without
+    a busybox the kernel finds no /init and prints nothing: the probe fails safe (TCG)."""
+    from pathlib import Path
+
+    from cove.vm import initramfs
+
+    cpio = initramfs.Cpio()
     busybox = shutil.which("busybox")
-    entries: list[tuple[str, int, bytes]] = [("bin", 0o40755, b"")]
     if busybox:
-        with open(busybox, "rb") as f:
-            entries.append(("bin/busybox", 0o100755, f.read()))
-        script = b"#!/bin/busybox sh\n/bin/busybox echo " + MARKER + b"\n/bin/busybox poweroff -f\n"
-        entries.append(("init", 0o100755, script))
-    out = io.BytesIO()
-    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
-        raw = name.encode() + b"\0"
-        head = b"070701" + b"".join(
-            f"{v:08x}".encode() for v in (ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(raw), 0)
-        )
-        out.write(head + raw + b"\0" * (-(110 + len(raw)) % 4) + data + b"\0" * (-len(data) % 4))
-    return gzip.compress(out.getvalue(), mtime=0)
+        cpio.file("bin/busybox", Path(busybox).read_bytes(), 0o755)
+        init = b"#!/bin/busybox sh\n/bin/busybox echo " + MARKER + b"\n/bin/busybox poweroff -f\n"
+        cpio.file("init", init, 0o755)
+    return gzip.compress(cpio.bytes(), mtime=0)
 
 
 def _run_probe(argv: list[str], until: float) -> tuple[bool, str]:
-    def orphan_guard() -> None:
-        # a probe QEMU hung under a broken KVM must not outlive a killed cove
-        import ctypes
+    from cove.syscalls import die_with_parent
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
+    # a probe QEMU hung under a broken KVM must not outlive a killed cove
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=orphan_guard)  # fmt: skip
+                            preexec_fn=die_with_parent)  # fmt: skip
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
     seen = b""
@@ -114,7 +104,7 @@ def probe(qemu: str, kernels: list[str], seconds: float = PROBE_SECONDS) -> Verd
         if kernels:
             initrd = os.path.join(tmp, "initrd.gz")
             with open(initrd, "wb") as f:
-                f.write(_cpio_init())
+                f.write(probe_initrd())
             argv = [*common, "-machine", "q35", "-cpu", "host", "-serial", "stdio",
                     "-kernel", kernels[0], "-initrd", initrd,
                     "-append", "console=ttyS0 panic=-1 quiet"]  # fmt: skip

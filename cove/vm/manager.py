@@ -86,24 +86,16 @@ _COLS = ("id", "name", "spec", "status", "pid", "pid_start", "created", "started
 
 
 def _proc_start(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
+    from cove.runtime.api import proc_start_time
+
+    return proc_start_time(pid) or 0
 
 
 def _alive(pid: int, start: int) -> bool:
-    """Whether ``pid`` is still the process that had ``start`` (never a recycled pid)."""
-    if pid <= 0 or start <= 0:
-        return False
-    if _proc_start(pid) != start:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
+    """Still the QEMU we started (not a recycled pid), and not a zombie."""
+    from cove.containers import alive
+
+    return alive(pid, start)
 
 
 class VMManager:

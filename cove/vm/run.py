@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cove.errors import CoveError, InvalidSpec, NotFound
+from cove.syscalls import die_with_parent
 from cove.vm import qemu as qcmd
 
 RUN_DIR = "/run/cove-vm"
@@ -57,7 +58,7 @@ def _readonly_source(host: str) -> Callable[[], None]:
     def pre() -> None:
         from cove import syscalls as sc
 
-        _pdeathsig()
+        die_with_parent()
         # invariant: a private mount namespace, so the read-only bind reaches no one else
         sc.unshare(sc.CLONE_NEWNS)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -65,14 +66,6 @@ def _readonly_source(host: str) -> Callable[[], None]:
         sc.mount(None, host, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
 
     return pre
-
-
-def _pdeathsig() -> None:
-    """In the child before exec: die with the supervisor, and keep out of its process
-    group so a terminal's Ctrl-C reaches only cove (which relays it to the guest)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 # -- the pieces, each cached --------------------------------------------------------------
@@ -375,7 +368,7 @@ class VMRun:
             try:
                 self.procs.append(subprocess.Popen(
                     argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    preexec_fn=_readonly_source(host) if ro else _pdeathsig,
+                    preexec_fn=_readonly_source(host) if ro else die_with_parent,
                 ))  # fmt: skip
             except OSError as e:
                 raise CoveError(f"cannot start {VIRTIOFSD}: {e.strerror}") from e
@@ -393,7 +386,7 @@ class VMRun:
         with open(files.qemu_log, "ab") as qlog:
             try:
                 self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
-                                             stderr=qlog, preexec_fn=_pdeathsig,
+                                             stderr=qlog, preexec_fn=die_with_parent,
                                              start_new_session=True)  # fmt: skip
             except OSError as e:
                 raise CoveError(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
@@ -646,12 +639,12 @@ PUNCH = 4 << 20  # bytes of relayed output after which their blocks are freed
 
 
 def _punch(fd: int, length: int) -> None:
-    """Free the first ``length`` bytes' blocks (FALLOC_FL_PUNCH_HOLE | KEEP_SIZE): the
-    output files stay sparse however long a run talks. Best effort."""
-    import ctypes
+    """Free the first ``length`` bytes' blocks: the output files stay sparse however long
+    a run talks. Best effort (a file system without hole punching keeps them)."""
+    from cove import syscalls as sc
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate(fd, 3, ctypes.c_long(0), ctypes.c_long(length))
+    with contextlib.suppress(OSError):
+        sc.fallocate(fd, sc.FALLOC_FL_PUNCH_HOLE | sc.FALLOC_FL_KEEP_SIZE, 0, length)
 
 
 def _last(path: str) -> str:

@@ -21,24 +21,11 @@ from conftest import CoveRunner, cove_argv
 def vmrun(cove: CoveRunner, cove_root: Path, alpine: str) -> Iterator[CoveRunner]:
     """``cove`` with alpine:3.20 and the guest kernel where ``cove vm kernel fetch`` puts it;
     afterwards no QEMU, virtiofsd or tap of this root is left."""
-    k = vmguest.test_kernel()
-    dest = cove_root / "kernels" / k.release
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-al", k.dir, str(dest)], check=True)
+    vmguest.install_kernel(cove_root)
     yield cove
     ids = cove("ps", "-aq", "--no-trunc").stdout.split()
     subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True)
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            assert str(cove_root).encode() not in cmdline, cmdline
-            assert not any(i[:20].encode() in cmdline for i in ids), cmdline
-    for i in ids:
-        assert not Path(f"/run/cove-vm/{i[:20]}").exists()
-        assert not Path(f"/sys/class/net/ctap{i[:10]}").exists()
+    assert vmguest.leftovers(ids, str(cove_root)) == []
 
 
 def test_command_streams_exit_code_and_kernel(vmrun: CoveRunner) -> None:

@@ -40,26 +40,12 @@ def initrd(kernel: vmguest.Kernel, tmp_path_factory: pytest.TempPathFactory) -> 
 def vms(cove: CoveRunner, cove_root: Path, kernel: vmguest.Kernel) -> Iterator[CoveRunner]:
     """``cove`` with the guest kernel where ``cove vm kernel fetch`` puts it (hard links,
     so the accelerator probe finds one); afterwards no QEMU of this root may be left."""
-    dest = cove_root / "kernels" / kernel.release
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-al", kernel.dir, str(dest)], check=True)
+    vmguest.install_kernel(cove_root)
     yield cove
     ids = [json.loads(line)["Id"] for line in
            cove("vm", "ls", "--format", "json").stdout.splitlines()]  # fmt: skip
     subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True)
-    for vm_id in ids:
-        assert not Path(f"/run/cove-vm/{vm_id[:20]}").exists()
-        assert not Path(f"/sys/class/net/ctap{vm_id[:10]}").exists()
-    mine = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"qemu-system" in cmdline and any(i[:20].encode() in cmdline for i in ids):
-                mine.append(proc.name)
-    assert mine == [], "QEMU processes left behind"
+    assert vmguest.leftovers(ids) == []
 
 
 def gone(pid: int) -> bool:
