@@ -13,21 +13,17 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# System packages: the tools cove drives and the peers the tests and benchmarks compare with.
+# System packages: the tools cove drives. Test and benchmark peers come from
+# scripts/test-deps.sh, which scripts/test.sh runs.
 packages=(
     python3 python3-venv python3-pip ca-certificates
     tar gzip xz-utils zstd util-linux iproute2
     busybox-static   # the demo's base image
-    skopeo umoci     # interop tests and benchmarks
-    debootstrap      # bench/: a large Debian rootfs
-    libseccomp2 tini runc  # seccomp (through pyseccomp), --init, the start benchmark's peer
+    libseccomp2 tini # seccomp (through pyseccomp), --init
     procps           # cove top runs ps
-    conmon           # bench/lifecycle.py's peer for cove's per-container monitor
     iptables         # NAT, published ports, network isolation (iptables-restore)
-    iperf3           # bench/net.py
-    docker-registry openssl  # registry tests: real registries on 127.0.0.1, test CAs
     qemu-system-x86 qemu-utils  # the VMM of cove vm, qemu-img for disks
-    grub-pc-bin grub-common xorriso mtools cpio  # the VM tests build a bootable ISO; the demo an initramfs
+    cpio             # the demo and run --vm build initramfs images
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -46,7 +42,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 # compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
-"$venv/bin/python" -m pip install -q -e "$here[test,chart]" --config-settings editable_mode=compat
+"$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 echo "installed: $(/usr/local/bin/cove --version) ($venv)"
 

@@ -8,6 +8,8 @@ py="$venv/bin/python"
 [ -x "$py" ] || py=${PYTHON:-python3}
 cd "$here"
 
+bash "$here/scripts/test-deps.sh" || exit 1
+
 "$py" -m ruff check cove tests bench || exit 1
 "$py" -m mypy || exit 1
 "$py" -m pytest -rs -p no:cacheprovider "$@"

@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="integration tests need root (real mounts, device nodes)")
     for item in items:
-        if "integration" in item.path.parts:
+        if "integration" in item.path.parts or "security" in item.path.parts:
             item.add_marker(skip)
 
 

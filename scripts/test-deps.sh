@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Peers needed only by the tests and benchmarks (not by cove's users): installed by
+# scripts/test.sh before it runs the suite, so the user's install (scripts/install.sh) stays lean.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${COVE_VENV:-/opt/cove/venv}
+
+if [ "$(id -u)" != 0 ]; then
+    exit 0  # unit tests only: nothing to install
+fi
+packages=(
+    skopeo umoci     # interop tests and benchmarks
+    debootstrap      # bench/: a large Debian rootfs
+    runc             # the start benchmark's peer
+    conmon           # bench/lifecycle.py's peer for cove's per-container monitor
+    iperf3           # bench/net.py
+    docker-registry openssl  # registry tests: real registries on 127.0.0.1, test CAs
+    grub-pc-bin grub-common xorriso mtools  # the VM tests build a bootable ISO
+    golang-github-docker-docker-dev  # Docker's published default seccomp profile (compared)
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -x "$venv/bin/python" ]; then
+    # the test tools: pytest, ruff, mypy (the user's install has only cove and its chart extra)
+    "$venv/bin/python" -m pip install -q -e "$here[test,chart]" \
+        --config-settings editable_mode=compat >/dev/null 2>&1
+fi
