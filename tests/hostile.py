@@ -5,10 +5,12 @@ Each attack test builds its own image here, so the payload is in the test, not i
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import subprocess
 import tarfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from conftest import CoveRunner
@@ -44,3 +46,15 @@ def alpine_variant(
     for c in change:
         args += ["--change", c]
     return cove(*args, str(path), ref).stdout.strip()
+
+
+@contextlib.contextmanager
+def host_submount(path: Path, size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs mounted on the host directory ``path`` for the block, unmounted after
+    (lazily, so a process still inside cannot keep it), pass or fail."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=755", "cove-test", str(path)],
+                   check=True)  # fmt: skip
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)

@@ -295,8 +295,36 @@ def _mount_entry(ctx: InitContext, rootfd: int, m: Mount) -> None:
         top = _pin(rootfd, m.destination)
         if extra:
             sc.mount(None, top, None, sc.MS_BIND | sc.MS_REMOUNT | extra | _locked_flags(top))
+            if flags & sc.MS_REC:
+                _recursive_attrs(top, extra)
         if propagation:
             sc.mount(None, top, None, propagation)
+
+
+_MOUNT_ATTRS = (
+    (sc.MS_RDONLY, sc.MOUNT_ATTR_RDONLY),
+    (sc.MS_NOSUID, sc.MOUNT_ATTR_NOSUID),
+    (sc.MS_NODEV, sc.MOUNT_ATTR_NODEV),
+    (sc.MS_NOEXEC, sc.MOUNT_ATTR_NOEXEC),
+)
+
+
+def _recursive_attrs(path: str, flags: int) -> None:
+    """An rbind's ro/nosuid/nodev/noexec on every mount under it too (Docker's "rro").
+
+    The remount before changed the top mount only, so submounts of the source (the host's
+    /sys/fs/cgroup/*, debugfs, bpf under a --network host /sys; a tmpfs under a ``-v ...:ro``
+    directory) would stay writable from the container. Invariant: mount_setattr with
+    AT_RECURSIVE changes the whole tree at once or nothing.
+    """
+    attrs = sum(attr for bit, attr in _MOUNT_ATTRS if flags & bit)
+    if not attrs:
+        return
+    try:
+        sc.mount_setattr(path, attrs, recursive=True)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:  # kernel < 5.12: the top mount only, as Docker falls back
+            raise
 
 
 def _pin(rootfd: int, dest: str) -> str:
@@ -452,6 +480,7 @@ def _readonly(path: str) -> None:
         None,
         sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | _locked_flags(path),
     )
+    _recursive_attrs(path, sc.MS_RDONLY)
 
 
 def _terminal(ctx: InitContext) -> None:
