@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cove.errors import InvalidSpec
+from cove.imagefiles import read_image_file
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
 
@@ -104,31 +105,14 @@ class RunOptions:
 
 
 def _read_in_layers(layers_top_first: list[str], rel: str) -> str | None:
-    """A file of the image as overlayfs would show it (whiteouts honoured), or None."""
-    parts = rel.split("/")
-    for layer in layers_top_first:
-        path = os.path.join(layer, rel)
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            if any(_is_whiteout(os.path.join(layer, *parts[:i])) for i in range(1, len(parts))):
-                return None
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-            return None  # whited out here
-        if stat.S_ISREG(st.st_mode):
-            with open(path, errors="replace") as f:
-                return f.read()
-        return None
-    return None
+    """A file of the image as the container would see it, or None.
 
-
-def _is_whiteout(path: str) -> bool:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    The layers are hostile: /etc or /etc/passwd may be a symlink aimed at a host file.
+    ``read_image_file`` resolves it inside the image's merged view, reads regular files only
+    (never a FIFO or device) and caps the size.
+    """
+    data = read_image_file(layers_top_first, rel)
+    return None if data is None else data.decode(errors="replace")
 
 
 @dataclass

@@ -21,6 +21,9 @@ from typing import Any
 from cove.errors import CoveError, InvalidSpec
 
 _BASIC = "\0basic"  # the token cache's key for a Basic header (never a scope)
+MiB = 1 << 20
+MAX_TOKEN = 1 * MiB  # a token server's answer
+MAX_ERROR = 64 << 10  # an error body: only its first line is ever shown
 CERTS_DIRS = ("/etc/cove/certs.d", "/etc/docker/certs.d", "/etc/containers/certs.d")
 
 
@@ -80,6 +83,22 @@ def tls_context(host: str, verify: bool) -> ssl.SSLContext:
     return ctx
 
 
+def read_bounded(resp: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+    """The whole body, refused once it is larger than ``limit`` bytes: a declared
+    Content-Length over the limit is refused before reading, an undeclared one after at most
+    ``limit`` + 1 bytes (a hostile server may stream forever)."""
+    declared = resp.getheader("Content-Length")
+    too_big = f"{what} is larger than {limit // MiB} MiB: refused"
+    if declared and declared.strip().isdigit() and int(declared) > limit:
+        resp.close()
+        raise RegistryError(too_big)
+    data = resp.read(limit + 1)
+    if len(data) > limit:
+        resp.close()
+        raise RegistryError(too_big)
+    return data
+
+
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.strip().partition(" ")
     params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
@@ -104,6 +123,14 @@ class Client:
                 conn = http.client.HTTPConnection(host, timeout=60)
             self.ep._conns[key] = conn
         return conn
+
+    def discard(self, resp: http.client.HTTPResponse) -> None:
+        """Drop a body cove has no use for (bounded): one larger than an error body is not
+        read on; its connection is closed instead, so the next request starts clean."""
+        resp.read(MAX_ERROR)
+        if not resp.isclosed():
+            resp.close()
+            self.close()
 
     def close(self) -> None:
         for c in self.ep._conns.values():
@@ -146,6 +173,14 @@ class Client:
     def url(self, path: str) -> str:
         return f"{self.ep.scheme}://{self.ep.host}{path}"
 
+    def _ours(self, url: str) -> bool:
+        """Whether ``url`` is the registry the credentials were given for: same host and
+        port, and not a downgrade to plain HTTP. An upload ``Location`` or a redirect may
+        name any server; it gets no credentials and no challenge is answered for it (as
+        Docker's authorizer, which answers only for the endpoint it pinged)."""
+        parts = urllib.parse.urlsplit(url)
+        return parts.netloc == self.ep.host and parts.scheme == self.ep.scheme
+
     def request(
         self,
         method: str,
@@ -160,15 +195,24 @@ class Client:
         """Send with auth; follows redirects (without credentials to other hosts)."""
         url = path_or_url if "://" in path_or_url else self.url(path_or_url)
         hdrs = dict(headers or {})
+        ours = self._ours(url)
         refreshed = False
         for _ in range(3):
-            auth = self._auth_header(scope)
+            auth = self._auth_header(scope) if ours else None
             if auth:
                 hdrs["Authorization"] = auth
             resp = self._send(method, url, hdrs, body)
             if resp.status == 401:
+                if not ours:
+                    self.discard(resp)
+                    netloc = urllib.parse.urlsplit(url).netloc
+                    raise AuthError(
+                        f"{self.ep.host}: {netloc} asked for credentials; they are only sent "
+                        f"to {self.ep.host}",
+                        401,
+                    )
                 challenge = resp.getheader("WWW-Authenticate") or ""
-                resp.read()
+                self.discard(resp)
                 if scope in self.ep._tokens and not refreshed:
                     del self.ep._tokens[scope]  # expired or too narrow: fetch a fresh one
                     refreshed = True
@@ -179,14 +223,14 @@ class Client:
         redirects = 0
         while follow and resp.status in (301, 302, 303, 307, 308) and redirects < 5:
             location = urllib.parse.urljoin(url, resp.getheader("Location") or "")
-            resp.read()
+            self.discard(resp)
             redirects += 1
-            same = urllib.parse.urlsplit(location).netloc == self.ep.host
+            same = self._ours(location) and ours
             h = dict(hdrs) if same else {k: v for k, v in hdrs.items() if k != "Authorization"}
             url = location
             resp = self._send("GET" if method == "HEAD" and not same else method, url, h, None)
         if resp.status not in ok:
-            text = resp.read(65536).decode("utf-8", "replace")
+            text = resp.read(MAX_ERROR).decode("utf-8", "replace")
             raise RegistryError(self._error_text(resp.status, text, url), resp.status)
         return resp
 
@@ -238,15 +282,26 @@ class Client:
         if self.ep.creds:
             query["account"] = self.ep.creds[0]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise InvalidSpec(f"{self.ep.host}: token realm {realm!r} is not http(s)")
+        if parts.scheme == "http" and not self.ep.insecure:
+            # the password (and the token) would cross the network in the clear: only a
+            # registry the user configured insecure may use a plain HTTP realm
+            raise AuthError(
+                f"{self.ep.host}: token realm {realm} is plain http:// on a registry that is "
+                f"not configured insecure: refused"
+            )
         headers = {}
         if self.ep.creds:
             raw = f"{self.ep.creds[0]}:{self.ep.creds[1]}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise InvalidSpec(f"{self.ep.host}: token realm {realm!r} is not http(s)")
         resp = self._send("GET", url, headers, None)
-        body = resp.read()
+        try:
+            what = f"{self.ep.host}: token response from {parts.netloc}"
+            body = read_bounded(resp, MAX_TOKEN, what)
+        except RegistryError as e:
+            raise AuthError(str(e)) from e
         if resp.status == 401 or resp.status == 403:
             raise AuthError(self._deny_message(resp.status), resp.status)
         if resp.status != 200:
@@ -260,4 +315,4 @@ class Client:
     def ping(self) -> None:
         """``GET /v2/``: checks reachability and credentials (``login``)."""
         resp = self.request("GET", "/v2/", ok=(200,))
-        resp.read()
+        self.discard(resp)

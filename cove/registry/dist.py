@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import hashlib
 import os
 import sys
 import threading
@@ -21,7 +22,14 @@ from typing import Any
 
 from cove.errors import CorruptContent, InvalidSpec, NotFound
 from cove.registry import auth
-from cove.registry.client import AuthError, Client, Endpoint, RegistryError, _is_localhost
+from cove.registry.client import (
+    AuthError,
+    Client,
+    Endpoint,
+    RegistryError,
+    _is_localhost,
+    read_bounded,
+)
 from cove.spec import image as spec
 from cove.spec import reference as refs
 
@@ -30,6 +38,10 @@ ACCEPT = ", ".join(
 )
 DOCKER_HUB_API = "registry-1.docker.io"
 CHUNK = 1 << 20
+MAX_MANIFEST = 4 << 20  # a manifest or index (containerd's limit)
+MAX_CONFIG = 8 << 20  # an image config
+# digests cove can compute: anything else would verify nothing, so it is refused
+DIGEST_ALGORITHMS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 
 
 @dataclass
@@ -83,7 +95,7 @@ def connect(root: str, domain: str, *, tls_verify: bool = True) -> Client:
     if ep.insecure:
         ep.scheme = "https"
         try:
-            client._send("GET", client.url("/v2/"), {}, None).read()
+            client.discard(client._send("GET", client.url("/v2/"), {}, None))
         except RegistryError:
             client.close()
             ep.scheme = "http"  # Docker's insecure-registries: HTTPS first, then HTTP
@@ -141,20 +153,38 @@ def _media_type(resp: Any, data: bytes) -> str:
         raise CorruptContent("the registry sent a manifest that is not JSON") from e
 
 
+def check_algorithm(digest: str, what: str) -> None:
+    """Refuse a digest whose algorithm cove cannot compute: it would verify nothing."""
+    algorithm = digest.partition(":")[0]
+    if algorithm not in DIGEST_ALGORITHMS:
+        raise InvalidSpec(
+            f"{what}: unsupported digest algorithm {algorithm!r} (want sha256 or sha512)"
+        )
+
+
+def _matches(data: bytes, digest: str) -> bool:
+    algorithm, _, hexd = digest.partition(":")
+    return DIGEST_ALGORITHMS[algorithm](data).hexdigest() == hexd.lower()
+
+
 def _fetch_manifest(client: Client, repo: str, target: str, scope: str) -> tuple[bytes, str, str]:
+    if ":" in target:
+        check_algorithm(target, f"{client.ep.host}/{repo}@{target}")
     resp = client.request(
         "GET",
         f"/v2/{repo}/manifests/{target}",
         headers={"Accept": ACCEPT},
         scope=scope,
     )
-    data = resp.read()
+    data = read_bounded(resp, MAX_MANIFEST, f"manifest {client.ep.host}/{repo}:{target}")
     digest = spec.sha256_digest(data)
     stated = resp.getheader("Docker-Content-Digest")
-    if target.startswith("sha256:") and digest != target:
+    if ":" in target and not _matches(data, target):
         raise CorruptContent(f"manifest {target} does not match its digest (got {digest})")
-    if stated and stated.startswith("sha256:") and stated != digest:
-        raise CorruptContent(f"manifest {repo}:{target} does not match the digest {stated}")
+    if stated:
+        check_algorithm(stated, f"manifest {client.ep.host}/{repo}:{target}")
+        if not _matches(data, stated):
+            raise CorruptContent(f"manifest {repo}:{target} does not match the digest {stated}")
     return data, digest, _media_type(resp, data)
 
 
@@ -192,7 +222,9 @@ class _Source:
                 return data
             self.partial.close()
             self.partial = None
-        data = self.resp.read(size)
+        # never more than the descriptor's size from the network: a registry that keeps
+        # sending is cut off here, and the digest check fails on what was kept
+        data = self.resp.read(min(size, self.total - self.done)) if self.done < self.total else b""
         if data:
             self.sink.write(data)
             self.done += len(data)
@@ -324,9 +356,13 @@ def _pull_one(
                 data, digest, mtype = _fetch_manifest(client, repo, chosen.digest, scope)
             manifest = spec.Manifest.parse(data, f"manifest of {ref}")
             if not store.blobs.has(manifest.config.digest):
-                resp = client.request("GET", f"/v2/{repo}/blobs/{manifest.config.digest}",
-                                      scope=scope)  # fmt: skip
-                store.blobs.put(resp.read(), manifest.config.digest)
+                cfg = manifest.config
+                what = f"config {cfg.digest} of {ref}"
+                if cfg.size > MAX_CONFIG:
+                    raise RegistryError(f"{what} is larger than {MAX_CONFIG >> 20} MiB: refused")
+                resp = client.request("GET", f"/v2/{repo}/blobs/{cfg.digest}", scope=scope)
+                # no more than the descriptor's size is read; put() checks size and digest
+                store.blobs.put(read_bounded(resp, MAX_CONFIG, what), cfg.digest)
             config = spec.ImageConfig.parse(store.blobs.read(manifest.config.digest))
             if len(config.diff_ids) != len(manifest.layers):
                 raise CorruptContent(f"{ref}: config and manifest disagree on the layer count")
@@ -402,7 +438,7 @@ def push(
             scope=scope,
             ok=(201, 200),
         )
-        resp.read()
+        client.discard(resp)
     finally:
         client.close()
     if not quiet:
@@ -420,7 +456,7 @@ def _push_blob(
     progress: Progress,
 ) -> None:
     head = client.request("HEAD", f"/v2/{repo}/blobs/{desc.digest}", scope=scope, ok=(200, 404))
-    head.read()
+    client.discard(head)
     if head.status == 200:
         progress.say(desc.digest, "already exists")
         return
@@ -432,13 +468,13 @@ def _push_blob(
             scope=mscope,
             ok=(201, 202),
         )
-        resp.read()
+        client.discard(resp)
         if resp.status == 201:
             progress.say(desc.digest, f"mounted from {other}")
             return
         _cancel(client, resp, scope)
     resp = client.request("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, ok=(202,))
-    resp.read()
+    client.discard(resp)
     location = resp.getheader("Location") or ""
     if not location:
         raise RegistryError(f"{client.ep.host}: upload started without a Location")
@@ -451,7 +487,7 @@ def _push_blob(
                      "Content-Length": str(desc.size)},
             body=_Reader(src), scope=scope, ok=(201, 204),
         )  # fmt: skip
-        resp.read()
+        client.discard(resp)
     finally:
         src.close()
     progress.say(desc.digest, "pushed")
@@ -465,8 +501,8 @@ def _cancel(client: Client, resp: Any, scope: str) -> None:
     location = resp.getheader("Location")
     if location:
         with contextlib.suppress(RegistryError):
-            client.request("DELETE", _absolute(client, location), scope=scope,
-                           ok=(204, 200, 404)).read()  # fmt: skip
+            client.discard(client.request("DELETE", _absolute(client, location), scope=scope,
+                                          ok=(204, 200, 404)))  # fmt: skip
 
 
 class _Reader:
