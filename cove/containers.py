@@ -621,7 +621,7 @@ class ContainerEngine:
     def run_foreground(self, opts: Any) -> int:
         """``docker run`` without -d: this process is the container's parent and monitor
         (the lean path: no monitor process, output straight to our stdio)."""
-        from cove.engine_io import forward_signals, proxy_tty
+        from cove.engine_io import forward_signals, proxy_tty, pump
         from cove.runtime.api import ContainerStartError, exit_status
 
         cid = self.create(opts)
@@ -634,19 +634,23 @@ class ContainerEngine:
             self.log_path(cid), int(log_cfg.get("MaxSize", 0)), int(log_cfg.get("MaxFile", 1))
         )
         outputs: dict[int, int] = {}
+        stdin_w = -1
         try:
             stdio = None
             devnull = -1
             ends: list[int] = []
             if not opts.tty:
-                # the output goes through us, to our stdio and to the json-file log (``logs``)
+                # the output goes through us, to our stdio and to the json-file log (``logs``);
+                # -i input too: the container never holds our fds (our terminal)
                 out_r, out_w = os.pipe2(os.O_CLOEXEC)
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 outputs = {out_r: 0, err_r: 1}
                 ends = [out_w, err_w]
-                if not opts.interactive:
+                if opts.interactive:
+                    devnull, stdin_w = os.pipe2(os.O_CLOEXEC)
+                else:
                     devnull = os.open(os.devnull, os.O_RDONLY)
-                stdio = (0 if opts.interactive else devnull, out_w, err_w)
+                stdio = (devnull, out_w, err_w)
             try:
                 created = self._create_here(runtime, cid, stdio)
             finally:
@@ -664,8 +668,8 @@ class ContainerEngine:
                     )
                     log.flush(0)
                 else:
-                    status = _pump_output(outputs, created.pid, log)
-                    outputs = {}
+                    feed, stdin_w = stdin_w, -1  # pump owns it from here
+                    status = pump(outputs, created.pid, log, stdin=feed)
             code = exit_status(status)
             oom = created.cgroups.oom_killed()
             if oom:
@@ -689,8 +693,9 @@ class ContainerEngine:
                 self.store.update(cid, **fields)
             raise
         finally:
-            for fd in outputs:
-                os.close(fd)
+            for fd in (*outputs, stdin_w):
+                if fd >= 0:
+                    os.close(fd)
             os.close(log.fd)
             with contextlib.suppress(Exception):
                 runtime.delete(cid, force=True)
@@ -727,6 +732,7 @@ class ContainerEngine:
         The row keeps the caller's ``op``: the caller removes the container, or, should it
         die, the next command does. An interrupt (Ctrl-C) kills the process on the way out.
         """
+        from cove.engine_io import NO_LOG, pump
         from cove.runtime.api import exit_status
 
         runtime = self.runtime()
@@ -741,8 +747,7 @@ class ContainerEngine:
                 for fd in (devnull, out_w, err_w):
                     os.close(fd)
             _start_exec(runtime, cid, created)
-            status = _pump_output(outputs, created.pid, _NO_LOG, echo)
-            outputs = {}
+            status = pump(outputs, created.pid, NO_LOG, echo)
             code = 137 if created.cgroups.oom_killed() else exit_status(status)
             self.store.update(
                 cid, status=Status.EXITED, exit_code=code, finished_at=now(), monitor_pid=0
@@ -1154,17 +1159,6 @@ def _start_exec(runtime: Any, cid: str, created: Any) -> None:
         raise
 
 
-class _NoLog:
-    def feed(self, stream: int, data: bytes) -> None:
-        pass
-
-    def flush(self, stream: int) -> None:
-        pass
-
-
-_NO_LOG = _NoLog()
-
-
 def _is_vm(rec: Record) -> bool:
     return bool(rec.config.get("HostConfig", {}).get("Isolation") == "vm")
 
@@ -1176,58 +1170,6 @@ def container_only(rec: Record, verb: str) -> None:
         from cove.errors import Unsupported
 
         raise Unsupported(f"{verb} does not apply to {rec.name}: it runs in a vm (--vm)")
-
-
-def _pump_output(
-    outputs: dict[int, int],
-    pid: int,
-    log: Any,
-    echo: Callable[[int, bytes], None] | None = None,
-) -> int:
-    """Copy the container's stdout/stderr to ours (or to ``echo``) and to the log until its
-    first process exits (and what it wrote is read); its wait status."""
-    import select
-
-    pidfd = os.pidfd_open(pid)
-    targets = {0: 1, 1: 2}
-    broken: set[int] = set()
-    exited = False
-    try:
-        while outputs:
-            watch = [*outputs] + ([] if exited else [pidfd])
-            try:
-                ready, _, _ = select.select(watch, [], [], 0 if exited else None)
-            except InterruptedError:
-                continue
-            if not ready:
-                break  # it exited and nothing more is waiting: later writers are not ours
-            for fd in ready:
-                if fd == pidfd:
-                    exited = True
-                    continue
-                data = os.read(fd, 65536)
-                stream = outputs[fd]
-                if not data:
-                    log.flush(stream)
-                    os.close(fd)
-                    del outputs[fd]
-                    continue
-                log.feed(stream, data)
-                if echo is not None:
-                    echo(stream, data)
-                elif stream not in broken:
-                    try:
-                        os.write(targets[stream], data)
-                    except BrokenPipeError:
-                        broken.add(stream)  # our reader left (| head): the log still gets it
-    finally:
-        for fd, stream in outputs.items():
-            log.flush(stream)
-            os.close(fd)
-        outputs.clear()
-        os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
-    return status
 
 
 def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:

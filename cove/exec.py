@@ -77,27 +77,56 @@ def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
     _check_running(rec)
     proc, seccomp = _process(ce, rec, o)
     devnull = os.open(os.devnull, os.O_RDWR)
+    ends: list[int] = []  # the process's ends of its pipes: closed here once it has them
+    outputs: dict[int, int] = {}
+    stdin_w = -1
     try:
         if o.detach:
             stdio: tuple[int, int, int] | None = (devnull, devnull, devnull)
         elif o.tty:
             stdio = None
         else:
-            stdio = (0 if o.interactive else devnull, 1, 2)
+            # pipes we copy, never our own fds: our terminal must not reach the process
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            ends.append(out_w)
+            outputs[out_r] = 0
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            ends.append(err_w)
+            outputs[err_r] = 1
+            in_r = devnull
+            if o.interactive:
+                in_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                ends.append(in_r)
+            stdio = (in_r, out_w, err_w)
         runtime = ce.runtime()
         created = runtime.exec_process(rec.id, proc, stdio=stdio, seccomp=seccomp)
+    except BaseException:
+        for fd in (*outputs, stdin_w):
+            if fd >= 0:
+                os.close(fd)
+        raise
     finally:
-        os.close(devnull)
-    runtime.wait_exec(created)
+        for fd in (devnull, *ends):
+            os.close(fd)
+    from cove.engine_io import NO_LOG, forward_signals, proxy_tty, pump
+
+    try:
+        runtime.wait_exec(created)
+    except BaseException:
+        for fd in (*outputs, stdin_w):
+            if fd >= 0:
+                os.close(fd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(created.pid, 0)  # it exited without exec'ing: reap it
+        raise
     if o.detach:
         return 0
-    from cove.engine_io import forward_signals, proxy_tty
-
     with forward_signals(created.pid):
         if created.pty_master is not None:
             status = proxy_tty(created.pty_master, created.pid, o.interactive)
         else:
-            _, status = os.waitpid(created.pid, 0)
+            # no log keeps exec's output: once our reader leaves, the process's writes fail
+            status = pump(outputs, created.pid, NO_LOG, stdin=stdin_w, drain_broken=False)
     return exit_status(status)
 
 

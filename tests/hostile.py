@@ -236,3 +236,92 @@ def serve_image(img: TinyImage, h: BaseHTTPRequestHandler, *,
         reply(h, 200, img.blobs[path.rsplit("/", 1)[1]])
         return True
     return False
+
+
+# --------------------------------------------------------------------------------------------
+# Static x86_64 programs: Alpine's minirootfs has no perl or python to make raw syscalls with
+
+
+def static_elf(text: bytes) -> bytes:
+    """A minimal static ELF64 x86_64 executable: one read+execute PT_LOAD of the whole file,
+    entry right after the two headers, at ``text`` (position-independent code)."""
+    import struct
+
+    base, ehsize, phsize = 0x400000, 64, 56
+    size = ehsize + phsize + len(text)
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, LSB, version 1, SysV
+    ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 62, 1, base + ehsize + phsize, ehsize,
+                       0, 0, ehsize, phsize, 1, 0, 0, 0)  # fmt: skip  # ET_EXEC, EM_X86_64
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)  # PT_LOAD, R+X
+    return ehdr + phdr + text
+
+
+# tiocsti_probe's exit status: one bit per thing it managed
+STI_OPENED_TTY = 1  # open("/dev/tty") succeeded: the process has a controlling terminal
+STI_VIA_TTY = 2  # ioctl(TIOCSTI) pushed every byte through that /dev/tty
+STI_VIA_FD0, STI_VIA_FD1, STI_VIA_FD2 = 4, 8, 16  # ... through its stdin, stdout, stderr
+STI_TTY_ENXIO = 32  # open("/dev/tty") failed with ENXIO (no controlling terminal)
+
+# r13 collects the bits; sti(edi=fd) pushes each byte of the message with
+# ioctl(fd, TIOCSTI, &byte) and returns 0 when every one went in
+_TIOCSTI_TEXT = bytes.fromhex(
+    "45 31 ed"  # 00: xor r13d,r13d
+    "b8 02 00 00 00"  # 03: mov eax,2                       SYS_open
+    "48 8d 3d 98 00 00 00"  # 08: lea rdi,[rip+0x98]       "/dev/tty" at a7
+    "be 02 08 00 00"  # 0f: mov esi,0x802                   O_RDWR|O_NONBLOCK
+    "31 d2"  # 14: xor edx,edx
+    "0f 05"  # 16: syscall
+    "48 85 c0"  # 18: test rax,rax
+    "78 15"  # 1b: js 32                                    open failed
+    "41 83 cd 01"  # 1d: or r13d,STI_OPENED_TTY
+    "89 c7"  # 21: mov edi,eax
+    "e8 51 00 00 00"  # 23: call sti
+    "85 c0"  # 28: test eax,eax
+    "75 10"  # 2a: jne 3c
+    "41 83 cd 02"  # 2c: or r13d,STI_VIA_TTY
+    "eb 0a"  # 30: jmp 3c
+    "48 83 f8 fa"  # 32: cmp rax,-ENXIO
+    "75 04"  # 36: jne 3c
+    "41 83 cd 20"  # 38: or r13d,STI_TTY_ENXIO
+    "31 ff"  # 3c: xor edi,edi                              fd 0
+    "e8 36 00 00 00"  # 3e: call sti
+    "85 c0"  # 43: test eax,eax
+    "75 04"  # 45: jne 4b
+    "41 83 cd 04"  # 47: or r13d,STI_VIA_FD0
+    "bf 01 00 00 00"  # 4b: mov edi,1                       fd 1
+    "e8 24 00 00 00"  # 50: call sti
+    "85 c0"  # 55: test eax,eax
+    "75 04"  # 57: jne 5d
+    "41 83 cd 08"  # 59: or r13d,STI_VIA_FD1
+    "bf 02 00 00 00"  # 5d: mov edi,2                       fd 2
+    "e8 12 00 00 00"  # 62: call sti
+    "85 c0"  # 67: test eax,eax
+    "75 04"  # 69: jne 6f
+    "41 83 cd 10"  # 6b: or r13d,STI_VIA_FD2
+    "44 89 ef"  # 6f: mov edi,r13d
+    "b8 3c 00 00 00"  # 72: mov eax,60                      SYS_exit(r13d)
+    "0f 05"  # 77: syscall
+    "41 89 fe"  # 79: sti: mov r14d,edi
+    "4c 8d 3d 2d 00 00 00"  # 7c: lea r15,[rip+0x2d]       the message at b0
+    "41 0f b6 07"  # 83: movzx eax,BYTE PTR [r15]
+    "85 c0"  # 87: test eax,eax
+    "74 1b"  # 89: je a6                                    NUL: done, eax = 0
+    "44 89 f7"  # 8b: mov edi,r14d
+    "be 12 54 00 00"  # 8e: mov esi,0x5412                  TIOCSTI
+    "4c 89 fa"  # 93: mov rdx,r15
+    "b8 10 00 00 00"  # 96: mov eax,16                      SYS_ioctl
+    "0f 05"  # 9b: syscall
+    "85 c0"  # 9d: test eax,eax
+    "75 05"  # 9f: jne a6                                   refused: eax = -errno
+    "49 ff c7"  # a1: inc r15
+    "eb dd"  # a4: jmp 83
+    "c3"  # a6: ret
+)
+
+
+def tiocsti_probe(message: bytes) -> bytes:
+    """A static program that opens /dev/tty and pushes ``message`` into the terminal's input
+    queue with TIOCSTI through it and through fds 0, 1 and 2, as typed keystrokes; its exit
+    status is the ``STI_*`` bits of what it managed."""
+    assert b"\0" not in message
+    return static_elf(_TIOCSTI_TEXT + b"/dev/tty\0" + message + b"\0")

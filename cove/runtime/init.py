@@ -520,8 +520,12 @@ def _process(ctx: InitContext) -> NoReturn:
             f.write(str(proc.oom_score_adj))
     if proc.terminal:
         _terminal(ctx)
-    elif ctx.stdio:
-        for target, fd in enumerate(ctx.stdio):
+    else:
+        # a session of our own and no controlling terminal, as Docker's: open("/dev/tty")
+        # gives ENXIO, so no TIOCSTI reaches the terminal cove runs in. Invariant: we were
+        # forked (by C or X), so we lead no process group and setsid cannot fail with EPERM.
+        os.setsid()
+        for target, fd in enumerate(ctx.stdio or ()):
             if fd != target:
                 os.dup2(fd, target)
     cwd = proc.cwd or "/"
