@@ -12,6 +12,7 @@ containers table (``ps`` shows ISOLATION vm), its supervisor is this process (or
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -64,6 +65,13 @@ def _readonly_source(host: str) -> Callable[[], None]:
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         sc.mount(host, host, None, sc.MS_BIND | sc.MS_REC)
         sc.mount(None, host, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+        # the remount made only the top read-only; a submount of the directory would stay
+        # writable to virtiofsd (whose own MS_REC bind keeps each mount's flags): all of it
+        try:
+            sc.mount_setattr(host, sc.MOUNT_ATTR_RDONLY, recursive=True)
+        except OSError as e:
+            if e.errno != errno.ENOSYS:  # kernel < 5.12: the top only, as Docker falls back
+                raise
 
     return pre
 

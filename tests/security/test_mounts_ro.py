@@ -8,12 +8,14 @@ keeps its own flags. Attack: write through a submount of a ``:ro`` volume, or of
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
+import vmguest
+from conftest import CoveRunner, cove_argv
 from hostile import host_submount
 
 EROFS = "Read-only file system"
@@ -81,3 +83,29 @@ def test_ro_bind_submount_is_readonly(
                  "echo hi > /x/sub/ok && echo hi > /x/top")  # fmt: skip
         assert (sub / "ok").read_text() == "hi\n"
         assert (src / "top").read_text() == "hi\n"
+
+
+@pytest.fixture
+def vmrun(cove: CoveRunner, cove_root: Path, alpine: str) -> Iterator[CoveRunner]:
+    """``cove`` with the guest kernel installed; afterwards no QEMU or virtiofsd is left."""
+    vmguest.install_kernel(cove_root)
+    yield cove
+    ids = cove("ps", "-aq", "--no-trunc").stdout.split()
+    subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True)
+    assert vmguest.leftovers(ids, str(cove_root)) == []
+
+
+def test_vm_ro_volume_submount_is_readonly(vmrun: CoveRunner, tmp_path: Path) -> None:
+    """``run --vm -v DIR:/x:ro``: virtiofsd (root on the host) serves DIR; a root guest can
+    remount its side read-write, so only the host side's read-only bind protects it."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    with host_submount(src / "sub") as sub:
+        script = "mount -o remount,rw /x; echo x > /x/sub/evil; echo x > /x/top; true"
+        vmrun("run", "--vm", "--rm", "-v", f"{src}:/x:ro", "alpine:3.20", "sh", "-c", script)
+        assert not (sub / "evil").exists(), "the guest wrote through the submount of a :ro share"
+        assert not (src / "top").exists()
+        # positive control: read-write, the submount is writable through virtiofsd
+        vmrun("run", "--vm", "--rm", "-v", f"{src}:/x", "alpine:3.20", "sh", "-c",
+              "echo hi > /x/sub/ok")  # fmt: skip
+        assert (sub / "ok").read_text() == "hi\n"
