@@ -325,3 +325,31 @@ def tiocsti_probe(message: bytes) -> bytes:
     status is the ``STI_*`` bits of what it managed."""
     assert b"\0" not in message
     return static_elf(_TIOCSTI_TEXT + b"/dev/tty\0" + message + b"\0")
+
+
+# --------------------------------------------------------------------------------------------
+# One raw syscall, its errno as the exit status
+
+
+def syscall_probe(nr: int, *args: int) -> bytes:
+    """A static program that makes syscall ``nr`` with up to four arguments and exits with
+    the errno it got (0 when the call succeeded; a successful clone's child exits 0 too)."""
+    import struct
+
+    if len(args) > 4:
+        raise ValueError("at most four syscall arguments")
+    regs = (b"\x48\xbf", b"\x48\xbe", b"\x48\xba", b"\x49\xba")  # mov rdi/rsi/rdx/r10, imm64
+    text = b"\x48\xb8" + struct.pack("<Q", nr)  # mov rax, nr
+    for reg, value in zip(regs, args, strict=False):
+        text += reg + struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF)
+    text += (
+        b"\x0f\x05"  # syscall
+        b"\x31\xff"  # xor edi, edi
+        b"\x48\x85\xc0"  # test rax, rax
+        b"\x79\x06"  # jns exit
+        b"\x48\x89\xc7"  # mov rdi, rax
+        b"\x48\xf7\xdf"  # neg rdi              -errno -> errno
+        b"\xb8\x3c\x00\x00\x00"  # exit: mov eax, 60   SYS_exit(edi)
+        b"\x0f\x05"  # syscall
+    )
+    return static_elf(text)

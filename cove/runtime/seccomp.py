@@ -1,5 +1,6 @@
-"""Seccomp profiles: cove's default (equivalent in effect to Docker's), Docker's JSON format, and
-compilation to classic BPF through libseccomp, cached by content so the start path only loads bytes.
+"""Seccomp profiles: cove's default (the allowlist of seccomp_default, Docker's semantics),
+Docker's JSON format, and compilation to classic BPF through libseccomp, cached by content so
+the start path only loads bytes.
 """
 
 from __future__ import annotations
@@ -12,155 +13,130 @@ import tempfile
 from typing import Any
 
 from cove.errors import InvalidSpec
+from cove.runtime.seccomp_default import (
+    ARCH_MAP,
+    DEFAULT_ERRNO,
+    ERRNO,
+    MACHINE_ARCH,
+    RULES,
+    applies,
+)
 from cove.spec.runtime import Seccomp, SeccompArg, SeccompSyscall
 
-_NS_FLAGS = {  # clone(2) flags that make namespaces
-    "CLONE_NEWNS": 0x00020000,
-    "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000,
-    "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000,
-    "CLONE_NEWNET": 0x40000000,
-}
-AF_VSOCK = 40
-
-# Syscalls Docker's default profile keeps from containers, grouped by the capability that
-# lifts the ban (as Docker's profile does with "includes": {"caps": [...]}); None: always denied.
-DENIED: dict[str | None, list[str]] = {
-    None: [
-        "add_key",
-        "keyctl",
-        "request_key",
-        "create_module",
-        "get_kernel_syms",
-        "query_module",
-        "lookup_dcookie",
-        "nfsservctl",
-        "uselib",
-        "userfaultfd",
-        "ustat",
-        "sysfs",
-        "_sysctl",
-        "vm86",
-        "vm86old",
-        "io_uring_setup",
-        "io_uring_enter",
-        "io_uring_register",
-        "kexec_file_load",
-        "kexec_load",
-    ],
-    "CAP_SYS_ADMIN": [
-        "mount",
-        "umount",
-        "umount2",
-        "unshare",
-        "setns",
-        "pivot_root",
-        "quotactl",
-        "quotactl_fd",
-        "name_to_handle_at",
-        "open_by_handle_at",
-        "fsopen",
-        "fsconfig",
-        "fsmount",
-        "fspick",
-        "move_mount",
-        "open_tree",
-        "mount_setattr",
-        "lookup_dcookie",
-        "swapon",
-        "swapoff",
-    ],
-    "CAP_SYS_BOOT": ["reboot"],
-    "CAP_SYS_MODULE": ["init_module", "finit_module", "delete_module"],
-    "CAP_SYS_TIME": ["settimeofday", "stime", "clock_settime", "clock_adjtime", "adjtimex"],
-    "CAP_SYS_PTRACE": ["process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"],
-    "CAP_SYS_PACCT": ["acct"],
-    "CAP_SYS_RAWIO": ["iopl", "ioperm"],
-    "CAP_BPF": ["bpf"],
-    "CAP_PERFMON": ["perf_event_open"],
-}
-
-_ARCHES = {
-    "x86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "aarch64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
-}
+_NR_SCMP_ERROR = -1  # what seccomp_syscall_resolve_name_arch returns for an unknown name
 
 
-def default_profile(caps: list[str]) -> Seccomp:
-    """Deny what Docker's default denies, given the container's capabilities."""
+def native_arch() -> str:
+    """This machine's architecture in Docker's (libseccomp's) naming: amd64, arm64, ..."""
+    machine = os.uname().machine
+    return MACHINE_ARCH.get(machine, machine)
+
+
+def kernel_version() -> tuple[int, int]:
+    """The running kernel's major.minor, for Docker's ``minKernel``."""
+    return _parse_kernel(os.uname().release)
+
+
+def _parse_kernel(text: str) -> tuple[int, int]:
+    parts = text.split("-")[0].split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError as e:
+        raise InvalidSpec(f"seccomp: cannot read kernel version {text!r}") from e
+
+
+def default_profile(
+    caps: list[str], arch: str | None = None, kernel: tuple[int, int] | None = None
+) -> Seccomp:
+    """cove's default: the allowlist of seccomp_default.RULES for these capabilities (the
+    bounding set), this architecture and kernel; everything else fails with EPERM."""
     held = set(caps)
-    rules: list[SeccompSyscall] = []
-    denied: list[str] = []
-    for cap, names in DENIED.items():
-        if cap is None or (cap not in held and not (cap == "CAP_BPF" and "CAP_SYS_ADMIN" in held)):
-            denied += [n for n in names if n not in denied]
-    if denied:
-        rules.append(SeccompSyscall(sorted(denied), "SCMP_ACT_ERRNO", errno_ret=errno.EPERM))
-    if "CAP_SYS_ADMIN" not in held:
-        for flag in _NS_FLAGS.values():  # clone with any namespace flag
-            rules.append(
-                SeccompSyscall(
-                    ["clone"],
-                    "SCMP_ACT_ERRNO",
-                    [SeccompArg(0, flag, "SCMP_CMP_MASKED_EQ", flag)],
-                    errno_ret=errno.EPERM,
-                )
-            )
-    # glibc falls back to clone(2), whose flags we can inspect, when clone3 says ENOSYS
-    rules.append(SeccompSyscall(["clone3"], "SCMP_ACT_ERRNO", errno_ret=errno.ENOSYS))
-    rules.append(
+    arch = arch or native_arch()
+    kernel = kernel or kernel_version()
+    rules = [
         SeccompSyscall(
-            ["socket"],
-            "SCMP_ACT_ERRNO",
-            [SeccompArg(0, AF_VSOCK, "SCMP_CMP_EQ")],
-            errno_ret=errno.EPERM,
+            list(r.names),
+            r.action,
+            [SeccompArg(i, v, op) for i, v, op in r.args],
+            r.errno_ret,
         )
-    )
-    return Seccomp("SCMP_ACT_ALLOW", _ARCHES.get(os.uname().machine, []), rules)
+        for r in RULES
+        if applies(r, held, arch, kernel)
+    ]
+    return Seccomp(ERRNO, list(ARCH_MAP.get(arch, [])), rules, DEFAULT_ERRNO)
 
 
-def _matches(cond: dict[str, Any], caps: set[str], arch: str) -> bool:
-    """Docker's includes semantics: every listed criterion must hold."""
-    if cond.get("caps") and not set(cond["caps"]) <= caps:
-        return False
-    return not cond.get("arches") or arch in cond["arches"]
+def _filter(doc: dict[str, Any], key: str, i: int, where: str) -> dict[str, Any]:
+    value = doc.get(key) or {}
+    if not isinstance(value, dict):
+        raise InvalidSpec(f"seccomp profile {where}: syscalls[{i}].{key} is not an object")
+    return value
 
 
-def from_docker_json(data: bytes, caps: list[str], where: str) -> Seccomp:
-    """Read a profile in Docker's format (defaultAction, archMap, syscalls with includes)."""
+def _holds(
+    cond: dict[str, Any], caps: set[str], arch: str, kernel: tuple[int, int], *, every_cap: bool
+) -> list[bool]:
+    """Which of Docker's criteria listed in ``cond`` hold. Caps: includes need all of them
+    held (``every_cap``), excludes apply when any one is held."""
+    out = []
+    if cond.get("caps"):
+        listed = set(cond["caps"])
+        out.append(listed <= caps if every_cap else bool(listed & caps))
+    if cond.get("arches"):
+        out.append(arch in cond["arches"])
+    if cond.get("minKernel"):
+        out.append(kernel >= _parse_kernel(str(cond["minKernel"])))
+    return out
+
+
+def from_docker_json(
+    data: bytes,
+    caps: list[str],
+    where: str,
+    arch: str | None = None,
+    kernel: tuple[int, int] | None = None,
+) -> Seccomp:
+    """Read a profile in Docker's format with Docker's semantics (profiles/seccomp in moby):
+    ``architectures`` or ``archMap`` (the native entry and its sub-architectures), syscalls
+    kept when every ``includes`` criterion holds (caps, arches, minKernel) and dropped when
+    any ``excludes`` one does (any listed cap held, the arch listed, the kernel at least
+    minKernel); ``errnoRet``, ``defaultErrnoRet`` and ``valueTwo`` carried over."""
     try:
         doc = json.loads(data)
     except ValueError as e:
         raise InvalidSpec(f"seccomp profile {where}: not valid json: {e}") from e
     if not isinstance(doc, dict) or "defaultAction" not in doc:
         raise InvalidSpec(f"seccomp profile {where}: no defaultAction")
-    machine = os.uname().machine
-    goarch = {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+    if doc.get("architectures") and doc.get("archMap"):
+        raise InvalidSpec(f"seccomp profile {where}: both architectures and archMap given")
+    arch = arch or native_arch()
+    kernel = kernel or kernel_version()
     held = set(caps)
     arches: list[str] = list(doc.get("architectures") or [])
+    native = ARCH_MAP.get(arch, [""])[0]
     for entry in doc.get("archMap") or []:
-        native = _ARCHES.get(machine, [""])[0]
         if entry.get("architecture") == native:
-            arches = [native, *entry.get("subArchitectures", [])]
+            arches = [native, *(entry.get("subArchitectures") or [])]
+            break
     rules = []
     for i, s in enumerate(doc.get("syscalls") or []):
+        if s.get("name") and s.get("names"):
+            raise InvalidSpec(f"seccomp profile {where}: syscalls[{i}] has both name and names")
         names = s.get("names") or ([s["name"]] if s.get("name") else [])
         if not names or "action" not in s:
             raise InvalidSpec(f"seccomp profile {where}: syscalls[{i}] needs names and action")
-        if not _matches(s.get("includes") or {}, held, goarch):
+        if not all(_holds(_filter(s, "includes", i, where), held, arch, kernel, every_cap=True)):
             continue
-        excludes = s.get("excludes") or {}
-        if excludes and (
-            set(excludes.get("caps") or []) & held or goarch in (excludes.get("arches") or [])
-        ):
+        if any(_holds(_filter(s, "excludes", i, where), held, arch, kernel, every_cap=False)):
             continue
-        args = [
-            SeccompArg(a["index"], a["value"], a["op"], a.get("valueTwo", 0))
-            for a in s.get("args") or []
-        ]
-        rules.append(SeccompSyscall(names, s["action"], args, s.get("errnoRet")))
+        try:
+            args = [
+                SeccompArg(int(a["index"]), int(a["value"]), a["op"], int(a.get("valueTwo", 0)))
+                for a in s.get("args") or []
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidSpec(f"seccomp profile {where}: syscalls[{i}] bad args: {e}") from e
+        rules.append(SeccompSyscall(list(names), s["action"], args, s.get("errnoRet")))
     return Seccomp(doc["defaultAction"], arches, rules, doc.get("defaultErrnoRet"))
 
 
@@ -184,7 +160,11 @@ def _action(sc: Any, name: str, errno_ret: int | None) -> int:
 
 def compile_bpf(profile: Seccomp) -> bytes:
     """Compile with libseccomp (pyseccomp binding) to a BPF program."""
+    import logging
+
     import pyseccomp as sc
+
+    log = logging.getLogger(__name__)
 
     ops = {
         "SCMP_CMP_NE": sc.NE,
@@ -216,10 +196,16 @@ def compile_bpf(profile: Seccomp) -> bytes:
                 raise InvalidSpec(f"seccomp: unsupported operator {a.op!r}")
             args.append(sc.Arg(a.index, ops[a.op], a.value, a.value_two))
         for name in rule.names:
+            # A name libseccomp cannot resolve (a syscall newer than this libseccomp, or
+            # another architecture's) gets no rule, so it keeps the default action: with an
+            # allowlist, unknown means refused, never allowed.
+            if sc.resolve_syscall(sc.Arch.NATIVE, name) == _NR_SCMP_ERROR:
+                log.debug("seccomp: %s unknown to libseccomp on this architecture, skipped", name)
+                continue
             try:
                 f.add_rule(action, name, *args)
-            except (ValueError, RuntimeError, OSError):
-                continue  # a syscall this architecture does not have
+            except (ValueError, RuntimeError, OSError) as e:
+                raise InvalidSpec(f"seccomp: cannot add a rule for {name}: {e}") from e
     fd, path = tempfile.mkstemp(prefix="cove-bpf-")
     try:
         with os.fdopen(fd, "w+b") as out:
