@@ -1,13 +1,16 @@
 """A network's DNS responder (Docker's embedded DNS, aardvark-dns's place in Podman).
 
-One small process per network listens on the bridge's gateway address, port 53 (UDP). It
-answers A queries for the names and aliases of the containers on its network from a hosts
-file cove rewrites on every attach and detach (re-read when it changes), and forwards
-every other query to the host's resolvers. It runs in the host's network namespace, so a
-host resolver on 127.0.0.53 works as an upstream.
+One small process per network listens on the bridge's gateway address, port 53 (UDP), for
+datagrams arriving on that bridge only. It answers A queries for the names and aliases of
+the containers on its network from a hosts file cove rewrites on every attach and detach
+(re-read when it changes), and forwards every other query to the host's resolvers: from a
+fresh socket with a random port and id per query, accepting only a response from the
+server asked to the question asked. It runs in the host's network namespace, so a host
+resolver on 127.0.0.53 works as an upstream; that is also why an ``--internal`` network's
+responder is given no upstream at all (it would be the network's way out).
 
 Lean like the monitor: a fresh interpreter that imports C modules only.
-Arguments: HOSTS_FILE LISTEN_IP [UPSTREAM...]
+Arguments: HOSTS_FILE LISTEN_IP BRIDGE [UPSTREAM...]
 """
 
 from __future__ import annotations
@@ -16,8 +19,11 @@ import _socket
 import os
 import select
 import sys
+import time
 
 _A, _AAAA = 1, 28
+TIMEOUT = 2.0  # seconds an upstream has to answer before the next one is asked
+MAX_PENDING = 512  # forwarded queries in flight (one socket each); beyond: REFUSED
 
 
 def _parse_name(msg: bytes, off: int) -> tuple[str, int]:
@@ -79,43 +85,119 @@ class Names:
         return self.table.get(name)
 
 
-def serve(hosts: str, listen: str, upstreams: list[str]) -> None:
-    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-    sock.bind((listen, 53))
-    up = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
-    up.bind(("0.0.0.0", 0))
-    names = Names(hosts)
-    pending: dict[int, tuple[bytes, tuple[str, int]]] = {}  # upstream id -> (client id, addr)
-    next_id = 1
+class _Pending:
+    """One forwarded query: its own connected socket, so only the server asked can answer."""
+
+    __slots__ = ("client", "deadline", "end", "qid", "query", "sock", "tried")
+
+    def __init__(self, sock: _socket.socket, qid: bytes, query: bytes, end: int,
+                 client: tuple[str, int], deadline: float, tried: int) -> None:  # fmt: skip
+        self.sock, self.qid, self.query, self.end = sock, qid, query, end
+        self.client, self.deadline, self.tried = client, deadline, tried
+
+
+class Responder:
+    """The responder's sockets and forwarding state; ``poll`` does one round of work."""
+
+    def __init__(self, hosts: str, listen: str, device: str | None, upstreams: list[str], *,
+                 port: int = 53, upstream_port: int = 53) -> None:  # fmt: skip
+        self.sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        if device:
+            # Binding to the gateway address alone still takes datagrams to that address
+            # arriving on any interface (Linux's weak host model): containers of other
+            # networks and the LAN would reach it. SO_BINDTODEVICE keeps it to the bridge.
+            self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_BINDTODEVICE, device.encode())
+        self.sock.bind((listen, port))
+        self.names = Names(hosts)
+        self.upstreams = upstreams
+        self.upstream_port = upstream_port
+        self.pending: dict[int, _Pending] = {}  # socket fd -> query
+
+    def _forward(self, msg: bytes, end: int, client: tuple[str, int], tried: int) -> None:
+        """Ask upstream number ``tried``; SERVFAIL once none is left (none at all for an
+        ``--internal`` network, as Docker: its names never leave the host)."""
+        if tried >= len(self.upstreams):
+            qtype = int.from_bytes(msg[end - 4 : end - 2], "big")
+            self.sock.sendto(answer(msg, end, [], qtype, rcode=2), client)
+            return
+        # a fresh socket per query: the kernel gives it a random source port, and connect()
+        # makes it accept datagrams from that server's address and port only; with a random
+        # id that leaves an off-path spoofer 32 bits to guess instead of 16 sequential ones
+        up = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        try:
+            up.connect((self.upstreams[tried], self.upstream_port))
+            qid = os.urandom(2)
+            up.send(qid + msg[2:])
+        except OSError:
+            up.close()
+            self._forward(msg, end, client, tried + 1)
+            return
+        self.pending[up.fileno()] = _Pending(up, qid, msg, end, client,
+                                             time.monotonic() + TIMEOUT, tried)  # fmt: skip
+
+    def _from_client(self) -> None:
+        msg, client = self.sock.recvfrom(4096)
+        try:
+            _qid, name, qtype, end, flags = question(msg)
+        except (ValueError, IndexError):
+            return
+        if flags & 0x80:  # a response sent to us: never answered
+            return
+        found = self.names.lookup(name)
+        if found is not None:
+            self.sock.sendto(answer(msg, end, found, qtype), client)
+        elif len(self.pending) >= MAX_PENDING:
+            self.sock.sendto(answer(msg, end, [], qtype, rcode=5), client)  # REFUSED
+        else:
+            self._forward(msg, end, client, 0)
+
+    def _from_upstream(self, p: _Pending) -> None:
+        try:
+            msg, src = p.sock.recvfrom(4096)
+        except OSError:  # e.g. ICMP port unreachable reported on the connected socket
+            return
+        # the server asked (address and port), our id, a response, to our question
+        want = (self.upstreams[p.tried], self.upstream_port)
+        if src != want or len(msg) < 12 or msg[0:2] != p.qid or not msg[2] & 0x80:
+            return
+        try:
+            end = question(msg)[3]
+        except (ValueError, IndexError):
+            return
+        if msg[12:end].lower() != p.query[12 : p.end].lower():
+            return
+        self._done(p)
+        self.sock.sendto(p.query[0:2] + msg[2:], p.client)
+
+    def _done(self, p: _Pending) -> None:
+        self.pending.pop(p.sock.fileno(), None)
+        p.sock.close()
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for datagrams and handle them."""
+        now = time.monotonic()
+        for p in [p for p in self.pending.values() if p.deadline <= now]:
+            self._done(p)
+            self._forward(p.query, p.end, p.client, p.tried + 1)  # the next server
+        if self.pending:
+            timeout = max(0.0, min(timeout, min(p.deadline for p in self.pending.values()) - now))
+        ready, _, _ = select.select([self.sock, *(p.sock for p in self.pending.values())], [],
+                                    [], timeout)  # fmt: skip
+        for s in ready:
+            if s is self.sock:
+                self._from_client()
+            elif (waiting := self.pending.get(s.fileno())) is not None:
+                self._from_upstream(waiting)
+
+
+def serve(hosts: str, listen: str, device: str | None, upstreams: list[str]) -> None:
+    r = Responder(hosts, listen, device, upstreams)
     while True:
-        ready, _, _ = select.select([sock, up], [], [], 5.0)
-        if sock in ready:
-            msg, client = sock.recvfrom(4096)
-            try:
-                _qid, name, qtype, end, _flags = question(msg)
-            except (ValueError, IndexError):
-                continue
-            found = names.lookup(name)
-            if found is not None:
-                sock.sendto(answer(msg, end, found, qtype), client)
-            elif upstreams:
-                next_id = (next_id % 65535) + 1
-                pending[next_id] = (msg[0:2], client)
-                up.sendto(next_id.to_bytes(2, "big") + msg[2:], (upstreams[0], 53))
-                if len(pending) > 1024:
-                    pending.pop(next(iter(pending)))
-            else:
-                sock.sendto(answer(msg, end, [], qtype, rcode=2), client)  # SERVFAIL
-        if up in ready:
-            msg, _ = up.recvfrom(4096)
-            entry = pending.pop(int.from_bytes(msg[0:2], "big"), None)
-            if entry is not None:
-                sock.sendto(entry[0] + msg[2:], entry[1])
+        r.poll(5.0)
 
 
 def main() -> None:
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1):
         os.dup2(null, fd)
-    serve(sys.argv[1], sys.argv[2], sys.argv[3:])
+    serve(sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4:])

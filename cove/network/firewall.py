@@ -21,10 +21,13 @@ from cove.errors import CoveError
 
 NAT_CHAINS = ("COVE-POSTROUTING", "COVE-DNAT")
 FILTER_CHAINS = ("COVE-FORWARD", "COVE-ISOLATION-1", "COVE-ISOLATION-2")
+RAW_CHAINS = ("COVE-PREROUTING",)
+LOOPBACK = "127.0.0.0/8"
 
 
 def _jumps(tag: str) -> list[tuple[str, str, list[str]]]:
     return [
+        ("raw", "PREROUTING", ["-j", f"COVE-PREROUTING{tag}"]),
         ("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", f"COVE-DNAT{tag}"]),
         ("nat", "OUTPUT", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", f"COVE-DNAT{tag}"]),
         ("nat", "POSTROUTING", ["-j", f"COVE-POSTROUTING{tag}"]),
@@ -53,7 +56,7 @@ def render(nets: list[NetRule], ports: list[PortRule], tag: str = "") -> dict[st
     chain names: each state root other than the standard one owns a set of its own."""
     text = _render(nets, ports)
     if tag:
-        for c in (*NAT_CHAINS, *FILTER_CHAINS):
+        for c in (*NAT_CHAINS, *FILTER_CHAINS, *RAW_CHAINS):
             text = {k: re.sub(rf"\b{c}\b", c + tag, v) for k, v in text.items()}
     return text
 
@@ -61,9 +64,19 @@ def render(nets: list[NetRule], ports: list[PortRule], tag: str = "") -> dict[st
 def _render(nets: list[NetRule], ports: list[PortRule]) -> dict[str, str]:
     nat = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS)]
     flt = ["*filter", *(f":{c} - [0:0]" for c in FILTER_CHAINS)]
+    raw = ["*raw", *(f":{c} - [0:0]" for c in RAW_CHAINS)]
     flt.append("-A COVE-FORWARD -j COVE-ISOLATION-1")
     for n in nets:
         b, s = n.bridge, n.subnet
+        # route_localnet=1 on the bridge (for published 127.0.0.1 ports) makes the kernel
+        # route a frame a container addresses to 127.0.0.1 to the host's loopback services
+        # (CVE-2020-8558 class). Legitimate traffic never carries a 127/8 address on the
+        # bridge before conntrack: replies to the host's published-port connections are
+        # addressed to the gateway (MASQUERADE below) and become 127.0.0.1 only in nat
+        # PREROUTING, after this raw PREROUTING hook. So drop both directions here, before a
+        # conntrack entry is even made.
+        raw.append(f"-A COVE-PREROUTING -i {b} -d {LOOPBACK} -j DROP")
+        raw.append(f"-A COVE-PREROUTING -i {b} -s {LOOPBACK} -j DROP")
         if not n.internal:
             nat.append(f"-A COVE-POSTROUTING -s {s} ! -o {b} -j MASQUERADE")
         # the host (127.0.0.1 or its own addresses) reaching a published port; and a container
@@ -80,6 +93,10 @@ def _render(nets: list[NetRule], ports: list[PortRule]) -> dict[str, str]:
             flt.append(f"-A COVE-FORWARD -o {b} ! -i {b} -j DROP")
         else:
             flt.append(f"-A COVE-FORWARD -i {b} ! -o {b} -j ACCEPT")
+            # Docker's rule: with ip_forward on, the host routes for its neighbours, and
+            # FORWARD's policy may be ACCEPT; nothing from outside reaches a container
+            # except a reply or a published port (accepted above as ctstate DNAT)
+            flt.append(f"-A COVE-FORWARD -o {b} -j DROP")
     for p in ports:
         dest = f"-d {p.host_ip} " if p.host_ip and p.host_ip != "0.0.0.0" else ""
         nat.append(
@@ -88,7 +105,9 @@ def _render(nets: list[NetRule], ports: list[PortRule]) -> dict[str, str]:
         )
     nat.append("COMMIT")
     flt.append("COMMIT")
-    return {"nat": "\n".join(nat) + "\n", "filter": "\n".join(flt) + "\n"}
+    raw.append("COMMIT")
+    return {"nat": "\n".join(nat) + "\n", "filter": "\n".join(flt) + "\n",
+            "raw": "\n".join(raw) + "\n"}  # fmt: skip
 
 
 def _ipt(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -115,7 +134,7 @@ def remove_all(tag: str = "") -> None:
     for table, chain, rule in _jumps(tag):
         while _ipt(["-t", table, "-D", chain, *rule]).returncode == 0:
             pass
-    for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS)):
+    for table, chains in (("nat", NAT_CHAINS), ("filter", FILTER_CHAINS), ("raw", RAW_CHAINS)):
         for c in chains:
             _ipt(["-t", table, "-F", c + tag])
         for c in chains:

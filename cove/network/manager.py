@@ -300,8 +300,11 @@ class NetworkManager:
             here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
             code = (f"import sys; sys.path[:0] = [{here!r}]; "
                     "from cove.network.dns import main; main()")  # fmt: skip
+            # an --internal network's names never leave the host (CVE-2024-29018 class: the
+            # responder sits in the host's netns, so forwarding would be the network's way out)
+            upstreams = [] if n.internal else _upstreams()
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", code, hosts, n.gateway, *_upstreams()],
+                [sys.executable, "-I", "-S", "-c", code, hosts, n.gateway, n.bridge, *upstreams],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(self._ndir(n), "dns.log"), "ab"),
@@ -478,9 +481,11 @@ class NetworkManager:
 
 
 def _upstreams() -> list[str]:
+    """The host's IPv4 resolvers, from ``$COVE_HOST_RESOLV_CONF`` if set (tests point the
+    responders at a server of their own on 127.0.0.0/8) or /etc/resolv.conf."""
     out = []
     try:
-        with open("/etc/resolv.conf") as f:
+        with open(os.environ.get("COVE_HOST_RESOLV_CONF") or "/etc/resolv.conf") as f:
             for line in f:
                 parts = line.split()
                 if len(parts) >= 2 and parts[0] == "nameserver" and ":" not in parts[1]:

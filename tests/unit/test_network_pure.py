@@ -53,7 +53,16 @@ def test_render_rules() -> None:
     )
     assert "-A COVE-ISOLATION-2-abc123 -o cove-x -j DROP" in flt
     assert "-A COVE-FORWARD-abc123 -i cove-x ! -o cove-x -j DROP" in flt
-    assert nat.endswith("COMMIT\n") and flt.endswith("COMMIT\n")
+    # nothing from outside reaches a container but replies and published ports, and a
+    # container's frames to or from 127.0.0.0/8 die in raw PREROUTING (route_localnet is on)
+    fwd = flt.splitlines()
+    assert fwd.index("-A COVE-FORWARD-abc123 -o cove0 -j DROP") > fwd.index(
+        "-A COVE-FORWARD-abc123 -o cove0 -m conntrack --ctstate DNAT -j ACCEPT"
+    )
+    raw = out["raw"]
+    assert "-A COVE-PREROUTING-abc123 -i cove0 -d 127.0.0.0/8 -j DROP" in raw
+    assert "-A COVE-PREROUTING-abc123 -i cove-x -s 127.0.0.0/8 -j DROP" in raw
+    assert nat.endswith("COMMIT\n") and flt.endswith("COMMIT\n") and raw.endswith("COMMIT\n")
 
 
 def _query(name: str, qtype: int = 1) -> bytes:
