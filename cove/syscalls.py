@@ -120,6 +120,7 @@ MNT_DETACH = 0x2
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
+PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -190,6 +191,28 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     ret = _libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg2), ctypes.c_ulong(arg3),
                       ctypes.c_ulong(arg4), ctypes.c_ulong(arg5))  # fmt: skip
     return _check(ret, f"prctl({option})")
+
+
+# include/uapi/linux/magic.h: what a pinned mount must be before masks go on it
+PROC_SUPER_MAGIC = 0x9FA0
+SYSFS_MAGIC = 0x62656572
+
+
+def fstatfs_type(fd: int) -> int:
+    """``f_type`` of fstatfs(2) (works on O_PATH fds): which filesystem ``fd`` lies on."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit; room to spare
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return int(ctypes.c_long.from_buffer(buf).value)
+
+
+def bounding_set(last_cap: int) -> int:
+    """The calling thread's capability bounding set, read with prctl(PR_CAPBSET_READ), so
+    no file (which a container image could supply) is ever trusted for it."""
+    held = 0
+    for cap in range(last_cap + 1):
+        if prctl(PR_CAPBSET_READ, cap) == 1:
+            held |= 1 << cap
+    return held
 
 
 class _CapHeader(ctypes.Structure):

@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cove import private
 from cove import syscalls as sc
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
+from cove.runtime import caps as capmod
 from cove.runtime.cgroups import Cgroups, read_layout
 from cove.spec.runtime import IDMapping, Process, Spec
 
@@ -218,6 +220,7 @@ class Runtime:
         )
         # invariant: what the child forks is reparented to us when the child exits
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+            last_cap=capmod.last_cap(),
         try:
             child = os.fork()
             if child == 0:

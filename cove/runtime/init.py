@@ -121,6 +121,9 @@ class InitContext:
     host_unified: str | None
     pure_v2: bool
 
+    # read by P on the host before any namespace exists: a file inside the container
+    # (which the image may supply) is never trusted for it
+    last_cap: int = -1
 
 def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = None) -> None:
     data = json.dumps(msg).encode()
@@ -218,9 +221,6 @@ def init(ctx: InitContext) -> NoReturn:
         ns_net = spec.namespace("network")
         if ns_net and not ns_net.path:
             sc.set_loopback_up()
-        for key, value in spec.linux.sysctl.items():
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(value)
         _process(ctx)
     except BaseException as e:
         _fail(ctx.sock, e)
@@ -239,16 +239,65 @@ def _mount_flags(options: list[str]) -> tuple[int, int, list[str]]:
     return flags, propagation, data
 
 
-def _target(rootfd: int, dest: str, *, is_dir: bool) -> str:
+# Filesystems the runtime mounts for itself: runc's rule, they go on a real directory
+# reached without a single symlink, or not at all. A symlinked /proc that pointed into a
+# directory a later mount hides would leave a procfs nobody masks.
+_STRICT_TYPES = {"proc", "sysfs", "mqueue", "devpts", "cgroup", "cgroup2"}
+_STRICT_TREES = ("/proc", "/sys", "/dev")
+
+
+def _is_strict(m: Mount) -> bool:
+    dest = os.path.normpath("/" + m.destination)
+    return m.type in _STRICT_TYPES or any(
+        dest == t or dest.startswith(t + "/") for t in _STRICT_TREES
+    )
+
+
+def _real_dir(rootfd: int, dest: str, what: str) -> int:
+    """An O_PATH fd of directory ``dest`` in the rootfs, every component a real directory
+    (made if missing), none a symlink: ELOOP or ENOTDIR anywhere refuses the mount."""
+    fd = os.dup(rootfd)
+    try:
+        for comp in os.path.normpath("/" + dest).split("/"):
+            if comp in ("", "."):
+                continue
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(comp, 0o755, dir_fd=fd)
+            try:
+                nfd = sc.openat2(
+                    fd,
+                    comp,
+                    os.O_PATH | os.O_DIRECTORY,
+                    sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS,
+                )
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
+                    raise InitError(
+                        f"cannot mount {what} on {dest}: not a directory reached without "
+                        "symlinks in the image (refused)"
+                    ) from e
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _target(rootfd: int, dest: str, *, is_dir: bool, strict: str = "") -> str:
     """Create the mountpoint inside the rootfs; return a /proc/self/fd path pinned to it.
 
     Mounting on the pinned fd, not on a path, means a symlink swapped in by the
-    container's own content can never redirect the mount to the host.
+    container's own content can never redirect the mount to the host. ``strict`` (the
+    filesystem's name) refuses any symlink on the way, for the runtime's own mounts.
     """
     rel = os.path.normpath("/" + dest).lstrip("/")
     parent, base = os.path.split(rel)
     pfd = safepath.open_dir(rootfd, parent, create=True)
     try:
+    if strict:
+        return f"/proc/self/fd/{_real_dir(rootfd, dest, strict)}"
         if base:
             try:
                 st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
@@ -284,7 +333,10 @@ def _mount_entry(ctx: InitContext, rootfd: int, m: Mount) -> None:
         return
     is_bind = bool(flags & sc.MS_BIND) or m.type == "bind"
     is_dir = not is_bind or os.path.isdir(m.source)
-    target = _target(rootfd, m.destination, is_dir=is_dir)
+    strict = (m.type if not is_bind else f"{m.source} (bind)") if _is_strict(m) else ""
+    if strict and not is_dir:  # a file bound under /dev: its parents must still be real
+        os.close(_real_dir(rootfd, os.path.dirname(m.destination), strict))
+    target = _target(rootfd, m.destination, is_dir=is_dir, strict=strict if is_dir else "")
     if is_bind:
         sc.mount(m.source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
     else:
@@ -342,13 +394,13 @@ def _locked_flags(path: str) -> int:
 def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None:
     """Mount the container's view of cgroups (its own cgroup namespace shows only itself)."""
     if ctx.pure_v2:
-        sc.mount("cgroup2", _target(rootfd, dest, is_dir=True), "cgroup2", flags)
+        sc.mount("cgroup2", _target(rootfd, dest, is_dir=True, strict="cgroup2"), "cgroup2", flags)
         return
     # cgroup v1 cannot be mounted inside a user namespace: bind our own directories instead
     in_userns = ctx.spec.namespace("user") is not None
     sc.mount(
         "tmpfs",
-        _target(rootfd, dest, is_dir=True),
+        _target(rootfd, dest, is_dir=True, strict="tmpfs"),
         "tmpfs",
         sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
         "mode=755",
@@ -359,7 +411,7 @@ def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None
         if name in done:
             continue
         done[name] = ctrl
-        target = _target(rootfd, f"{dest}/{name}", is_dir=True)
+        target = _target(rootfd, f"{dest}/{name}", is_dir=True, strict="cgroup")
         if in_userns:
             own = os.path.join(mnt, ctx.spec.linux.cgroups_path)
             sc.mount(own if os.path.isdir(own) else mnt, target, None, sc.MS_BIND | sc.MS_REC)
@@ -367,7 +419,9 @@ def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None
         opts = ",".join(sorted(c for c, m in ctx.host_v1_cgroups.items() if m == mnt))
         sc.mount("cgroup", target, "cgroup", flags, opts)
     if ctx.host_unified:
-        target = _target(rootfd, f"{dest}/{os.path.basename(ctx.host_unified)}", is_dir=True)
+        target = _target(
+            rootfd, f"{dest}/{os.path.basename(ctx.host_unified)}", is_dir=True, strict="cgroup2"
+        )
         sc.mount("cgroup2", target, "cgroup2", flags)
     if flags & sc.MS_RDONLY:
         top = _pin(rootfd, dest)
@@ -400,14 +454,23 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     ctx.fifo = f"/proc/self/fd/{fifo_fd}"
     os.chdir(rootfs)
     # pivot_root(".", ".") stacks the old root on top of the new one; detach it from there
+    # invariant: from here on /proc and /sys are only ever reached through these fds,
+    # pinned from the mounts just made and checked to be procfs/sysfs, never by path
+    pinned = _pin_kernel_mounts(rootfd)
+    try:
+        if spec.linux.sysctl:
+            _sysctls(pinned.get("/proc"), spec.linux.sysctl)
+        for path in spec.linux.masked_paths:
+            _mask(rootfd, pinned, path)
+        for path in spec.linux.readonly_paths:
+            _readonly(rootfd, pinned, path)
+    finally:
+        for fd in pinned.values():
+            os.close(fd)
     sc.pivot_root(".", ".")
     sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
-    for path in spec.linux.masked_paths:
-        _mask(path)
-    for path in spec.linux.readonly_paths:
-        _readonly(path)
     if spec.root.readonly:
         sc.mount(None, "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags("/"))
 
@@ -458,29 +521,113 @@ def _make_devices(ctx: InitContext, rootfd: int) -> None:
         os.close(devfd)
 
 
-def _mask(path: str) -> None:
+_KERNEL_FS = {"/proc": sc.PROC_SUPER_MAGIC, "/sys": sc.SYSFS_MAGIC}
+_BENEATH = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+
+
+def _pin_kernel_mounts(rootfd: int) -> dict[str, int]:
+    """O_PATH fds of the procfs and sysfs this container got, by destination.
+
+    The mounts went on real directories (``_real_dir``), so resolving them again without
+    symlinks reaches the mount just made; its filesystem type is checked all the same,
+    and a destination holding anything else (a spec that mounts none) is not pinned.
+    """
+    pinned: dict[str, int] = {}
     try:
-        st = os.stat(path)
+        for dest, magic in _KERNEL_FS.items():
+            try:
+                fd = sc.openat2(rootfd, dest.lstrip("/"), os.O_PATH | os.O_DIRECTORY, _BENEATH)
+            except FileNotFoundError:
+                continue
+            if sc.fstatfs_type(fd) == magic:
+                pinned[dest] = fd
+            else:
+                os.close(fd)
+    except BaseException:
+        for fd in pinned.values():
+            os.close(fd)
+        raise
+    return pinned
+
+
+def _open_kernel_path(rootfd: int, pinned: dict[str, int], path: str) -> int | None:
+    """An O_PATH fd of ``path`` (a masked or read-only path), or None if it may be skipped.
+
+    Under /proc or /sys the path is opened from the pinned mount, beneath it and without
+    symlinks; it must exist there unless the host's kernel has no such file either (the
+    check reads the host's own tree, still our root at this point, never the image).
+    Elsewhere it resolves inside the rootfs, and a missing path is skipped, as runc does.
+    """
+    norm = os.path.normpath("/" + path)
+    for dest, fd in pinned.items():
+        if norm == dest or norm.startswith(dest + "/"):
+            rel = norm[len(dest) :].lstrip("/") or "."
+            try:
+                return sc.openat2(fd, rel, os.O_PATH, _BENEATH)
+            except FileNotFoundError:
+                if not os.path.lexists(norm):  # the host's kernel has none either
+                    return None
+                raise InitError(f"cannot mask {norm}: missing on the container's {dest}") from None
+            except OSError as e:
+                raise InitError(f"cannot mask {norm}: {e.strerror}") from e
+    if any(norm == t or norm.startswith(t + "/") for t in _KERNEL_FS):
+        return None  # no procfs/sysfs of ours there (e.g. the spec mounts none): nothing to hide
+    try:
+        return sc.openat2(rootfd, norm.lstrip("/"), os.O_PATH, safepath.IN_ROOT)
     except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _sysctls(procfd: int | None, values: dict[str, str]) -> None:
+    """Write the spec's sysctls through the pinned procfs (before /proc/sys goes read-only)."""
+    if procfd is None:
+        raise InitError("sysctls need the container's /proc")
+    for key, value in values.items():
+        rel = "sys/" + key.replace(".", "/")
+        fd = sc.openat2(procfd, rel, os.O_WRONLY, _BENEATH)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+
+def _mask(rootfd: int, pinned: dict[str, int], path: str) -> None:
+    fd = _open_kernel_path(rootfd, pinned, path)
+    if fd is None:
         return
-    if stat.S_ISDIR(st.st_mode):
-        sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
-    else:
-        sc.mount("/dev/null", path, None, sc.MS_BIND)
-
-
-def _readonly(path: str) -> None:
     try:
-        sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-    except FileNotFoundError:
+        where = f"/proc/self/fd/{fd}"
+        if stat.S_ISDIR(os.stat(where).st_mode):
+            sc.mount("tmpfs", where, "tmpfs", sc.MS_RDONLY)
+        else:
+            sc.mount("/dev/null", where, None, sc.MS_BIND)
+    finally:
+        os.close(fd)
+
+
+def _readonly(rootfd: int, pinned: dict[str, int], path: str) -> None:
+    fd = _open_kernel_path(rootfd, pinned, path)
+    if fd is None:
         return
-    sc.mount(
-        None,
-        path,
-        None,
-        sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | _locked_flags(path),
-    )
-    _recursive_attrs(path, sc.MS_RDONLY)
+    try:
+        where = f"/proc/self/fd/{fd}"
+        sc.mount(where, where, None, sc.MS_BIND | sc.MS_REC)
+    finally:
+        os.close(fd)
+    # the fd named what lies under the bind just made: open the bind itself to remount it
+    top = _open_kernel_path(rootfd, pinned, path)
+    if top is None:
+        raise InitError(f"cannot make {path} read-only: it vanished")
+    try:
+        where = f"/proc/self/fd/{top}"
+        sc.mount(
+            None,
+            where,
+            None,
+            sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC | _locked_flags(where),
+        )
+    finally:
+        os.close(top)
 
 
 def _terminal(ctx: InitContext) -> None:
@@ -547,7 +694,7 @@ def _process(ctx: InitContext) -> NoReturn:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     if ctx.seccomp_bpf:
         sc.seccomp_load_bpf(ctx.seccomp_bpf)
-    _credentials(spec)
+    _credentials(spec, ctx.last_cap)
     os.chdir(cwd)
     env = {}
     for e in proc.env:
@@ -588,11 +735,12 @@ def _max_fd() -> int:
         return 65536
 
 
-def _credentials(spec: Spec) -> None:
+def _credentials(spec: Spec, last: int) -> None:
     proc = spec.process
     user = proc.user
     c = proc.capabilities
-    last = capmod.last_cap()
+    if last < 0:
+        raise InitError("the host's last capability was not read before setup")
     if c is not None:
         keep_bounding = capmod.mask(c.bounding)
         for cap in range(last + 1):
@@ -610,7 +758,7 @@ def _credentials(spec: Spec) -> None:
     if user.umask is not None:
         os.umask(user.umask)
     if c is not None:
-        held = capmod.bounding_mask()
+        held = sc.bounding_set(last)
         sc.capset(
             capmod.mask(c.effective) & held,
             capmod.mask(c.permitted) & held,
