@@ -75,11 +75,3 @@ def last_cap() -> int:
     except OSError:
         return len(CAPS) - 1
 
-
-def bounding_mask() -> int:
-    """The capabilities this process may still grant (its bounding set)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapBnd:"):
-                return int(line.split()[1], 16)
-    return (1 << (last_cap() + 1)) - 1
