@@ -79,6 +79,7 @@ class RunOptions:
     cpu_shares: int | None = None
     cpuset_cpus: str | None = None
     pids_limit: int | None = None
+    devices: list[str] = field(default_factory=list)
     ulimits: list[str] = field(default_factory=list)
     platform: str | None = None
     labels: list[str] = field(default_factory=list)
@@ -341,7 +342,38 @@ def _resources(opts: RunOptions) -> rt.Resources | None:
         res.pids = rt.Pids(opts.pids_limit)
     if opts.privileged:
         res.devices = [rt.DeviceRule(allow=True, type="a")]
+    for text in opts.devices:
+        node, perms = _device(text)
+        res.devices.append(rt.DeviceRule(True, node.type, node.major, node.minor, perms))
     return res
+
+
+def _device(text: str) -> tuple[rt.Device, str]:
+    """``--device HOST[:CONTAINER][:PERMS]`` (Docker's syntax): the node to make and the
+    cgroup access (r, w, m) to allow on it."""
+    parts = text.split(":")
+    perms = "rwm"
+    if len(parts) > 1 and parts[-1] and not set(parts[-1]) - set("rwm"):
+        perms = parts.pop()
+    if len(parts) > 2 or not parts[0]:
+        raise InvalidSpec(f"invalid --device {text!r}: want HOST[:CONTAINER][:PERMS]")
+    host = parts[0]
+    dest = parts[1] if len(parts) == 2 and parts[1] else host
+    if not os.path.isabs(host) or not os.path.isabs(dest):
+        raise InvalidSpec(f"invalid --device {text!r}: paths must be absolute")
+    try:
+        st = os.stat(host)
+    except OSError as e:
+        raise InvalidSpec(f"error gathering device information for {host!r}: {e.strerror}") from e
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise InvalidSpec(f"invalid --device {text!r}: {host} is not a device node")
+    node = rt.Device(dest, kind, os.major(st.st_rdev), os.minor(st.st_rdev),
+                     st.st_mode & 0o777, st.st_uid, st.st_gid)  # fmt: skip
+    return node, perms
 
 
 def _rlimits(ulimits: list[str]) -> list[rt.Rlimit]:
@@ -436,6 +468,7 @@ def build_spec(
             linux.uid_mappings = [rt.IDMapping(0, base, 65536)]
             linux.gid_mappings = [rt.IDMapping(0, base, 65536)]
     linux.resources = _resources(opts)
+    linux.devices = [_device(text)[0] for text in opts.devices]
     if not opts.privileged:
         linux.masked_paths = list(rt.DEFAULT_MASKED_PATHS)
         linux.readonly_paths = list(rt.DEFAULT_READONLY_PATHS)

@@ -376,3 +376,103 @@ def move_mount_fd(fd: int, target: str) -> None:
         ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
     )
     _check(ret, "move_mount", target)
+
+
+# bpf(2) for cgroup device programs (include/uapi/linux/bpf.h)
+CGROUP2_SUPER_MAGIC = 0x63677270
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_QUERY = 16
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6
+BPF_F_ALLOW_MULTI = 2
+_NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+
+
+class _BpfProgLoadAttr(ctypes.Structure):
+    """The BPF_PROG_LOAD part of union bpf_attr, up to expected_attach_type."""
+
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_name", ctypes.c_char * 16),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("expected_attach_type", ctypes.c_uint32),
+    ]
+
+
+class _BpfAttachAttr(ctypes.Structure):
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_bpf_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("replace_bpf_fd", ctypes.c_uint32),
+    ]
+
+
+class _BpfQueryAttr(ctypes.Structure):
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("prog_cnt", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+    ]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    nr = _NR_BPF.get(os.uname().machine)
+    if nr is None:
+        raise OSError(errno.ENOSYS, "bpf syscall number unknown for this machine")
+    size = ctypes.c_uint(ctypes.sizeof(attr))
+    return int(_libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(attr), size))
+
+
+def bpf_prog_load(prog_type: int, insns: bytes, license: str, name: str = "cove") -> int:
+    """bpf(BPF_PROG_LOAD): returns the program fd (close-on-exec, as every bpf fd).
+
+    Invariant: needs CAP_SYS_ADMIN (or CAP_BPF) for this program type. On a refusal the
+    load is retried with the verifier's log, whose last line goes into the error.
+    """
+    if len(insns) % 8:
+        raise OSError(errno.EINVAL, "bpf program is not a whole number of instructions")
+    code = ctypes.create_string_buffer(insns, len(insns))
+    lic = ctypes.create_string_buffer(license.encode())
+    attr = _BpfProgLoadAttr(prog_type, len(insns) // 8, ctypes.addressof(code),
+                            ctypes.addressof(lic))  # fmt: skip
+    attr.prog_name = name.encode()[:15]
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    log = ctypes.create_string_buffer(1 << 16)
+    attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    fd = _bpf(BPF_PROG_LOAD, attr)
+    if fd >= 0:  # loaded the second time: keep it
+        return fd
+    lines = log.value.decode(errors="replace").strip().splitlines()
+    raise OSError(err, f"bpf prog load: {os.strerror(err)}" + (f": {lines[-1]}" if lines else ""))
+
+
+def bpf_prog_attach(target_fd: int, prog_fd: int, attach_type: int, flags: int = 0) -> None:
+    """bpf(BPF_PROG_ATTACH) of ``prog_fd`` to ``target_fd`` (a cgroup2 directory fd)."""
+    attr = _BpfAttachAttr(target_fd, prog_fd, attach_type, flags, 0)
+    _check(_bpf(BPF_PROG_ATTACH, attr), "bpf prog attach")
+
+
+def bpf_prog_query(target_fd: int, attach_type: int) -> list[int]:
+    """bpf(BPF_PROG_QUERY): ids of the programs attached to ``target_fd`` itself."""
+    ids = (ctypes.c_uint32 * 64)()
+    attr = _BpfQueryAttr(target_fd, attach_type, 0, 0, ctypes.addressof(ids), len(ids), 0)
+    _check(_bpf(BPF_PROG_QUERY, attr), "bpf prog query")
+    return [int(ids[i]) for i in range(attr.prog_cnt)]

@@ -94,6 +94,7 @@ def _opts(args: argparse.Namespace) -> Any:
         cpu_shares=args.cpu_shares,
         cpuset_cpus=args.cpuset_cpus,
         pids_limit=args.pids_limit,
+        devices=args.device,
         ulimits=args.ulimit,
         platform=args.platform,
         labels=args.label,
@@ -892,6 +893,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--cpu-shares", type=int, help="CPU shares (relative weight)")
     p.add_argument("--cpuset-cpus", help="CPUs in which to allow execution (0-3, 0,1)")
     p.add_argument("--pids-limit", type=int, help="tune container pids limit (-1 unlimited)")
+    _list(p, "--device", help="add a host device HOST[:CONTAINER][:PERMS]")
     _list(p, "--ulimit", help="ulimit options NAME=SOFT[:HARD]")
     p.add_argument("--platform", help="os/arch the image must match")
     _list(p, "-l", "--label", help="set metadata on a container")

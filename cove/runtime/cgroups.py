@@ -14,7 +14,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from cove.errors import InvalidSpec
+from cove.errors import InvalidSpec, Unsupported
+from cove.runtime import devices_bpf
 from cove.spec.runtime import Resources
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
@@ -110,7 +111,32 @@ class Cgroups:
             self._apply_v2(resources, warnings)
         else:
             self._apply_v1(resources, warnings, privileged=privileged)
+        if not privileged:
+            self._attach_device_filter(resources, warnings)
         return warnings
+
+    def _attach_device_filter(self, res: Resources | None, warnings: list[str]) -> None:
+        """The eBPF device allowlist on the cgroup2 directory: the only device control of a
+        pure v2 host; on the hybrid layout it runs before the v1 controller's check, and both
+        must allow. exec'd processes join this directory too, so they are covered."""
+        unified = self.dirs().get("")
+        if not unified:
+            return
+        rules = devices_bpf.effective_rules(res.devices if res else [])
+        if devices_bpf.allows_all(rules):  # an "a *:* rwm" last: no program, as runc
+            return
+        try:
+            devices_bpf.attach(unified, rules)
+        except OSError as e:
+            if self.layout.pure_v2 or not self._v1("devices"):
+                # no other device control would apply: refuse to run the container
+                raise Unsupported(
+                    f"cannot attach the device filter to {unified}: {e.strerror}"
+                ) from e
+            warnings.append(
+                f"device filter not attached to {unified} ({e.strerror}): "
+                "the v1 devices controller still applies"
+            )
 
     def _enable_v2_controllers(self) -> None:
         assert self.layout.unified
@@ -149,6 +175,10 @@ class Cgroups:
             _write(os.path.join(devices, "devices.deny"), "a")
             for rule in _default_device_rules():
                 _write(os.path.join(devices, "devices.allow"), rule)
+            # the spec's rules (--device) after the defaults: a later rule overrides
+            for r in res.devices if res else []:
+                name = "devices.allow" if r.allow else "devices.deny"
+                _write(os.path.join(devices, name), devices_bpf.v1_line(r))
         if res is None:
             return
         mem = self._v1("memory")
@@ -196,7 +226,6 @@ class Cgroups:
                 _write(os.path.join(d, "cpuset.cpus"), res.cpu.cpus)
         if res.pids and res.pids.limit:
             _write(os.path.join(d, "pids.max"), str(res.pids.limit))
-        # device access on v2 needs an eBPF program: not applied (see docs/design.md)
 
     def oom_killed(self) -> bool:
         if self.layout.pure_v2:
@@ -346,17 +375,4 @@ class Cgroups:
 
 def _default_device_rules() -> list[str]:
     """Docker's default device allowlist: mknod anything, use only the standard nodes."""
-    return [
-        "c *:* m",
-        "b *:* m",
-        "c 1:3 rwm",
-        "c 1:5 rwm",
-        "c 1:7 rwm",
-        "c 1:8 rwm",
-        "c 1:9 rwm",
-        "c 5:0 rwm",
-        "c 5:1 rwm",
-        "c 5:2 rwm",
-        "c 136:* rwm",
-        "c 10:200 rwm",
-    ]
+    return [devices_bpf.v1_line(r) for r in devices_bpf.DOCKER_DEFAULT_RULES]
