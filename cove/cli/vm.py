@@ -29,6 +29,8 @@ def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
         cpus=args.cpus,
         disk_size=parse_bytes(args.disk, default_unit="g") if args.disk else None,
         disk_image=args.disk_image,
+        disk_format=args.disk_format,
+        allow_backing=list(args.allow_backing),
         iso=args.iso,
         kernel=args.kernel,
         initrd=args.initrd,
@@ -262,6 +264,19 @@ def register(sub: Any) -> None:
         "--disk-image",
         metavar="FILE",
         help="boot disk: an overlay over this qcow2/raw image (never modified)",
+    )
+    p.add_argument(
+        "--disk-format",
+        choices=("raw", "qcow2"),
+        help="the --disk-image's format (default: probed, then checked like a qcow2's chain)",
+    )
+    p.add_argument(
+        "--allow-backing",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="a backing file the --disk-image's chain may name outside cove's vm directory "
+        "(repeatable; any other is refused)",
     )
     p.add_argument("--iso", metavar="FILE", help="a CD image to boot (installers)")
     p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly")

@@ -19,6 +19,7 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 ACCELS = ("auto", "kvm", "tcg")
 DISPLAYS = ("none", "vnc")
+DISK_FORMATS = ("raw", "qcow2")
 
 
 def parse_bytes(text: str, *, default_unit: str = "") -> int:
@@ -85,6 +86,10 @@ class VMSpec:
     cpus: int = 2
     disk_size: int | None = None  # bytes of a new disk (or the size an image grows to)
     disk_image: str | None = None  # a base image the VM's disk overlays, never written
+    # the base image's format: as declared (--disk-format), else as verified at create
+    disk_format: str | None = None
+    # files outside cove's vm directory the base image's backing chain may name
+    allow_backing: list[str] = field(default_factory=list)
     iso: str | None = None
     kernel: str | None = None
     initrd: str | None = None
@@ -115,6 +120,10 @@ class VMSpec:
             raise InvalidSpec(
                 f"vm {self.name} has nothing to boot: give --kernel, --iso, --disk-image or --disk"
             )
+        if self.disk_format is not None and self.disk_format not in DISK_FORMATS:
+            raise InvalidSpec(f"invalid --disk-format {self.disk_format!r}: want raw or qcow2")
+        if (self.disk_format or self.allow_backing) and not self.disk_image:
+            raise InvalidSpec("--disk-format and --allow-backing need --disk-image")
         if self.ports and self.network != "user":
             raise InvalidSpec("-p forwards ports of user-mode networking: use --network user")
         return self

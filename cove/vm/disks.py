@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any, TypedDict
 
@@ -183,17 +184,83 @@ def create(path: str, size: int, fmt: str = "qcow2") -> None:
     _create_new(path, "create disk", ["-f", fmt], nbytes)
 
 
-def overlay(path: str, base: str) -> None:
+def overlay(path: str, base: str, base_fmt: str) -> None:
     """A new qcow2 at ``path`` backed by ``base``, so guest writes never reach ``base``.
 
     The backing file is recorded as ``base``'s absolute path (symlinks are kept, not
-    resolved) with its format pinned, so QEMU never probes it. The overlay has the
-    base's virtual size. Refuses to overwrite (Conflict); the base must exist (NotFound).
+    resolved) with its format pinned to ``base_fmt`` (declared by the user or verified by
+    ``check_chain``), so QEMU never probes it. The overlay has the base's virtual size.
+    Refuses to overwrite (Conflict); the base must exist (NotFound).
     """
     _must_exist(base, "overlay base")
+    if base_fmt not in FORMATS:
+        raise InvalidSpec(f"overlay base {base}: unsupported format {base_fmt!r}")
     backing = os.path.abspath(base)
-    base_fmt = fmt(backing)
     _create_new(path, "create overlay", ["-f", "qcow2", "-b", backing, "-F", base_fmt], None)
+
+
+FORMATS = ("qcow2", "raw")  # the formats a user's disk or a backing file may have
+MAX_CHAIN = 16
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
+
+
+def check_chain(path: str, fmt: str, *, allowed: Iterable[str], own: str) -> list[str]:
+    """Refuse a disk whose backing chain (or qcow2 external data file) reaches a file
+    nobody named: the list of files the chain opens, ``path`` first.
+
+    A qcow2 names its backing file (and a data file) in its own header, so an image from
+    anywhere could make QEMU, running as root, hand the guest /etc/shadow or a host disk.
+    Every file below ``path`` must be under ``own`` (cove's VM directory) or, by real
+    path, in ``allowed``; it must be a plain path (no ``json:`` or protocol filenames,
+    which can name any file or a network server) with its format recorded (raw or qcow2):
+    a probed format lets a raw file with a qcow2 header turn into a qcow2 with a backing
+    file of its own. The chain is walked one level at a time with ``-f`` and without
+    ``--backing-chain``, so qemu-img itself never opens a file before it was checked.
+    """
+    names = {os.path.realpath(a) for a in allowed}
+    own = os.path.realpath(own)
+    chain = [path]
+    current, current_fmt = path, fmt
+    while True:
+        if current_fmt not in FORMATS:
+            raise InvalidSpec(f"disk {path}: {current} has unsupported format {current_fmt!r}")
+        meta = _run(["info", "-U", "--output=json", "-f", current_fmt, current], path,
+                    "inspect disk")  # fmt: skip
+        try:
+            doc = json.loads(meta)
+        except json.JSONDecodeError as e:
+            raise CoveError(f"inspect disk {current}: unreadable qemu-img output") from e
+        refs: list[tuple[str, str | None, str]] = []
+        data = ((doc.get("format-specific") or {}).get("data") or {}).get("data-file")
+        if data:
+            refs.append((str(data), "raw", "data file"))
+        backing = doc.get("full-backing-filename") or doc.get("backing-filename")
+        if backing:
+            refs.append((str(backing), doc.get("backing-filename-format"), "backing file"))
+        where = f"disk {path}" + (f" (via {current})" if current != path else "")
+        for name, ref_fmt, kind in refs:
+            if name.startswith("json:") or not name.startswith("/"):
+                raise InvalidSpec(f"{where}: {kind} {name[:80]!r} is not a plain path: refused")
+            real = os.path.realpath(name)
+            if not (_inside(real, own) or real in names):
+                raise InvalidSpec(
+                    f"{where}: {kind} {name} is outside cove's vm directory: refused "
+                    f"(--allow-backing {name} if it is meant)"
+                )
+            if not ref_fmt:
+                raise InvalidSpec(
+                    f"{where}: the format of {kind} {name} is not recorded: refused "
+                    f"(qemu-img rebase -u -b {name} -F FORMAT)"
+                )
+        if not backing:
+            return chain
+        if len(chain) > MAX_CHAIN:
+            raise InvalidSpec(f"disk {path}: backing chain longer than {MAX_CHAIN}")
+        current, current_fmt = str(backing), str(doc.get("backing-filename-format"))
+        chain.append(current)
 
 
 def info(path: str) -> dict[str, Any]:

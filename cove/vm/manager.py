@@ -2,7 +2,7 @@
 
 Each VM is a row in the state database and a directory ``<root>/vms/<id>/`` holding
 its disk, its cloud-init seed, and, while it runs, the QMP socket, the serial console
-socket (with its log) and the pidfile of its daemonized QEMU. Every control action
+socket (with its log) and the pidfile of its detached, sandboxed QEMU. Every control action
 goes through QMP (``qemu.qmp``); the state is reconciled with the kernel whenever it
 is read: a QEMU killed by hand or a guest powered off from inside shows as stopped.
 """
@@ -256,13 +256,17 @@ class VMManager:
             value = getattr(spec, attr)
             if value:
                 setattr(spec, attr, os.path.abspath(value))
+        spec.allow_backing = [os.path.abspath(p) for p in spec.allow_backing]
+        if spec.disk_image:
+            self._check_base(spec)
         rec = VMRecord(secrets.token_hex(32), spec.name, spec, created=time.time())
         rec.mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         paths = self.paths(rec)
         os.makedirs(paths.dir, mode=0o700)
         try:
             if spec.disk_image:
-                disks.overlay(paths.disk, spec.disk_image)
+                assert spec.disk_format is not None  # set by _check_base
+                disks.overlay(paths.disk, spec.disk_image, spec.disk_format)
                 if spec.disk_size and spec.disk_size > disks.virtual_size(paths.disk):
                     disks.resize(paths.disk, spec.disk_size)
             elif spec.disk_size:
@@ -276,6 +280,33 @@ class VMManager:
             self._purge(rec)
             raise
         return rec
+
+    def _check_base(self, spec: VMSpec) -> None:
+        """Settle the base image's format (declared, or probed once here and recorded so it
+        is never probed again) and refuse a backing chain that reaches files nobody named."""
+        from cove.vm import disks
+
+        assert spec.disk_image
+        declared = spec.disk_format is not None
+        fmt = spec.disk_format or disks.fmt(spec.disk_image)
+        try:
+            disks.check_chain(spec.disk_image, fmt, allowed=spec.allow_backing, own=self.dir)
+        except InvalidSpec as e:
+            if declared:
+                raise
+            raise InvalidSpec(
+                f"{e}; its format was probed as {fmt}: --disk-format if it is not"
+            ) from e
+        spec.disk_format = fmt
+
+    def _check_disk(self, rec: VMRecord) -> None:
+        """At each start, the VM's disk chain again: a base image is the user's file and its
+        header (its backing file) may have changed since create."""
+        from cove.vm import disks
+
+        allowed = [rec.spec.disk_image] if rec.spec.disk_image else []
+        disks.check_chain(self.paths(rec).disk, "qcow2",
+                          allowed=[*allowed, *rec.spec.allow_backing], own=self.dir)  # fmt: skip
 
     def _lease(self, rec: VMRecord) -> None:
         from cove.network.manager import NetworkManager
@@ -359,6 +390,8 @@ class VMManager:
                 prefix = ipaddress.IPv4Network(n.subnet).prefixlen
                 nets.plug_tap(n, rec.tap)
                 append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
+            if os.path.exists(paths.disk):
+                self._check_disk(rec)
             launch = qcmd.Launch(
                 verdict.accel,
                 rec.mac,
@@ -372,35 +405,54 @@ class VMManager:
             os.makedirs(paths.run, mode=0o700)
             with open(paths.serial_log, "ab") as log:
                 log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
-            try:
-                proc = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                      stdin=subprocess.DEVNULL)  # fmt: skip
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
-            with open(paths.qemu_log, "a") as f:
-                f.write(proc.stdout + proc.stderr)
-            if proc.returncode != 0:
-                lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-                raise CoveError(
-                    f"vm {rec.name}: qemu failed (exit {proc.returncode}): "
-                    + (lines[-1] if lines else "no output")
-                )
-            pid = self._pidfile_pid(rec)
-            pid_start = _proc_start(pid) if pid else 0
-            if not pid_start:
-                raise CoveError(
-                    f"vm {rec.name}: qemu exited right after starting; see {paths.qemu_log}"
-                )
-            rec.pid, rec.pid_start = pid, pid_start
+            proc = self._launch(rec, argv)
+            rec.pid, rec.pid_start = proc.pid, _proc_start(proc.pid)
             rec.status, rec.started_at, rec.error = VMStatus.RUNNING, time.time(), ""
             self._save(rec)
-            status = self._cmd(rec, "query-status").get("status")
+            try:
+                status = self._cmd(rec, "query-status").get("status")
+            except CoveError as e:
+                if proc.poll() is not None:  # QEMU's own reason beats "cannot reach"
+                    raise CoveError(self._qemu_failed(rec, proc.returncode)) from e
+                raise
             if status not in ("running", "prelaunch"):
                 raise CoveError(f"vm {rec.name}: qemu started but the vm is {status}")
         except BaseException:
             self._abort_start(rec, prev)
             raise
         return rec
+
+    def _launch(self, rec: VMRecord, argv: list[str]) -> subprocess.Popen[bytes]:
+        """QEMU detached by cove (its sandbox forbids -daemonize's fork and setsid): its own
+        session, output to qemu.log; returns once its pidfile and QMP socket exist (QMP
+        then answers when the machine is built) or fails with QEMU's last error line."""
+        paths = self.paths(rec)
+        with open(paths.qemu_log, "ab") as log:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                        start_new_session=True)  # fmt: skip
+            except OSError as e:
+                raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(paths.pidfile) and os.path.exists(paths.qmp)):
+            if proc.poll() is not None:
+                raise CoveError(self._qemu_failed(rec, proc.returncode))
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise CoveError(f"vm {rec.name}: qemu did not start in 60 s; see {paths.qemu_log}")
+            time.sleep(0.02)
+        return proc
+
+    def _qemu_failed(self, rec: VMRecord, code: int | None) -> str:
+        try:
+            with open(self.paths(rec).qemu_log, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+                tail = f.read().decode("utf-8", "replace")
+        except OSError:
+            tail = ""
+        lines = [ln for ln in tail.strip().splitlines() if ln.strip()]
+        return f"vm {rec.name}: qemu failed (exit {code}): " + (lines[-1] if lines else "no output")
 
     def _pidfile_pid(self, rec: VMRecord) -> int:
         try:

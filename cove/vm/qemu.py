@@ -9,6 +9,9 @@ VGA unless a display is asked for, which is also what makes boots fast.
 QEMU runs daemonized, one process per VM, with its QMP socket, pidfile, serial
 console socket (logged to a file whether or not anyone is attached) and disks in the
 VM's state directory.
+
+Every drive names its format: QEMU never probes one (a raw image, an ISO or a disk a guest
+wrote could start with a qcow2 header that names a host file as its backing file).
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ from dataclasses import dataclass
 from cove.spec.vm import PortForward, VMSpec
 
 QEMU = "qemu-system-x86_64"
+# QEMU's seccomp filter: no obsolete syscalls, no set*id/setsid/chroot (elevateprivileges),
+# no fork or exec (spawn), no affinity or priority changes (resourcecontrol). A guest that
+# takes over QEMU (a device emulation bug) is then still denied a shell on the host.
+# spawn=deny forbids -daemonize's fork and elevateprivileges=deny its setsid, so cove
+# detaches QEMU itself (a new session before exec) instead.
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
 @dataclass(frozen=True)
@@ -98,10 +107,8 @@ def kernel_cmdline(spec: VMSpec, launch: Launch) -> str:
     return " ".join(parts)
 
 
-def command(
-    spec: VMSpec, paths: Paths, launch: Launch, *, qemu: str = QEMU, daemonize: bool = True
-) -> list[str]:
-    """The argv that starts ``spec``'s VM."""
+def command(spec: VMSpec, paths: Paths, launch: Launch, *, qemu: str = QEMU) -> list[str]:
+    """The argv that starts ``spec``'s VM (in the foreground: the caller detaches it)."""
     kvm = launch.accel == "kvm"
     argv = [
         qemu,
@@ -113,6 +120,8 @@ def command(
         "-m", f"{spec.memory_mib}M",
         "-nodefaults",
         "-no-user-config",
+        "-sandbox", SANDBOX,
+        "-pidfile", paths.pidfile,
         "-qmp", f"unix:{_q(paths.qmp)},server=on,wait=off",
         # the console keeps a log of everything the guest printed, attached or not
         "-chardev", f"socket,id=serial0,path={_q(paths.console)},server=on,wait=off,"
@@ -134,12 +143,13 @@ def command(
         argv += ["-device", "virtio-scsi-pci,id=scsi0"]
     if spec.iso:
         argv += [
-            "-drive", f"file={_q(spec.iso)},if=none,id=cd0,media=cdrom,readonly=on",
+            "-drive", f"file={_q(spec.iso)},if=none,id=cd0,format=raw,media=cdrom,readonly=on",
             "-device", "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0",
         ]  # fmt: skip
     if launch.has_seed:
         argv += [
-            "-drive", f"file={_q(paths.seed)},if=none,id=seed0,media=cdrom,readonly=on",
+            "-drive", f"file={_q(paths.seed)},if=none,id=seed0,format=raw,media=cdrom,"
+                      "readonly=on",
             "-device", "scsi-cd,drive=seed0,bus=scsi0.0",
         ]  # fmt: skip
     if spec.kernel:
@@ -157,8 +167,6 @@ def command(
             raise ValueError(f"vm {spec.name}: network {spec.network} needs a tap device")
         argv += ["-netdev", f"tap,id=net0,ifname={launch.tap},script=no,downscript=no",
                  "-device", f"virtio-net-pci,netdev=net0,mac={launch.mac}"]  # fmt: skip
-    if daemonize:
-        argv += ["-daemonize", "-pidfile", paths.pidfile]
     return argv
 
 
@@ -239,6 +247,7 @@ def run_command(
         "-smp", str(cpus),
         "-m", f"{memory_mib}M",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+        "-sandbox", SANDBOX,
         "-kernel", kernel, "-initrd", files.initrd, "-append", append,
         "-chardev", f"file,id=con,path={_q(files.console_log)}", "-serial", "chardev:con",
         "-device", "virtio-rng-pci",

@@ -279,7 +279,7 @@ class VMRun:
             self.files = qcmd.RunFiles(cdir, os.path.join(RUN_DIR, cid[:20]))
             from cove.vm import disks
 
-            disks.overlay(self.files.disk, rootfs)
+            disks.overlay(self.files.disk, rootfs, "raw")  # cove's own ext4: never probed
             log_cfg = _log_config(opts.log_opts)
             stop_signal = opts.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
             config = _docker_config(opts, img, oci, hostname, {"Name": "", "MaximumRetryCount": 0},

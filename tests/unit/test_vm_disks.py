@@ -193,7 +193,7 @@ def test_overlay_never_writes_the_base(tmp_path: Path, disk: Path) -> None:
     write(disk, 0x11)
     base_hash = sha256(disk)
     top = tmp_path / "top.qcow2"
-    disks.overlay(str(top), str(disk))
+    disks.overlay(str(top), str(disk), "qcow2")
 
     meta = disks.info(str(top))
     assert meta["format"] == "qcow2"
@@ -215,7 +215,7 @@ def test_overlay_records_an_absolute_backing_path(
     base = tmp_path / "base.raw"
     disks.create(str(base), 2 * MiB, fmt="raw")
     monkeypatch.chdir(tmp_path)
-    disks.overlay("top.qcow2", "base.raw")
+    disks.overlay("top.qcow2", "base.raw", "raw")
     meta = disks.info(str(tmp_path / "top.qcow2"))
     assert meta["backing-filename"] == str(base)
     assert meta["backing-filename-format"] == "raw"  # pinned, not probed at boot
@@ -223,13 +223,13 @@ def test_overlay_records_an_absolute_backing_path(
 
 def test_overlay_errors(tmp_path: Path, disk: Path) -> None:
     with pytest.raises(NotFound, match=str(tmp_path / "nope")):
-        disks.overlay(str(tmp_path / "top.qcow2"), str(tmp_path / "nope"))
+        disks.overlay(str(tmp_path / "top.qcow2"), str(tmp_path / "nope"), "raw")
     assert not (tmp_path / "top.qcow2").exists()
     other = tmp_path / "other.qcow2"
     disks.create(str(other), MiB)
     before = sha256(other)
     with pytest.raises(Conflict):
-        disks.overlay(str(other), str(disk))
+        disks.overlay(str(other), str(disk), "qcow2")
     assert sha256(other) == before
     assert leftovers(tmp_path) == []
 

@@ -6,7 +6,7 @@ import pytest
 
 from cove.errors import InvalidSpec
 from cove.spec.vm import PortForward, VMSpec, parse_bytes
-from cove.vm.qemu import Launch, Paths, command, kernel_cmdline
+from cove.vm.qemu import SANDBOX, Launch, Paths, command, kernel_cmdline
 
 
 def _pairs(argv: list[str], flag: str) -> list[str]:
@@ -63,7 +63,8 @@ def test_command_direct_kernel_user_net() -> None:
     assert _pairs(argv, "-machine") == ["q35,accel=tcg"]
     assert _pairs(argv, "-cpu") == ["max"]
     assert _pairs(argv, "-m") == ["512M"] and _pairs(argv, "-smp") == ["1"]
-    assert "-nodefaults" in argv and "-daemonize" in argv
+    assert "-nodefaults" in argv and "-daemonize" not in argv  # the sandbox forbids its fork
+    assert _pairs(argv, "-sandbox") == [SANDBOX]
     assert _pairs(argv, "-pidfile") == ["/r/vms/x/qemu.pid"]
     assert _pairs(argv, "-qmp") == ["unix:/r/vms/x/qmp.sock,server=on,wait=off"]
     (chardev,) = _pairs(argv, "-chardev")
@@ -80,15 +81,15 @@ def test_command_iso_install_with_disk_seed_tap_and_display() -> None:
     spec = VMSpec("vm2", iso="/media/inst.iso", disk_size=1 << 30, network="app",
                   display="vnc")  # fmt: skip
     launch = Launch("kvm", "02:42:0a:59:00:02", tap="ctap1234", has_disk=True, has_seed=True)
-    argv = command(spec, Paths("/r/v"), launch, daemonize=False)
+    argv = command(spec, Paths("/r/v"), launch)
     assert _pairs(argv, "-machine") == ["q35,accel=kvm"] and _pairs(argv, "-cpu") == ["host"]
     devices = _pairs(argv, "-device")
     drives = _pairs(argv, "-drive")
     assert "file=/r/v/disk.qcow2,if=none,id=disk0,format=qcow2,discard=unmap" in drives
     assert "virtio-blk-pci,drive=disk0,bootindex=2" in devices  # the CD boots first
-    assert "file=/media/inst.iso,if=none,id=cd0,media=cdrom,readonly=on" in drives
+    assert "file=/media/inst.iso,if=none,id=cd0,format=raw,media=cdrom,readonly=on" in drives
     assert "scsi-cd,drive=cd0,bus=scsi0.0,bootindex=0" in devices
-    assert "file=/r/v/seed.iso,if=none,id=seed0,media=cdrom,readonly=on" in drives
+    assert "file=/r/v/seed.iso,if=none,id=seed0,format=raw,media=cdrom,readonly=on" in drives
     assert devices.count("virtio-scsi-pci,id=scsi0") == 1
     assert _pairs(argv, "-netdev") == ["tap,id=net0,ifname=ctap1234,script=no,downscript=no"]
     assert "VGA" in devices and _pairs(argv, "-display") == ["vnc=unix:/r/v/vnc.sock"]
