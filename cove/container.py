@@ -516,6 +516,34 @@ def build_spec(
     )
 
 
+def check_etc_value(what: str, value: str) -> str:
+    """A value cove writes into a container's /etc/hosts or /etc/resolv.conf: one word, so a
+    newline, NUL or blank cannot add a line (another host entry, a nameserver) or a field."""
+    if not value or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidSpec(f"invalid {what} {value!r}: blanks and control characters are refused")
+    return value
+
+
+def check_etc_inputs(opts: RunOptions) -> None:
+    """Refuse, before anything is made, every run option that ends up in /etc/hosts,
+    /etc/hostname or /etc/resolv.conf with a character that would change the file's lines."""
+    import ipaddress
+
+    if opts.hostname is not None:
+        check_etc_value("--hostname", opts.hostname)
+    for entry in opts.add_hosts:
+        name, _, ip = entry.partition(":")
+        check_etc_value("--add-host name", name)
+        check_etc_value("--add-host address", ip)
+    for server in opts.dns:
+        try:
+            ipaddress.ip_address(check_etc_value("--dns", server))
+        except ValueError as e:
+            raise InvalidSpec(f"invalid --dns {server!r}: not an IP address") from e
+    for alias in opts.network_aliases:
+        check_etc_value("--network-alias", alias)
+
+
 def etc_files(
     dest_dir: str,
     hostname: str,
@@ -573,6 +601,8 @@ def etc_files(
         path = os.path.join(dest_dir, os.path.basename(dest))
         with open(path, "w") as f:
             f.write(content)
+            # bind-mounted into the container, whose users all read them (cove's umask is 077)
+            os.fchmod(f.fileno(), 0o644)
         out[dest] = path
     return out
 

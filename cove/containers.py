@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cove import private
 from cove.engine import Engine
 from cove.errors import Conflict, InvalidSpec, NotFound, StateError
 from cove.spec import image as spec
@@ -242,17 +243,23 @@ class ContainerEngine:
         )
         if opts.name is not None and not _valid_name(opts.name):
             raise InvalidSpec(
-                f'invalid container name "{opts.name}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+                f"invalid container name {json.dumps(opts.name)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+                "are allowed"
             )
+        ctr.check_etc_inputs(opts)  # before the row: a refused value leaves nothing behind
         self.store.add(rec)
         crash_point("create-row")
         cdir = self.cdir(cid)
         try:
-            os.makedirs(os.path.join(self.root, "containers"), mode=0o711, exist_ok=True)
-            os.mkdir(cdir, 0o711)  # searchable: a user-namespaced root reaches its bundle
-            os.mkdir(os.path.join(cdir, "rootfs"), 0o755)
+            # containers/ is searchable (a user-namespaced root reaches its bundle by path);
+            # the bundle is root's alone (0700, 0710 for the mapped root's group): config.json
+            # holds the environment and upper/ whatever setuid files the container made
+            private.make_dir(os.path.join(self.root, "containers"), private.SHARED_MODE)
+            private.make_dir(cdir, 0o700, parents=False)
+            os.mkdir(os.path.join(cdir, "rootfs"), 0o700)
             for d in ("upper", "work"):
-                os.mkdir(os.path.join(cdir, d), 0o755)
+                # upper/ is the container's / (its mode shows as the root directory's)
+                private.make_dir(os.path.join(cdir, d), 0o755, parents=False)
             crash_point("create-dirs")
             layers = self.engine.unpack_image(img)
             top_first = list(reversed(layers))
@@ -422,7 +429,8 @@ class ContainerEngine:
                 continue
             if r.type == "bind":
                 if not os.path.exists(r.source):
-                    os.makedirs(r.source, 0o755)  # Docker's -v makes a missing host directory
+                    with private.content_umask():  # Docker's -v makes a missing host dir
+                        os.makedirs(r.source, 0o755)
                 mounts.append(rt.Mount(r.target, "bind", r.source, ["rbind", "rprivate", mode]))
                 records.append(
                     {
@@ -462,7 +470,8 @@ class ContainerEngine:
         uid, gid = host_root_ids(oci)
         for d in ("upper", "work"):
             os.chown(os.path.join(cdir, d), uid, gid)
-        path = cdir
+        private.own_dir(cdir, gid)  # 0710: the mapped root's group may traverse, no one else
+        path = os.path.dirname(cdir)
         while path != "/":
             if not os.stat(path).st_mode & 0o001:
                 raise InvalidSpec(
@@ -976,7 +985,8 @@ class ContainerEngine:
         new = new.removeprefix("/")
         if not _valid_name(new):
             raise InvalidSpec(
-                f'invalid container name "{new}", only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed'
+                f"invalid container name {json.dumps(new)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] are "
+                "allowed"
             )
         if new == rec.name:
             raise InvalidSpec("renaming a container with the same name as its current name")
@@ -1000,8 +1010,11 @@ class ContainerEngine:
     def connect(self, net_ref: str, ref: str, *, aliases: list[str], ip: str | None = None) -> None:
         """Add a network: hot-plugged as the next ``ethN`` when running, and remembered, so
         every later start attaches it again (also for a stopped container)."""
+        from cove import container as ctr
         from cove.network.manager import settings
 
+        for alias in aliases:  # written into the network's hosts file, one line per name
+            ctr.check_etc_value("--alias", alias)
         rec = self.get(ref)
         container_only(rec, "network connect")
         mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
@@ -1249,7 +1262,8 @@ def network_down(root: str, db: Any, cid: str) -> None:
 def _valid_name(name: str) -> bool:
     import re
 
-    return bool(re.match(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$", name))
+    # fullmatch: "$" alone also matches before a trailing newline ("name\n")
+    return bool(re.fullmatch(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+", name))
 
 
 def _ts(t: float) -> str:

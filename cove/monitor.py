@@ -61,7 +61,7 @@ class Log:
         self.path = path
         self.max_size = max_size
         self.max_file = max_file
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
         self.partial: dict[int, bytes] = {0: b"", 1: b""}
 
@@ -106,7 +106,7 @@ class Log:
                     os.rename(src, f"{self.path}.{n}")
             os.close(self.fd)
             self.fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640
+                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
             )
         self.size = 0
 
@@ -144,6 +144,9 @@ class Monitor:
             if os.path.exists(path):
                 os.unlink(path)
             s.bind(path)
+            # root's alone whatever the umask (connecting needs write access); the bundle
+            # around it is private too, so nobody reaches it between bind and chmod
+            os.chmod(path, 0o600)
         finally:
             os.close(dfd)
         s.listen(8)

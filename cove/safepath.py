@@ -57,6 +57,14 @@ def make_dirs(rootfd: int, rel: str, mode: int = 0o755) -> int:
                 st = os.stat(comp, dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
                 os.mkdir(comp, mode, dir_fd=pfd)
+                # the mode exactly, not masked by cove's private umask (this is image or
+                # container content); through an fd that refuses a symlink swapped in
+                flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                fd = openat2(pfd, comp, flags, RESOLVE_NO_SYMLINKS)
+                try:
+                    os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
                 done.append(comp)
                 continue
             if stat.S_ISDIR(st.st_mode):

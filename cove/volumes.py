@@ -7,12 +7,14 @@ crash in between leaves a directory that the next create of that name adopts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
 from typing import Any
 
+from cove import private
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.state import Store, Volume, now
 
@@ -50,8 +52,12 @@ class Volumes:
             )
         for key in options or {}:
             raise InvalidSpec(f"invalid option key: {key!r}")
-        os.makedirs(self.dir, mode=0o711, exist_ok=True)
-        os.makedirs(self.path(name), mode=0o755, exist_ok=True)
+        # volumes/ and volumes/<name>/ are root's alone (a volume may hold a container's
+        # setuid files); _data/ is the volume's content and keeps the mode it is given
+        private.make_dir(self.dir, 0o700)
+        private.make_dir(os.path.dirname(self.path(name)), 0o700)
+        with contextlib.suppress(FileExistsError):  # a crash's leftover is adopted as is
+            private.make_dir(self.path(name), 0o755, parents=False)
         vol = Volume(name, now(), anonymous, dict(labels or {}), dict(options or {}))
         made = self.store.add_volume(vol)
         return (vol if made else self.store.get_volume(name)), made

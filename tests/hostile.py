@@ -353,3 +353,34 @@ def syscall_probe(nr: int, *args: int) -> bytes:
         b"\x0f\x05"  # syscall
     )
     return static_elf(text)
+
+
+def as_user(fn: Callable[[], Any], uid: int = 65534, gid: int = 65534) -> Any:
+    """``fn()`` in a forked child with no supplementary groups, then gid and uid ``uid``
+    (nobody by default): what a local unprivileged account can do. Returns fn's result
+    (JSON-able); an exception in the child fails the test."""
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - reports through the pipe
+        os.close(r)
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            out = json.dumps({"ok": fn()})
+        except BaseException as e:
+            out, code = json.dumps({"error": repr(e)}), 1
+        with os.fdopen(w, "w") as f:
+            f.write(out)
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    msg = json.loads(data)
+    if "error" in msg:
+        raise AssertionError(f"as uid {uid}: {msg['error']}")
+    return msg["ok"]

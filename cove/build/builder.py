@@ -804,6 +804,10 @@ class Builder:
         import urllib.error
         import urllib.request
 
+        if self.opts.network == "none":
+            # the host fetches ADD URLs (as BuildKit): a build without network fetches nothing
+            raise self._error(ins, f"ADD {url}: remote sources need network; this build runs "
+                              "with --network none")  # fmt: skip
         path = self._downloads.get(url)
         if path is None:
             fd, path = tempfile.mkstemp(dir=self.store.tmpdir, prefix="add-")

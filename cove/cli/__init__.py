@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from cove import __version__
 from cove.errors import CoveError
+from cove.private import ensure_private, set_private_umask
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +73,7 @@ def _stdio_open() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     _stdio_open()
+    set_private_umask()  # everything made under the state root is private unless chmodded
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
@@ -82,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         engine = Engine(args.root)
+        ensure_private(engine.root)
         rc: int = args.func(engine, args)
         return rc
     except CoveError as e:

@@ -209,7 +209,7 @@ class NetworkManager:
 
     @contextlib.contextmanager
     def _lock(self) -> Any:
-        os.makedirs(self.dir, mode=0o711, exist_ok=True)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         fd = os.open(os.path.join(self.dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -276,7 +276,7 @@ class NetworkManager:
 
     def _ndir(self, n: Network) -> str:
         d = os.path.join(self.dir, n.id)
-        os.makedirs(d, mode=0o711, exist_ok=True)
+        os.makedirs(d, mode=0o700, exist_ok=True)
         return d
 
     def _dns_pid(self, n: Network) -> int:

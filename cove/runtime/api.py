@@ -80,15 +80,16 @@ class Runtime:
         bundle = os.path.abspath(bundle)
         sdir = self._dir(cid)
         # searchable, not listable: a container's mapped root must reach its own exec fifo
-        os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
+        private.make_dir(self.state_dir, private.SHARED_MODE)
         try:
-            os.mkdir(sdir, 0o711)
+            os.mkdir(sdir, 0o700)
         except FileExistsError as e:
             raise Conflict(f"container {cid} already exists in the runtime") from e
         fifo = os.path.join(sdir, "exec.fifo")
         os.mkfifo(fifo, 0o600)
         if spec.namespace("user") is not None:
             os.chown(fifo, *host_root_ids(spec))
+            private.own_dir(sdir, host_root_ids(spec)[1])  # 0710: only the mapped root's group
         layout = read_layout()
         cgroups = Cgroups(spec.linux.cgroups_path or f"cove/{cid}", layout)
         parent_sock: socket.socket | None = None
@@ -102,7 +103,9 @@ class Runtime:
 
                 overlay = spec.annotations.get(ANNOTATION_OVERLAY)
                 for d in idmapped_lower_dirs(json.loads(overlay)) if overlay else []:
-                    os.makedirs(d, mode=0o755, exist_ok=True)
+                    # <bundle>/lower/ and its mountpoints: the mapped root resolves them
+                    private.make_dir(os.path.dirname(d), 0o755)
+                    private.make_dir(d, 0o755)
             parent_sock, pid, pty = self._spawn(
                 spec, bundle, fifo, cgroups, stdio, self._bpf(spec), init.child
             )
@@ -217,10 +220,10 @@ class Runtime:
             host_v1_cgroups=layout.v1,
             host_unified=layout.unified,
             pure_v2=layout.pure_v2,
+            last_cap=capmod.last_cap(),
         )
         # invariant: what the child forks is reparented to us when the child exits
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
-            last_cap=capmod.last_cap(),
         try:
             child = os.fork()
             if child == 0:

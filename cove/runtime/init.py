@@ -25,6 +25,7 @@ from typing import NoReturn
 
 from cove import safepath
 from cove import syscalls as sc
+from cove.private import CONTAINER_UMASK
 from cove.runtime import caps as capmod
 from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
 
@@ -120,10 +121,10 @@ class InitContext:
     host_v1_cgroups: dict[str, str]
     host_unified: str | None
     pure_v2: bool
-
     # read by P on the host before any namespace exists: a file inside the container
     # (which the image may supply) is never trusted for it
     last_cap: int = -1
+
 
 def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = None) -> None:
     data = json.dumps(msg).encode()
@@ -202,6 +203,9 @@ def _fail(sock: socket.socket, e: BaseException) -> NoReturn:
 def init(ctx: InitContext) -> NoReturn:
     """Runs in G, the container's first process."""
     try:
+        # cove runs with umask 077 (its state root is private); what G makes in the
+        # container (mountpoints, /dev, the working directory) gets Docker's modes
+        os.umask(CONTAINER_UMASK)
         spec = ctx.spec
         userns = spec.namespace("user")
         if userns is not None and not userns.path:
@@ -292,12 +296,12 @@ def _target(rootfd: int, dest: str, *, is_dir: bool, strict: str = "") -> str:
     container's own content can never redirect the mount to the host. ``strict`` (the
     filesystem's name) refuses any symlink on the way, for the runtime's own mounts.
     """
+    if strict:
+        return f"/proc/self/fd/{_real_dir(rootfd, dest, strict)}"
     rel = os.path.normpath("/" + dest).lstrip("/")
     parent, base = os.path.split(rel)
     pfd = safepath.open_dir(rootfd, parent, create=True)
     try:
-    if strict:
-        return f"/proc/self/fd/{_real_dir(rootfd, dest, strict)}"
         if base:
             try:
                 st = os.stat(base, dir_fd=pfd, follow_symlinks=False)
@@ -450,10 +454,6 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     for m in spec.mounts:
         _mount_entry(ctx, rootfd, m)
     _make_devices(ctx, rootfd)
-    fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
-    ctx.fifo = f"/proc/self/fd/{fifo_fd}"
-    os.chdir(rootfs)
-    # pivot_root(".", ".") stacks the old root on top of the new one; detach it from there
     # invariant: from here on /proc and /sys are only ever reached through these fds,
     # pinned from the mounts just made and checked to be procfs/sysfs, never by path
     pinned = _pin_kernel_mounts(rootfd)
@@ -467,6 +467,10 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     finally:
         for fd in pinned.values():
             os.close(fd)
+    fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
+    ctx.fifo = f"/proc/self/fd/{fifo_fd}"
+    os.chdir(rootfs)
+    # pivot_root(".", ".") stacks the old root on top of the new one; detach it from there
     sc.pivot_root(".", ".")
     sc.mount(None, ".", None, sc.MS_SLAVE | sc.MS_REC)
     sc.umount2(".", sc.MNT_DETACH)
@@ -658,6 +662,7 @@ def _terminal(ctx: InitContext) -> None:
 def _process(ctx: InitContext) -> NoReturn:
     spec = ctx.spec
     proc = spec.process
+    os.umask(CONTAINER_UMASK)  # exec's process too: never cove's private umask
     for rl in proc.rlimits:
         if rl.type not in _RLIMITS:
             raise InitError(f"unknown rlimit {rl.type}")
@@ -755,8 +760,7 @@ def _credentials(spec: Spec, last: int) -> None:
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     os.setresuid(user.uid, user.uid, user.uid)
     sc.prctl(sc.PR_SET_KEEPCAPS, 0)
-    if user.umask is not None:
-        os.umask(user.umask)
+    os.umask(CONTAINER_UMASK if user.umask is None else user.umask)  # Docker's default 0022
     if c is not None:
         held = sc.bounding_set(last)
         sc.capset(

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cove import private
 from cove.errors import CoveError, InvalidSpec, NotFound
 from cove.syscalls import die_with_parent
 from cove.vm import qemu as qcmd
@@ -188,7 +189,8 @@ def _bind_volumes(opts: Any) -> list[tuple[str, str, bool]]:
         if not target.startswith("/"):
             raise InvalidSpec(f"invalid volume target {target!r}: must be absolute")
         if not os.path.lexists(host):
-            os.makedirs(host)  # Docker's -v rule: a missing host directory is made
+            with private.content_umask():  # Docker's -v rule: a missing host dir is made
+                os.makedirs(host)
         if not os.path.isdir(host):
             raise InvalidSpec(f"--vm shares directories: {host} is not one")
         out.append((os.path.realpath(host), target, mode == "ro"))
@@ -274,7 +276,7 @@ class VMRun:
         self.cid = cid
         try:
             cdir = ce.cdir(cid)
-            os.makedirs(os.path.dirname(cdir), mode=0o711, exist_ok=True)
+            private.make_dir(os.path.dirname(cdir), private.SHARED_MODE)
             os.mkdir(cdir, 0o700)
             self.files = qcmd.RunFiles(cdir, os.path.join(RUN_DIR, cid[:20]))
             from cove.vm import disks
