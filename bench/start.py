@@ -10,6 +10,7 @@ machine load is spread over both sides. ``--json`` prints machine-readable resul
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -17,7 +18,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -71,9 +71,13 @@ def cove_command() -> tuple[list[str], str]:
 
 
 def make_bundle(bundle: Path) -> None:
+    # cove's own unpacker, as for a layer (owners kept, every path resolved inside rootfs/):
+    # Debian 12's Python 3.11.2 has no tarfile extraction filters (they came in 3.11.4)
+    from cove.image.layers import unpack_stream
+
     (bundle / "rootfs").mkdir(parents=True)
-    with tarfile.open(TGZ) as tar:
-        tar.extractall(bundle / "rootfs", numeric_owner=True, filter="fully_trusted")
+    with gzip.open(TGZ, "rb") as src:
+        unpack_stream(src, str(bundle / "rootfs"), str(TGZ), privileged=True, whiteouts=False)
     run(["runc", "spec"], cwd=bundle)
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = False

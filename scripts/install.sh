@@ -3,6 +3,8 @@
 #   scripts/install.sh            install everything, then run scripts/demo.sh
 #   scripts/install.sh --no-demo  install only (what CI does before the tests)
 set -euo pipefail
+# what this makes (the venv, its packages) is readable and runnable by every account
+umask 022
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${COVE_VENV:-/opt/cove/venv}
 demo=1
@@ -35,16 +37,46 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The Python package, in its own venv (Debian's python3 is externally managed).
-python=${PYTHON:-python3}
-if [ ! -x "$venv/bin/python" ]; then
+# The Python package, in its own venv (Debian's python3 is externally managed), built on the
+# distribution's interpreter whatever PATH says: a private build ahead on PATH (pyenv under
+# /root) is neither what users run nor executable by other accounts. An existing venv made from
+# another interpreter (or another major.minor) is rebuilt in place.
+python=/usr/bin/python3
+same_base() {  # does the venv in $1 come from $python? (its pyvenv.cfg: home, version)
+    [ -x "$1/bin/python" ] && [ -r "$1/pyvenv.cfg" ] || return 1
+    "$python" -I - "$1/pyvenv.cfg" <<'PY'
+import os, sys
+cfg = {}
+with open(sys.argv[1]) as f:
+    for line in f:
+        key, eq, value = line.partition("=")
+        if eq:
+            cfg[key.strip()] = value.strip()
+home = os.path.realpath(cfg.get("home", ""))
+minor = cfg.get("version", cfg.get("version_info", "")).split(".")[:2]
+ok = home == os.path.dirname(os.path.realpath(sys.executable)) and minor == [
+    str(v) for v in sys.version_info[:2]
+]
+sys.exit(0 if ok else 1)
+PY
+}
+if [ ! -e "$venv/pyvenv.cfg" ]; then
     "$python" -m venv "$venv"
+elif ! same_base "$venv"; then
+    echo "install.sh: $venv was not made from $python ($("$python" -V)): rebuilding it"
+    "$python" -m venv --clear "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
 # compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
 "$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
-echo "installed: $(/usr/local/bin/cove --version) ($venv)"
+echo "installed: $(/usr/local/bin/cove --version) ($venv, $("$venv/bin/python" -V))"
+# Other accounts run the same venv; the editable install also needs them to reach this checkout.
+if ! setpriv --reuid=65534 --regid=65534 --clear-groups \
+    "$venv/bin/python" -I -c 'import cove' 2>/dev/null; then
+    echo "install.sh: note: other accounts cannot import cove from $here (a directory on the" \
+        "way is not readable or searchable by them); only root can run cove" >&2
+fi
 
 if [ $demo = 1 ]; then
     exec "$here/scripts/demo.sh"
