@@ -392,6 +392,9 @@ class VMManager:
                 append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
             if os.path.exists(paths.disk):
                 self._check_disk(rec)
+            from cove.vm import qemuuser
+
+            user = qemuuser.ensure()
             launch = qcmd.Launch(
                 verdict.accel,
                 rec.mac,
@@ -399,10 +402,19 @@ class VMManager:
                 append_extra=append_extra,
                 has_disk=os.path.exists(paths.disk),
                 has_seed=os.path.exists(paths.seed),
+                runas=user.name,
             )
             argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
             shutil.rmtree(paths.run, ignore_errors=True)
             os.makedirs(paths.run, mode=0o700)
+            # screendump is the one file QEMU creates after it dropped root: in a directory
+            # of its own, read back by cove without following links (see screenshot). The
+            # runtime directory lets QEMU's group through (0710), to reach it, and nothing
+            # more: the sockets in it are QEMU's anyway, listing it is still refused.
+            os.chown(paths.run, 0, user.gid)
+            os.chmod(paths.run, 0o710)
+            os.mkdir(paths.screen_dir, 0o700)
+            os.chown(paths.screen_dir, user.uid, user.gid)
             with open(paths.serial_log, "ab") as log:
                 log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
             proc = self._launch(rec, argv)
@@ -660,11 +672,26 @@ class VMManager:
         rec = self.get(ref)
         if rec.spec.display == "none":
             raise InvalidSpec(f"vm {rec.name} has no display: create it with --display vnc")
-        # QEMU writes the file as root, following links: only into our private directory
-        tmp = os.path.join(self.paths(rec).run, "screendump.png")
+        # QEMU (as its own user) writes into its screen directory; a QEMU the guest took
+        # over could plant a link there, so the file is opened without following one and
+        # must be a regular file: cove never copies a file QEMU could not read itself
+        import stat
+
+        screen = self.paths(rec).screen_dir
+        if not os.path.isdir(screen):  # a VM started before QEMU ran unprivileged
+            screen = self.paths(rec).run
+        tmp = os.path.join(screen, "screendump.png")
         try:
             self._cmd(rec, "screendump", filename=tmp, format="png")
-            shutil.copyfile(tmp, dest)
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError as e:
+                raise CoveError(f"vm {rec.name}: screendump {tmp}: {e.strerror}") from e
+            with open(fd, "rb") as src:
+                if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                    raise CoveError(f"vm {rec.name}: screendump {tmp} is not a regular file")
+                with open(dest, "wb") as out:
+                    shutil.copyfileobj(src, out)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

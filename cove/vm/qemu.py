@@ -28,6 +28,10 @@ QEMU = "qemu-system-x86_64"
 # spawn=deny forbids -daemonize's fork and elevateprivileges=deny its setsid, so cove
 # detaches QEMU itself (a new session before exec) instead.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+# With -runas, QEMU 7.2 switches user after the filter is loaded, and set*id under
+# elevateprivileges=deny (or =children) is SIGSYS: the switch needs them allowed. After it
+# QEMU has no capabilities, so set*id can no longer raise anything.
+SANDBOX_RUNAS = "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,11 @@ class Paths:
     def qemu_log(self) -> str:
         return self._p("qemu.log")
 
+    @property
+    def screen_dir(self) -> str:
+        """The one directory QEMU (as its unprivileged user) may create files in."""
+        return self._r("screen")
+
 
 @dataclass(frozen=True)
 class Launch:
@@ -88,6 +97,7 @@ class Launch:
     append_extra: str = ""  # cove's own kernel parameters (the address on a cove network)
     has_disk: bool = False
     has_seed: bool = False
+    runas: str | None = None  # the unprivileged user QEMU becomes once started
 
 
 def _q(path: str) -> str:
@@ -120,7 +130,8 @@ def command(spec: VMSpec, paths: Paths, launch: Launch, *, qemu: str = QEMU) -> 
         "-m", f"{spec.memory_mib}M",
         "-nodefaults",
         "-no-user-config",
-        "-sandbox", SANDBOX,
+        "-sandbox", SANDBOX_RUNAS if launch.runas else SANDBOX,
+        *(["-runas", launch.runas] if launch.runas else []),
         "-pidfile", paths.pidfile,
         "-qmp", f"unix:{_q(paths.qmp)},server=on,wait=off",
         # the console keeps a log of everything the guest printed, attached or not
