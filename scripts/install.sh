@@ -42,6 +42,10 @@ fi
 # /root) is neither what users run nor executable by other accounts. An existing venv made from
 # another interpreter (or another major.minor) is rebuilt in place.
 python=/usr/bin/python3
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "install.sh: cove needs Python 3.11 or newer; this system's is $("$python" -V 2>&1)" >&2
+    exit 1
+}
 same_base() {  # does the venv in $1 come from $python? (its pyvenv.cfg: home, version)
     [ -x "$1/bin/python" ] && [ -r "$1/pyvenv.cfg" ] || return 1
     "$python" -I - "$1/pyvenv.cfg" <<'PY'
