@@ -124,6 +124,7 @@ cleanup() {
     rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM HUP  # so that cleanup runs
 cp -a --reflink=auto "$base" "$root"
 
 mkdir -p "$root/src"
@@ -133,8 +134,10 @@ cp -a "$shared" "$root/src/shared"
 
 # apt: the sources, their keys, and the options this machine needs to reach its mirror (files in
 # apt.conf.d that no package owns and that set Acquire:: options, e.g. a snapshot's Valid-Until)
+# (only this machine's: debootstrap's own sources.list would list the mirror twice)
+rm -f "$root/etc/apt/sources.list"
 cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/"
-[ -e /etc/apt/sources.list ] && cp -a /etc/apt/sources.list "$root/etc/apt/sources.list"
+if [ -e /etc/apt/sources.list ]; then cp -a /etc/apt/sources.list "$root/etc/apt/"; fi
 for d in /etc/apt/trusted.gpg.d /etc/apt/keyrings; do
     [ -d "$d" ] && mkdir -p "$root$d" && cp -a "$d/." "$root$d/"
 done
@@ -177,7 +180,9 @@ readlink /proc/self/ns/mnt >"$nsfile"
 mount --bind "$root" "$root"
 for d in proc sys dev; do mount --rbind "/$d" "$root/$d"; done
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$root/run"
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/tmp"
+# a fresh tmpfs without nodev/nosuid: on Debian 12 /tmp is a directory of the root filesystem
+# (device nodes work there, and tests make some)
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mkdir -p "$root/run/lock" "$root/var/cache/apt/archives"
 mount --bind "$debs" "$root/var/cache/apt/archives"
 cd "$root"

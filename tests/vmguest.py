@@ -391,7 +391,10 @@ def install_kernel(root: Path) -> Kernel:
     k = test_kernel()
     dest = Path(root) / "kernels" / k.release
     dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-al", k.dir, str(dest)], check=True)
+    # hard links need one filesystem: where the state root is elsewhere (a tmpfs /tmp, as in
+    # scripts/fresh-root-check.sh, Debian 13 and many setups) the kernel is copied
+    same_fs = os.stat(k.dir).st_dev == os.stat(dest.parent).st_dev
+    subprocess.run(["cp", "-al" if same_fs else "-a", k.dir, str(dest)], check=True)
     return k
 
 
