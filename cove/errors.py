@@ -46,3 +46,7 @@ class StateError(CoveError):
 
 class Unsupported(CoveError):
     """The request is valid but this host or this version cannot do it."""
+
+
+class CorruptState(CoveError):
+    """The state database cannot be read (damaged file): ``cove system check --repair``."""

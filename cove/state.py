@@ -8,6 +8,7 @@ back (``ContainerEngine.reconcile``): nothing half-made survives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.errors import Conflict, NotFound, StateError
+from cove.errors import Conflict, CorruptState, NotFound, StateError
 
 
 class Status(enum.StrEnum):
@@ -131,18 +132,157 @@ class Volume:
     options: dict[str, str]
 
 
+# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte)
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+RECORD_FILE = "record.json"  # the row's mirror in the container's bundle
+VOLUME_FILE = "volume.json"  # the volume row's mirror beside its _data
+
+
+def is_corrupt(err: BaseException) -> bool:
+    """``err`` says the database file is damaged (not busy, not a constraint)."""
+    if not isinstance(err, sqlite3.DatabaseError):
+        return False
+    code = getattr(err, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
+    return type(err) is sqlite3.DatabaseError
+
+
+def corrupt_error(path: str, err: BaseException | str) -> CorruptState:
+    return CorruptState(
+        f"state database {path} is damaged ({err}): run 'cove system check --repair'"
+    )
+
+
+def quick_check(db: sqlite3.Connection) -> str:
+    """SQLite's quick_check: '' when the file is sound, else its first complaint."""
+    try:
+        rows = db.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as e:
+        if is_corrupt(e):
+            return str(e)
+        raise
+    return "" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Replace ``path`` by a new 0600 file (temp file and rename: readers see old or new)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def record_from_json(doc: dict[str, Any]) -> Record:
+    """A record from its mirror (``record.json``); unknown keys are ignored."""
+    values = {k: doc[k] for k in _FIELDS if k in doc}
+    values["status"] = Status(values.get("status", Status.CREATED))
+    for k in _BOOL:
+        values[k] = bool(values.get(k, False))
+    return Record(**values)
+
+
 class Store:
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, verify: bool = True) -> None:
+        self.root = root
         self.path = os.path.join(root, "state.db")
         os.makedirs(root, mode=0o711, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        have = {r[1] for r in self.db.execute("PRAGMA table_info(containers)")}
-        for name in _FIELDS:
-            if name not in have:  # a state root made by an older cove
-                self.db.execute(f"ALTER TABLE containers ADD COLUMN {name} {_sql_type(name)}")
+        try:
+            # invariant: nothing is written to a damaged file (the journal mode, the schema
+            # and every later change come after this check); a quarter of a millisecond for
+            # a root of tens of containers
+            damage = quick_check(self.db) if verify else ""
+            if damage:
+                raise corrupt_error(self.path, damage)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(containers)")}
+            for name in _FIELDS:
+                if name not in have:  # a state root made by an older cove
+                    self.db.execute(f"ALTER TABLE containers ADD COLUMN {name} {_sql_type(name)}")
+            self._mirror_rows()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            if is_corrupt(e):
+                raise corrupt_error(self.path, e) from e
+            raise
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _mirror_rows(self) -> None:
+        """Every change of a row, by any statement of this connection (the lifecycle's raw
+        UPDATEs included), is copied to a file beside what it describes: ``record.json`` in
+        the container's bundle, ``volume.json`` beside a volume's ``_data``. The copies are
+        what ``cove system check --repair`` rebuilds a lost database from. TEMP triggers live
+        only in this connection, so the database file itself never names the functions."""
+        self.db.create_function("cove_mirror", len(_FIELDS), self._mirror)
+        self.db.create_function("cove_unmirror", 1, self._unmirror)
+        self.db.create_function("cove_mirror_volume", 5, self._mirror_volume)
+        self.db.create_function("cove_unmirror_volume", 1, self._unmirror_volume)
+        cols = ", ".join(f"NEW.{n}" for n in _FIELDS)
+        vcols = "NEW.name, NEW.created, NEW.anonymous, NEW.labels, NEW.options"
+        self.db.executescript(
+            f"""
+            CREATE TEMP TRIGGER IF NOT EXISTS cove_mirror_insert AFTER INSERT ON containers
+                BEGIN SELECT cove_mirror({cols}); END;
+            CREATE TEMP TRIGGER IF NOT EXISTS cove_mirror_update AFTER UPDATE ON containers
+                BEGIN SELECT cove_mirror({cols}); END;
+            CREATE TEMP TRIGGER IF NOT EXISTS cove_mirror_delete AFTER DELETE ON containers
+                BEGIN SELECT cove_unmirror(OLD.id); END;
+            CREATE TEMP TRIGGER IF NOT EXISTS cove_mirror_vinsert AFTER INSERT ON volumes
+                BEGIN SELECT cove_mirror_volume({vcols}); END;
+            CREATE TEMP TRIGGER IF NOT EXISTS cove_mirror_vdelete AFTER DELETE ON volumes
+                BEGIN SELECT cove_unmirror_volume(OLD.name); END;
+            """
+        )
+
+    def record_path(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid, RECORD_FILE)
+
+    def _mirror(self, *row: Any) -> None:
+        # never raises: a copy that cannot be written (no bundle yet, disk full) must not
+        # undo the change it copies; the next change writes it again
+        with contextlib.suppress(Exception):
+            doc: dict[str, Any] = dict(zip(_FIELDS, row, strict=True))
+            for k in _JSON:
+                doc[k] = json.loads(doc[k] or "{}")
+            cdir = os.path.dirname(self.record_path(doc["id"]))
+            if os.path.isdir(cdir):
+                _write_private(self.record_path(doc["id"]), json.dumps(doc).encode())
+
+    def _unmirror(self, cid: str) -> None:
+        with contextlib.suppress(Exception):
+            os.unlink(self.record_path(cid))
+
+    def _mirror_volume(
+        self, name: str, created: float, anonymous: int, labels: str, options: str
+    ) -> None:
+        with contextlib.suppress(Exception):
+            vdir = os.path.join(self.root, "volumes", name)
+            if os.path.isdir(vdir):
+                doc = {
+                    "name": name,
+                    "created": created,
+                    "anonymous": bool(anonymous),
+                    "labels": json.loads(labels),
+                    "options": json.loads(options),
+                }
+                _write_private(os.path.join(vdir, VOLUME_FILE), json.dumps(doc).encode())
+
+    def _unmirror_volume(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            os.unlink(os.path.join(self.root, "volumes", name, VOLUME_FILE))
 
     def close(self) -> None:
         self.db.close()
@@ -230,6 +370,11 @@ class Store:
 
     def image_users(self, image_id: str) -> list[Record]:
         return [r for r in self.all() if r.image_id == image_id]
+
+    def image_ids(self) -> set[str]:
+        """The image of every container record, whatever its status or operation in flight:
+        the roots the image store's garbage collection must keep."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT image_id FROM containers") if r[0]}
 
     # -- volumes ------------------------------------------------------------
 

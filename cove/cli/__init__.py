@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from cove import __version__
-from cove.errors import CoveError
+from cove.errors import CorruptState, CoveError
 from cove.private import ensure_private, set_private_umask
 
 
@@ -91,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"Error: {e}\n")
+        if isinstance(e, CorruptState) and args.command in ("run", "create"):
+            return 125  # Docker: run and create fail with 125 when the engine itself fails
         return e.exit_code
     except KeyboardInterrupt:
         return 130
@@ -104,3 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         sys.stderr.write(f"Error: {e.strerror or e}{where}\n")
         return 1
+    except Exception as e:
+        # a database damaged after this command's open-time check: still one line, no
+        # traceback (sqlite3 is only imported here if a store already imported it)
+        if args.debug or type(e).__module__ != "sqlite3":
+            raise
+        from cove.state import corrupt_error, is_corrupt
+
+        if not is_corrupt(e):
+            raise
+        from cove.engine import default_root
+
+        path = os.path.join(os.path.abspath(args.root or default_root()), "state.db")
+        sys.stderr.write(f"Error: {corrupt_error(path, e)}\n")
+        return 125 if args.command in ("run", "create") else 1

@@ -202,6 +202,11 @@ def _each(refs: list[str], fn: Callable[[str], Any], echo: bool = True) -> int:
 
 
 def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
+    if args.all or args.filter:
+        return _start_all(engine, args)
+    if not args.containers:
+        sys.stderr.write("Error: start needs at least one container (or --all)\n")
+        return 125
     ce = _ce(engine)
     if not args.attach and not args.interactive:
         return _start_errors(lambda: _each(args.containers, ce.start))
@@ -226,6 +231,38 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
         return int(ce.wait(rec.id, after=started.started_at))
 
     return _start_errors(go)
+
+
+def _start_all(engine: Engine, args: argparse.Namespace) -> int:
+    """``start --all [--filter restart-policy=P]`` (Podman's; what cove-restart.service runs)."""
+    from cove.boot import start_all
+
+    if not args.all or args.containers or args.attach or args.interactive:
+        sys.stderr.write("Error: --filter needs --all, which takes no container and no -a/-i\n")
+        return 125
+    rc = 0
+    for rec, err in start_all(_ce(engine), args.filter):
+        if err:
+            sys.stderr.write(f"Error: {rec.name}: {err}\n")
+            rc = 125
+        else:
+            print(rec.name)
+    return rc
+
+
+def cmd_system_check(engine: Engine, args: argparse.Namespace) -> int:
+    """Podman's ``system check``: one line per problem; exit 1 while any stays unrepaired."""
+    from cove.check import Checker
+
+    findings = Checker(engine, repair=args.repair, quick=args.quick).run()
+    for f in findings:
+        if f.fixed:
+            print(f"repaired: {f.what}: {f.fixed}")
+        elif args.repair:
+            print(f"not repaired: {f.what}")
+        else:
+            print(f.what)
+    return 1 if any(not f.fixed for f in findings) else 0
 
 
 def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
@@ -965,8 +1002,12 @@ def _register_common(sub: Any, only: str | None = None) -> None:
         p = sub.add_parser("start", help="start one or more stopped containers")
         p.add_argument("-a", "--attach", action="store_true", help="attach STDOUT/STDERR")
         p.add_argument("-i", "--interactive", action="store_true", help="attach STDIN")
-        _containers_arg(p)
-        p.set_defaults(func=cmd_start)
+        p.add_argument("--all", action="store_true",
+                       help="start every stopped container (with --filter: those matching)")
+        _list(p, "-f", "--filter",
+              help="with --all: restart-policy=always|unless-stopped|on-failure|no (ORed)")
+        p.add_argument("containers", nargs="*", metavar="CONTAINER")
+        p.set_defaults(func=cmd_start)  # fmt: skip
     if only is None or only == "stop":
         p = sub.add_parser("stop", help="stop one or more running containers")
         p.add_argument(
@@ -1159,6 +1200,15 @@ def register(sub: Any, command: str | None = None) -> None:
     p = ssub.add_parser("reset", help="remove every container, network, volume and image")
     p.add_argument("-f", "--force", action="store_true", help="really do it")
     p.set_defaults(func=cmd_system_reset)
+    p = ssub.add_parser(
+        "check",
+        help="verify the database, the records, the image index, blobs and layers",
+    )
+    p.add_argument("--repair", action="store_true",
+                   help="rebuild what can be rebuilt from the bundles and blobs on disk")
+    p.add_argument("--quick", action="store_true",
+                   help="skip hashing every blob; SQLite's quick_check only")
+    p.set_defaults(func=cmd_system_check)  # fmt: skip
     volume = sub.add_parser("volume", help="manage volumes")
     vsub = volume.add_subparsers(
         dest="volume_command", metavar="COMMAND", parser_class=type(volume)
