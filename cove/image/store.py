@@ -23,6 +23,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -460,7 +461,12 @@ class ImageStore:
             if os.path.isdir(final):
                 shutil.rmtree(tmp, ignore_errors=True)
                 return
-            meta = json.dumps({"size": stats.bytes, "entries": stats.entries}).encode()
+            # "disk": what a walk of the directory finds (the root included; regular bytes
+            # counted once per inode); `cove system check` compares the layer against it,
+            # since opaque markers and repeated tar entries make the tar's figures differ
+            meta = json.dumps(
+                {"size": stats.bytes, "entries": stats.entries, "disk": layer_figures(tmp)}
+            ).encode()
             with open(final + ".json", "wb") as f:
                 f.write(meta)
             # invariant: tmp is a complete, verified unpack of exactly diff_id
@@ -539,6 +545,22 @@ class ImageStore:
                 for name in os.listdir(self.tmpdir):
                     _remove_tree(os.path.join(self.tmpdir, name), None)
         return removed, freed
+
+
+def layer_figures(path: str) -> list[int]:
+    """[entries, bytes] of an unpacked layer: every entry below ``path`` plus the root
+    itself, and the size of its regular files, each inode once (hard links)."""
+    entries = 1
+    total = 0
+    seen: set[int] = set()
+    for dirpath, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            entries += 1
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_size
+    return [entries, total]
 
 
 def _blame_digest(
