@@ -75,6 +75,12 @@ fi
 "$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 echo "installed: $(/usr/local/bin/cove --version) ($venv, $("$venv/bin/python" -V))"
+# the boot-time restart of --restart always/unless-stopped containers: installed, not enabled
+# (as Podman ships podman-restart.service); `systemctl enable cove-restart.service` turns it on
+if [ -d /run/systemd/system ] && [ -d /etc/systemd/system ]; then
+    install -m 0644 "$here/scripts/systemd/cove-restart.service" /etc/systemd/system/
+    systemctl daemon-reload 2>/dev/null || true
+fi
 # Other accounts run the same venv; the editable install also needs them to reach this checkout.
 if ! setpriv --reuid=65534 --regid=65534 --clear-groups \
     "$venv/bin/python" -I -c 'import cove' 2>/dev/null; then
