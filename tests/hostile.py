@@ -384,3 +384,34 @@ def as_user(fn: Callable[[], Any], uid: int = 65534, gid: int = 65534) -> Any:
     if "error" in msg:
         raise AssertionError(f"as uid {uid}: {msg['error']}")
     return msg["ok"]
+
+
+# --------------------------------------------------------------------------------------------
+# The host's own interpreter, runnable inside an Alpine (musl) container
+
+
+def host_interpreter() -> Path:
+    """The Python binary cove runs on (the file a container must never reach)."""
+    import os
+    import sys
+
+    return Path(os.path.realpath(sys.executable))
+
+
+def add_host_program(tb: TarBuilder, program: Path, *, trees: Iterable[Path] = ()) -> None:
+    """Add ``program`` and every shared library ``ldd`` lists for it (and the files under
+    ``trees``) at their host paths, so the host's program can run in the container if
+    something ever execs it there. Files are copied, never linked."""
+    import re
+
+    out = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True)
+    files = {program, *(Path(p) for p in re.findall(r"(/\S+) \(0x", out.stdout))}
+    for tree in trees:
+        files.update(p for p in tree.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    made: set[Path] = set()
+    for f in sorted(files):
+        for parent in reversed(f.parents[:-1]):
+            if parent not in made:
+                made.add(parent)
+                tb.dir(str(parent).lstrip("/"))
+        tb.file(str(f).lstrip("/"), f.read_bytes(), mode=0o755)

@@ -41,6 +41,7 @@ class Created:
     pty_master: int | None
     sock: socket.socket
     cgroups: Cgroups
+    argv0: str = ""  # names the command in a failed execve's message
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -121,7 +122,7 @@ class Runtime:
             }
             with open(os.path.join(sdir, "state.json"), "w") as f:
                 json.dump(state, f)
-            return Created(cid, pid, pty, parent_sock, cgroups)
+            return Created(cid, pid, pty, parent_sock, cgroups, _argv0(spec.process))
         except BaseException:
             if parent_sock is not None:
                 parent_sock.close()
@@ -177,7 +178,7 @@ class Runtime:
                 spec, str(doc["bundle"]), "", cgroups, stdio, bpf,
                 lambda ctx: init.exec_child(ctx, ns_fds),
             )  # fmt: skip
-            return Created(cid, got, pty, parent_sock, cgroups)
+            return Created(cid, got, pty, parent_sock, cgroups, _argv0(process))
         except BaseException:
             if parent_sock is not None:
                 parent_sock.close()
@@ -353,6 +354,11 @@ class Runtime:
             data = created.sock.recv(65536)
         finally:
             created.sock.close()
+        if len(data) == 4:  # the exec stub's errno: its execve of the command failed
+            from cove.runtime.execstub import exec_error
+
+            err = exec_error(created.argv0, int.from_bytes(data, "little"))
+            raise ContainerStartError(str(err), err.code)
         if data:
             msg = json.loads(data)
             raise ContainerStartError(msg.get("message", "exec failed"), int(msg.get("code", 126)))
@@ -399,6 +405,10 @@ class Runtime:
                 os.kill(int(str(doc["pid"])), signal.SIGKILL)
         Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}")).destroy()
         shutil.rmtree(sdir, ignore_errors=True)
+
+
+def _argv0(process: Process | None) -> str:
+    return process.args[0] if process is not None and process.args else ""
 
 
 def host_root_ids(spec: Spec) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from cove import safepath
 from cove import syscalls as sc
 from cove.private import CONTAINER_UMASK
 from cove.runtime import caps as capmod
+from cove.runtime import execstub
 from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
 
 NS_FLAGS = {
@@ -137,6 +138,9 @@ def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = No
 def child(ctx: InitContext) -> NoReturn:
     """Runs in C. Joins cgroups, makes namespaces, forks G, reports G's pid, exits."""
     try:
+        # as exec_child: a pid namespace joined by path (--pid container:X) has processes
+        # that would see G, a fork of cove, before its execve
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         for path in ctx.cgroup_procs:
             with open(path, "w") as f:
                 f.write("0")
@@ -176,6 +180,11 @@ def exec_child(ctx: InitContext, ns_fds: list[tuple[int, int]]) -> NoReturn:
     (pivoted) root. The pid namespace applies to children only, hence the fork.
     """
     try:
+        # invariant: non-dumpable before joining anything of the container (CVE-2016-9962
+        # class): from setns(CLONE_NEWPID) on, container processes see our child, a fork of
+        # cove; not dumpable, its /proc/PID (mem, environ, exe, fds) and ptrace stay closed
+        # to them, and the flag passes to the child with the mm
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
         for path in ctx.cgroup_procs:
             with open(path, "w") as f:
                 f.write("0")
@@ -683,7 +692,7 @@ def _process(ctx: InitContext) -> NoReturn:
     cwd = proc.cwd or "/"
     if not os.path.isdir(cwd):
         if ctx.fifo:
-            os.makedirs(cwd, 0o755, exist_ok=True)  # Docker creates a missing working directory
+            _make_cwd(cwd)  # Docker creates a missing working directory
         else:
             raise InitError(f'chdir to cwd ("{cwd}") set in config.json failed: no such file', 126)
     send(ctx.sock, {"type": "created"})
@@ -700,27 +709,74 @@ def _process(ctx: InitContext) -> NoReturn:
     if ctx.seccomp_bpf:
         sc.seccomp_load_bpf(ctx.seccomp_bpf)
     _credentials(spec, ctx.last_cap)
-    os.chdir(cwd)
     env = {}
     for e in proc.env:
         key, _, value = e.partition("=")
         env[key] = value
-    # fds beyond stdio never reach the container (the CVE-2024-21626 class); the socket
-    # is close-on-exec so P learns from EOF that execve succeeded
+    # fds beyond stdio never reach the container, and none is left to chdir through
+    # (the CVE-2024-21626 class): close them before the working directory is entered
     keep = ctx.sock.fileno()
     if keep > 3:  # closerange(a, a) would close everything from a on, our socket too
         os.closerange(3, keep)
     os.closerange(keep + 1, _max_fd())
+    _enter_cwd(cwd)
     reset_signals()
     try:
-        os.execvpe(proc.args[0], proc.args, env)
+        path = execstub.resolve(proc.args[0], env)
+        # the socket stays open through the stub, which reports a failed execve on it
+        # and marks it close-on-exec first, so P still learns from EOF that execve worked
+        execstub.exec_via_stub(path, proc.args, env, keep)
+    except execstub.ExecError as e:
+        raise InitError(str(e), e.code) from e
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            where = "" if "/" in proc.args[0] else " in $PATH"
-            raise InitError(f'exec: "{proc.args[0]}": executable file not found{where}', 127) from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
-            raise InitError(f'exec: "{proc.args[0]}": permission denied', 126) from e
-        raise InitError(f'exec: "{proc.args[0]}": {e.strerror}', 126) from e
+        raise InitError(f'exec: "{proc.args[0]}": cannot start the exec stub: {e.strerror}') from e
+
+
+def _make_cwd(cwd: str) -> None:
+    """Create a missing working directory inside our root only: magic links (a
+    /proc/self/fd/N of a leaked fd) and symlinks of the image resolve as in the root."""
+    rootfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.close(safepath.open_dir(rootfd, os.path.normpath("/" + cwd).lstrip("/"), create=True))
+    except OSError as e:
+        raise InitError(f'mkdir cwd ("{cwd}") set in config.json failed: {e.strerror}', 126) from e
+    finally:
+        os.close(rootfd)
+
+
+def _enter_cwd(cwd: str) -> None:
+    """chdir to ``cwd`` and prove the result lies inside our root, or refuse; never a
+    fallback. Invariant: only stdio and the setup socket are open, so no magic link of a
+    leaked host fd can be the cwd; a cwd outside the root has no name from it (getcwd
+    fails with ENOENT, "(unreachable)" on old libcs), and the name it has must resolve,
+    RESOLVE_IN_ROOT from our root, to the very directory we are in."""
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        why = e.strerror or "failed"
+        raise InitError(f'chdir to cwd ("{cwd}") set in config.json failed: {why}', 126) from e
+    outside = InitError(f'cwd "{cwd}" lies outside the container root (refused)', 126)
+    try:
+        here = os.getcwd()
+    except OSError as e:
+        raise outside from e
+    if not here.startswith("/"):
+        raise outside
+    rootfd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = sc.openat2(
+            rootfd, here.lstrip("/") or ".", os.O_PATH | os.O_DIRECTORY, safepath.IN_ROOT
+        )
+    except OSError as e:
+        raise outside from e
+    finally:
+        os.close(rootfd)
+    try:
+        named, actual = os.fstat(fd), os.stat(".")
+    finally:
+        os.close(fd)
+    if (named.st_dev, named.st_ino) != (actual.st_dev, actual.st_ino):
+        raise outside
 
 
 def reset_signals() -> None:
