@@ -415,3 +415,13 @@ def add_host_program(tb: TarBuilder, program: Path, *, trees: Iterable[Path] = (
                 made.add(parent)
                 tb.dir(str(parent).lstrip("/"))
         tb.file(str(f).lstrip("/"), f.read_bytes(), mode=0o755)
+
+
+def in_chroot_argv(newroot: Path, argv: list[str]) -> list[str]:
+    """``argv`` run as build systems run cove: chrooted into ``newroot``, a recursive bind
+    of the host's / (so every path is what it is on the host), in a mount namespace of its
+    own. Slave propagation: nothing mounted there reaches the host, and the host's unmounts
+    reach it; the namespace goes when its last process (a detached container's monitor
+    included) exits."""
+    script = 'mount --rbind / "$0" && exec chroot "$0" "$@"'
+    return ["unshare", "-m", "--propagation", "slave", "sh", "-c", script, str(newroot), *argv]

@@ -167,16 +167,26 @@ class Runtime:
         layout = read_layout()
         cgroups = Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}"), layout)
         parent_sock: socket.socket | None = None
+        # everything of the init is opened through one pinned /proc/PID: a dead init's
+        # directory answers ESRCH, never another process that got its pid number
+        procfd = _pin_process(cid, pid, doc.get("startTime"))
+        root = -1
         try:
             for kind in order:
-                theirs = os.readlink(f"/proc/{pid}/ns/{kind}")
+                theirs = os.readlink(f"ns/{kind}", dir_fd=procfd)
                 if theirs != os.readlink(f"/proc/self/ns/{kind}"):
-                    fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(f"ns/{kind}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procfd)
                     ns_fds.append((fd, flags[kind]))
+            # the init's root, opened before any join: setns(CLONE_NEWNS) leaves X at the
+            # namespace's root mount, which is not the container's root when the container
+            # was made inside a chroot (pivot_root swapped the chroot's mount, not the
+            # namespace's root); X enters this directory and checks it before anything runs
+            root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=procfd)
+            inner = _inner_pid(procfd, cid)
             bpf = self._bpf(spec) if seccomp else None
             parent_sock, got, pty = self._spawn(
                 spec, str(doc["bundle"]), "", cgroups, stdio, bpf,
-                lambda ctx: init.exec_child(ctx, ns_fds),
+                lambda ctx: init.exec_child(ctx, ns_fds, root, inner),
             )  # fmt: skip
             return Created(cid, got, pty, parent_sock, cgroups, _argv0(process))
         except BaseException:
@@ -184,8 +194,9 @@ class Runtime:
                 parent_sock.close()
             raise
         finally:
-            for fd, _ in ns_fds:
-                os.close(fd)
+            for fd in (*(fd for fd, _ in ns_fds), root, procfd):
+                if fd >= 0:
+                    os.close(fd)
 
     def _bpf(self, spec: Spec) -> bytes | None:
         if spec.linux.seccomp is None:
@@ -409,6 +420,37 @@ class Runtime:
 
 def _argv0(process: Process | None) -> str:
     return process.args[0] if process is not None and process.args else ""
+
+
+def _pin_process(cid: str, pid: int, start_time: object) -> int:
+    """An fd of /proc/PID for container ``cid``'s init, checked against its recorded start
+    time after the open: from then on the fd names that process or nothing."""
+    try:
+        fd = os.open(f"/proc/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError as e:
+        raise StateError(f"container {cid} is not running") from e
+    try:
+        with open(os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=fd), "rb") as f:
+            data = f.read()
+        if int(data[data.rindex(b")") + 2 :].split()[19]) != start_time:
+            raise StateError(f"container {cid} is not running")
+    except OSError as e:
+        os.close(fd)
+        raise StateError(f"container {cid} is not running") from e
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _inner_pid(procfd: int, cid: str) -> int:
+    """The init's pid in its own pid namespace (NSpid's last field): its number in the
+    container's /proc."""
+    with open(os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procfd)) as f:
+        for line in f:
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    raise ContainerStartError(f"container {cid}: no NSpid line in its init's status")
 
 
 def host_root_ids(spec: Spec) -> tuple[int, int]:

@@ -172,12 +172,18 @@ def child(ctx: InitContext) -> NoReturn:
         _fail(ctx.sock, e)
 
 
-def exec_child(ctx: InitContext, ns_fds: list[tuple[int, int]]) -> NoReturn:
-    """Runs in X for ``exec``: joins the container's cgroups and namespaces, forks the process.
+def exec_child(
+    ctx: InitContext, ns_fds: list[tuple[int, int]], root: int, init_pid: int
+) -> NoReturn:
+    """Runs in X for ``exec``: joins the container's cgroups and namespaces, enters the
+    init's root, forks the process.
 
     The user namespace comes first (joining the others needs its capabilities) and the
-    mount namespace last but one; setns(CLONE_NEWNS) moves our root to the container's
-    (pivoted) root. The pid namespace applies to children only, hence the fork.
+    mount namespace last. setns(CLONE_NEWNS) moves our root to the namespace's root mount,
+    which is the container's root only when the container was not made inside a chroot;
+    so we then enter ``root`` (the init's /proc/PID/root, opened by P before any join) and
+    verify it (``_enter_root``; ``init_pid`` is the init's pid in its own pid namespace).
+    The pid namespace applies to children only, hence the fork.
     """
     try:
         # invariant: non-dumpable before joining anything of the container (CVE-2016-9962
@@ -191,6 +197,7 @@ def exec_child(ctx: InitContext, ns_fds: list[tuple[int, int]]) -> NoReturn:
         for fd, flag in ns_fds:
             sc.setns(fd, flag)
             os.close(fd)
+        _enter_root(root, init_pid)
         pid = os.fork()
         if pid == 0:
             _process(ctx)
@@ -198,6 +205,36 @@ def exec_child(ctx: InitContext, ns_fds: list[tuple[int, int]]) -> NoReturn:
         os._exit(0)
     except BaseException as e:
         _fail(ctx.sock, e)
+
+
+def _enter_root(root: int, init_pid: int) -> None:
+    """Make ``root`` (an O_PATH fd of the init's root) our root and cwd, and prove it, or
+    refuse (exit 126); never a fallback to the root setns gave us.
+
+    Checks, before anything of the command runs: "/" is now the very directory of the fd
+    (st_dev and st_ino); and the container's /proc, seen from there, shows the init at
+    ``init_pid`` with that same root, so /proc (and the sysfs and files beside it) are the
+    container's, not a host tree's. Invariant: we hold the capabilities of the container's
+    user namespace (or the host's), so chroot and reading /proc/N/root of the init are
+    allowed whatever the init's dumpable flag.
+    """
+    want = os.fstat(root)
+    os.fchdir(root)
+    os.chroot(".")
+    os.close(root)
+    refused = "exec: the process would run outside the container's root (refused)"
+    here = os.stat("/")
+    if (here.st_dev, here.st_ino) != (want.st_dev, want.st_ino):
+        raise InitError(refused, 126)
+    try:
+        seen = os.stat(f"/proc/{init_pid}/root")
+    except OSError as e:
+        why = e.strerror or "failed"
+        raise InitError(
+            f"exec: cannot check the container's root through /proc/{init_pid}/root: {why}", 126
+        ) from e
+    if (seen.st_dev, seen.st_ino) != (want.st_dev, want.st_ino):
+        raise InitError(refused, 126)
 
 
 def _fail(sock: socket.socket, e: BaseException) -> NoReturn:
