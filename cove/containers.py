@@ -77,9 +77,12 @@ def alive(pid: int, start_time: int) -> bool:
 
 
 def crash_point(name: str) -> None:
-    """Tests kill cove at named steps (``COVE_CRASH_AT``) to prove nothing half-made stays."""
+    """Tests kill cove at named steps (``COVE_CRASH_AT``) to prove nothing half-made stays,
+    or stop it there (``COVE_STOP_AT``, SIGSTOP) to run another command in that window."""
     if os.environ.get("COVE_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("COVE_STOP_AT") == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def _self_ids() -> tuple[int, int]:
@@ -136,8 +139,10 @@ class ContainerEngine:
                 self._purge(rec)
                 raise NotFound(f"no such container: {rec.id}")
             if rec.op == OP_START:
-                with contextlib.suppress(Exception):
-                    self.runtime().delete(rec.id, force=True)
+                from cove.sweep import destroy_runtime
+
+                with contextlib.suppress(Exception):  # also a create killed before state.json
+                    destroy_runtime(self.root, rec.id)
                 network_down(self.root, self.store.db, rec.id)
                 back = Status.EXITED if rec.started_at else Status.CREATED
                 self.store.db.execute(
@@ -187,11 +192,13 @@ class ContainerEngine:
         """Remove every trace of a container: processes, cgroups, files, the row."""
         import shutil
 
+        from cove.sweep import destroy_runtime
+
         if alive(rec.monitor_pid, rec.monitor_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.monitor_pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            self.runtime().delete(rec.id, force=True)
+        with contextlib.suppress(Exception):  # a failure keeps runtime/<id>: a sweep retries
+            destroy_runtime(self.root, rec.id)
         if alive(rec.pid, rec.start_time):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signal.SIGKILL)
@@ -203,7 +210,14 @@ class ContainerEngine:
     # -- create ---------------------------------------------------------------
 
     def create(self, opts: Any, *, op: str = "", image: Any = None) -> str:
-        """``docker create``: the record, the bundle and the volumes; no process yet.
+        """``docker create``: the record, the bundle and the volumes; no process yet."""
+        # invariant: the image stays pinned from its resolution until the record naming it
+        # is committed; rmi and garbage collection then see this container as its user
+        with self.engine.images.pin():
+            return self._create(opts, op=op, image=image)
+
+    def _create(self, opts: Any, *, op: str, image: Any) -> str:
+        """``create``'s work, under the pin.
 
         With ``op`` the row stays marked as in flight (``run`` hands it on to ``start``; a
         build keeps it so: should the builder die, the next command removes the container).
@@ -213,6 +227,7 @@ class ContainerEngine:
         from cove.runtime.init import ANNOTATION_OVERLAY
 
         img = image if image is not None else self._image_for_run(opts)
+        crash_point("create-image")  # resolved, not yet recorded: the window pin() covers
         host = spec.Platform.host()
         want = spec.Platform.parse(opts.platform) if opts.platform else None
         have = img.config.platform
@@ -934,6 +949,8 @@ class ContainerEngine:
                 f"cannot remove container {rec.name}: container is {state}: "
                 f"stop the container before removing or force remove"
             )
+        if rec.op and alive(rec.op_pid, rec.op_start) and force:
+            rec = self._await_op(rec)
         if rec.op and alive(rec.op_pid, rec.op_start):
             raise Conflict(f"container {rec.name} is being changed by another command")
         me, me_start = _self_ids()
@@ -959,6 +976,24 @@ class ContainerEngine:
             time.sleep(0.02)
         self.discard(rec, volumes=volumes)
         return rec.id
+
+    def _await_op(self, rec: Record, timeout: float = 10.0) -> Record:
+        """``rm -f`` of a container another command is changing: wait for that command to
+        finish. A start still owned by the container's own monitor after that is stuck (a
+        monitor only owns the start between the launcher's hand-off and its helper's
+        report): the monitor is killed, which makes the start roll back."""
+        deadline = time.monotonic() + timeout
+        while rec.op and alive(rec.op_pid, rec.op_start) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            rec = self.get(rec.id)
+        if (rec.op == OP_START and rec.op_pid == rec.monitor_pid
+                and alive(rec.op_pid, rec.op_start)):  # fmt: skip
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.op_pid, signal.SIGKILL)
+            while alive(rec.op_pid, rec.op_start) and time.monotonic() < deadline + 5:
+                time.sleep(0.02)
+            rec = self.get(rec.id)
+        return rec
 
     def discard(self, rec: Record, *, volumes: bool) -> None:
         """Purge a stopped container, and with ``volumes`` its anonymous volumes."""

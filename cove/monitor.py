@@ -272,7 +272,7 @@ class Monitor:
             out_r, err_r, in_w, left, pid = self._spawn()
         msg, fds = b"", []
         try:
-            msg, anc, _flags, _addr = left.recvmsg(4096, 64)
+            msg, anc = self._answer(left, pid)
             for level, kind, data in anc:
                 if level == _socket.SOL_SOCKET and kind == 1:  # SCM_RIGHTS
                     fds += [int.from_bytes(data[i : i + 4], "little") for i in range(0, 16, 4)][
@@ -300,6 +300,30 @@ class Monitor:
         for fd in self.outputs:
             os.set_blocking(fd, False)
         return ""
+
+    def _answer(
+        self, left: _socket.socket, pid: int
+    ) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+        """The start helper's message, or nothing once it has died without one. Its end of
+        the socket is not enough to tell: a container process it forked and that waits in
+        "created" holds a copy of it until its execve, so EOF never comes if the helper is
+        SIGKILLed then (and this monitor, the start's recorded owner, would wait forever)."""
+        while True:
+            try:
+                ready, _, _ = select.select([left.fileno(), self.wake_r], [], [])
+            except InterruptedError:
+                continue
+            if left.fileno() in ready:
+                msg, anc, _flags, _addr = left.recvmsg(4096, 64)
+                return msg, anc
+            try:
+                while os.read(self.wake_r, 64):
+                    pass
+            except BlockingIOError:
+                pass
+            self._reap()
+            if pid in self.reaped and not select.select([left], [], [], 0)[0]:
+                return b"", []
 
     def _spawn(self) -> tuple[int, int, int, _socket.socket, int]:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)

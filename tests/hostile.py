@@ -386,6 +386,306 @@ def as_user(fn: Callable[[], Any], uid: int = 65534, gid: int = 65534) -> Any:
     return msg["ok"]
 
 
+def in_chroot_argv(newroot: Path, argv: list[str]) -> list[str]:
+    """``argv`` run as build systems run cove: chrooted into ``newroot``, a recursive bind
+    of the host's / (so every path is what it is on the host), in a mount namespace of its
+    own. Slave propagation: nothing mounted there reaches the host, and the host's unmounts
+    reach it; the namespace goes when its last process (a detached container's monitor
+    included) exits."""
+    script = 'mount --rbind / "$0" && exec chroot "$0" "$@"'
+    return ["unshare", "-m", "--propagation", "slave", "sh", "-c", script, str(newroot), *argv]
+
+
+# --------------------------------------------------------------------------------------------
+# Load: concurrent cove commands while a killer SIGKILLs random cove processes (issue 22),
+# and the leak checker that looks at the kernel afterwards. bench/soak.py runs the same longer.
+
+
+def _cgroup_mounts() -> list[str]:
+    """Every cgroup hierarchy's mount point (v1 controllers, named ones, the unified tree)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1]
+            if fstype in ("cgroup", "cgroup2"):
+                out.append(fields[4])
+    return out
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _pids() -> list[int]:
+    import os
+
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def root_processes(root: Path) -> list[tuple[int, list[str]]]:
+    """Processes whose command line names this state root: cove commands (``--root R``),
+    their helpers, monitors (``root=R``), DNS responders (``R/networks/...``), QEMU."""
+    import os
+
+    r = str(root)
+    out = []
+    for pid in _pids():
+        if pid == os.getpid():
+            continue
+        argv = _argv(pid)
+        if any(a == r or a == f"root={r}" or a.startswith(r + "/") or f"{r}/" in a for a in argv):
+            out.append((pid, argv))
+    return out
+
+
+@dataclass
+class HostSnapshot:
+    """What a soak may leave: cgroups under cove/, veths, network namespaces held by
+    processes, and mounts (each as a printable string)."""
+
+    cgroups: set[str]
+    veths: set[str]
+    netns: set[str]
+    mounts: set[str]
+
+
+def host_snapshot() -> HostSnapshot:
+    import os
+
+    cgroups = set()
+    for mnt in _cgroup_mounts():
+        d = Path(mnt) / "cove"
+        if d.is_dir():
+            cgroups |= {str(p) for p in d.iterdir() if p.is_dir()}
+    links = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    veths = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if line}
+    netns = set()
+    for pid in _pids():
+        with contextlib.suppress(OSError):
+            netns.add(os.readlink(f"/proc/{pid}/ns/net"))
+    with open("/proc/self/mountinfo") as f:
+        mounts = {" ".join(line.split()[3:5]) for line in f}
+    return HostSnapshot(cgroups, veths, netns, mounts)
+
+
+def host_leaks(before: HostSnapshot, root: Path, *, networks_stay: bool = False) -> list[str]:
+    """Everything that is there now and was not in ``before``, plus mounts and processes of
+    ``root`` (a cove command, monitor, DNS responder or QEMU still running). With
+    ``networks_stay`` the networks' DNS responders are not counted."""
+    now = host_snapshot()
+    found = [f"cgroup {c}" for c in sorted(now.cgroups - before.cgroups)]
+    found += [f"veth {v}" for v in sorted(now.veths - before.veths)]
+    found += [f"netns {n}" for n in sorted(now.netns - before.netns)]
+    found += [f"mount {m}" for m in sorted(now.mounts - before.mounts)]
+    found += [f"mount {m}" for m in sorted(now.mounts & before.mounts) if str(root) in m]
+    dns = f"{root}/networks/"
+    found += [f"process {pid}: {' '.join(a[:60] for a in argv)[:400]}"
+              for pid, argv in root_processes(root)
+              if not (networks_stay and any(a.startswith(dns) for a in argv))]
+    return found
+
+
+def root_chains(root: Path) -> list[str]:
+    """iptables chains of this root (cove suffixes them with a hash of the root)."""
+    tag = "-" + hashlib.sha256(str(root).encode()).hexdigest()[:6]
+    out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
+    return sorted({line.split()[0][1:] for line in out.splitlines()
+                   if line.startswith(":COVE-") and line.split()[0].endswith(tag)})  # fmt: skip
+
+
+def records_against_kernel(root: Path) -> list[str]:
+    """Every container record of ``root`` checked against the kernel, with no cove command
+    running: no operation marked in flight; a running one has its process (same start time)
+    and its monitor; any other one has no process, runtime state or cgroup; every lease and
+    published port belongs to a record."""
+    import sqlite3
+
+    def start_time(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return 0
+        rest = data[data.rindex(b")") + 2 :].split()
+        return 0 if rest[0] in (b"Z", b"X") else int(rest[19])
+
+    db = sqlite3.connect(f"file:{root / 'state.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT id, name, status, pid, start_time, monitor_pid, monitor_start, "
+                          "op FROM containers").fetchall()  # fmt: skip
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        owners = set()
+        if "leases" in tables:
+            owners |= {r[0] for r in db.execute("SELECT container FROM leases")}
+            owners |= {r[0] for r in db.execute("SELECT container FROM ports")}
+        if "vms" in tables:
+            owners -= {r[0] for r in db.execute("SELECT id FROM vms")}
+    finally:
+        db.close()
+    bad = []
+    ids = set()
+    cgroup_dirs = [Path(m) / "cove" for m in _cgroup_mounts()]
+    for cid, name, status, pid, pstart, mpid, mstart, op in rows:
+        ids.add(cid)
+        what = f"container {name} ({status})"
+        if op:
+            bad.append(f"{what}: operation {op} still marked with no command running")
+        if status in ("running", "paused"):
+            if start_time(pid) != pstart or not pstart:
+                bad.append(f"{what}: its process {pid} is gone")
+            if start_time(mpid) != mstart or not mstart:
+                bad.append(f"{what}: its monitor {mpid} is gone")
+        elif status != "restarting":
+            if pid and pstart and start_time(pid) == pstart:
+                bad.append(f"{what}: its process {pid} still runs")
+            if (root / "runtime" / cid).exists():
+                bad.append(f"{what}: runtime state {root / 'runtime' / cid} left")
+            bad += [f"{what}: cgroup {d / cid} left" for d in cgroup_dirs if (d / cid).exists()]
+    bad += [f"lease or port of {o[:12]}, which has no record" for o in sorted(owners - ids)]
+    return bad
+
+
+@dataclass
+class SoakResult:
+    cycles: int = 0  # worker cycles run (each: run, exec, connect, stop, rm, + build or pull)
+    complete: int = 0  # cycles in which every command succeeded
+    kills: int = 0  # SIGKILLs delivered
+    killed: dict[str, int] | None = None  # kills per kind of process
+    hung: list[str] | None = None  # commands that outlived their timeout (killed then)
+    errors: dict[str, int] | None = None  # failed commands per first word of their error
+
+    def summary(self) -> str:
+        return (f"soak: {self.cycles} cycles ({self.complete} complete), {self.kills} kills "
+                f"{dict(sorted((self.killed or {}).items()))}, hung {self.hung or []}, "
+                f"errors {dict(sorted((self.errors or {}).items()))}")  # fmt: skip
+
+
+def soak(
+    argv: Callable[..., list[str]],
+    root: Path,
+    *,
+    seconds: float,
+    workers: int,
+    registry: str,
+    context: Path,
+    seed: int | None = None,
+    timeout: float = 90,
+) -> SoakResult:
+    """Run ``workers`` loops of cove commands against ``root`` for ``seconds`` while a killer
+    SIGKILLs a random process of the root (command, helper, monitor or DNS responder) every
+    0.1-0.9 s. ``argv(*args)`` makes a cove command line; ``registry`` (host:port) serves
+    ``soak/alpine:1``; ``context`` holds a tiny Dockerfile. Returns the counts; the caller
+    checks the state afterwards. Every command has finished when this returns."""
+    import os
+    import random
+    import signal
+    import time
+
+    rnd = random.Random(seed)
+    res = SoakResult(killed={}, hung=[], errors={})
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+    stop_killer = threading.Event()
+
+    def cmd(*args: str) -> bool:
+        proc = subprocess.Popen(argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            with lock:
+                res.hung.append(" ".join(args))  # type: ignore[union-attr]
+            return False
+        if proc.returncode != 0:
+            word = "killed" if proc.returncode == -9 else (err.strip().split(":")[-1].strip()
+                                                             or f"exit {proc.returncode}")
+            word = " ".join(word.split()[:6])
+            with lock:
+                res.errors[word] = res.errors.get(word, 0) + 1  # type: ignore[index]
+        return proc.returncode == 0
+
+    def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            name = f"soak-{w}-{i}"
+            net = ["--network", "none"] if i % 4 == 3 else []
+            ok = cmd("run", "-d", "--name", name, *net, "alpine:3.20", "sleep", "600")
+            ok &= cmd("exec", name, "true")
+            if i % 2 == 0:
+                ok &= cmd("network", "connect", "soaknet", name)
+            ok &= cmd("stop", "-t", "1", name)
+            if not cmd("rm", name):
+                ok = False
+                cmd("rm", "-f", name)
+            if i % 3 == 0:
+                ok &= cmd("build", "-q", "--no-cache", "-t", f"soak-built-{w}:{i}", str(context))
+                cmd("rmi", f"soak-built-{w}:{i}")
+            elif i % 3 == 1:
+                ok &= cmd("pull", "-q", "--tls-verify=false", f"{registry}/soak/alpine:1")
+            with lock:
+                res.cycles += 1
+                res.complete += ok
+            i += 1
+
+    def killer() -> None:
+        while not stop_killer.wait(rnd.uniform(0.1, 0.9)):
+            kinds: dict[str, list[int]] = {}
+            for pid, args in root_processes(root):
+                kind = ("monitor" if any(a.startswith("root=") for a in args) else
+                        "dns" if any("/networks/" in a for a in args) else
+                        args[args.index("--root") + 2] if "--root" in args and
+                        len(args) > args.index("--root") + 2 else "other")  # fmt: skip
+                kinds.setdefault(kind, []).append(pid)
+            if not kinds:
+                continue
+            # a kind first, then one of its processes: the rare ones (a run's start helper,
+            # a build) are hit as often as the many (monitors, stops)
+            kind = rnd.choice(sorted(kinds))
+            pid = rnd.choice(kinds[kind])
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            with lock:
+                res.kills += 1
+                res.killed[kind] = res.killed.get(kind, 0) + 1  # type: ignore[index]
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(workers)]
+    k = threading.Thread(target=killer)
+    k.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop_killer.set()
+    k.join()
+    return res
+
+
+def soak_setup(argv: Callable[..., list[str]], root: Path, alpine_tar: Path,
+               registry: str, context: Path) -> None:
+    """alpine:3.20 imported and pushed as ``registry/soak/alpine:1``, the ``soaknet``
+    network, and a build context with a tiny Dockerfile (a RUN step: a container)."""
+    def run(*args: str) -> None:
+        subprocess.run(argv(*args), check=True, capture_output=True, timeout=300)
+
+    run("import", "--change", 'CMD ["/bin/sh"]', str(alpine_tar), "alpine:3.20")
+    run("tag", "alpine:3.20", f"{registry}/soak/alpine:1")
+    run("push", "-q", "--tls-verify=false", f"{registry}/soak/alpine:1")
+    run("rmi", f"{registry}/soak/alpine:1")
+    run("network", "create", "soaknet")
+    context.mkdir(parents=True, exist_ok=True)
+    (context / "Dockerfile").write_text("FROM alpine:3.20\nRUN echo built > /built\n")
+
+
 # --------------------------------------------------------------------------------------------
 # The host's own interpreter, runnable inside an Alpine (musl) container
 
@@ -415,13 +715,3 @@ def add_host_program(tb: TarBuilder, program: Path, *, trees: Iterable[Path] = (
                 made.add(parent)
                 tb.dir(str(parent).lstrip("/"))
         tb.file(str(f).lstrip("/"), f.read_bytes(), mode=0o755)
-
-
-def in_chroot_argv(newroot: Path, argv: list[str]) -> list[str]:
-    """``argv`` run as build systems run cove: chrooted into ``newroot``, a recursive bind
-    of the host's / (so every path is what it is on the host), in a mount namespace of its
-    own. Slave propagation: nothing mounted there reaches the host, and the host's unmounts
-    reach it; the namespace goes when its last process (a detached container's monitor
-    included) exits."""
-    script = 'mount --rbind / "$0" && exec chroot "$0" "$@"'
-    return ["unshare", "-m", "--propagation", "slave", "sh", "-c", script, str(newroot), *argv]

@@ -288,7 +288,21 @@ def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    return _each(args.containers, lambda r: ce.remove(r, force=args.force, volumes=args.volumes))
+    code = _each(args.containers, lambda r: ce.remove(r, force=args.force, volumes=args.volumes))
+    _sweep(ce)
+    return code
+
+
+def _sweep(ce: Any, *, everything: bool = False) -> list[str]:
+    """Orphans of killed commands (``cove.sweep``); never fails the command it follows."""
+    from cove.sweep import sweep
+
+    try:
+        return sweep(ce.root, ce.store, everything=everything)
+    except (OSError, CoveError) as e:
+        if everything:
+            raise
+        return [f"sweep: {e}"]
 
 
 def cmd_wait(engine: Engine, args: argparse.Namespace) -> int:
@@ -500,6 +514,7 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
             return 125
     rows = []
     records = [r for r in ce.all() if _matches(r, args.filter, ce)]
+    _sweep(ce)  # after the records are reconciled: what no record owns any more goes
     show_all = args.all or bool(args.filter) or bool(args.last)
     if args.last:
         records = records[: args.last]
@@ -751,6 +766,7 @@ def cmd_system_prune(engine: Engine, args: argparse.Namespace) -> int:
 
     vms = {v.id for v in VMManager(engine.root).all()}  # a vm's lease lives as long as the vm
     nets.release_stale({r.id for r in ce.all() if r.status.value in ("running", "paused")} | vms)
+    _sweep(ce)
     pruned_nets = nets.prune(set())
     vols: list[str] = []
     if args.volumes:
@@ -796,6 +812,10 @@ def cmd_system_reset(engine: Engine, args: argparse.Namespace) -> int:
             vols.remove(v.name, force=True)
         except CoveError as e:
             failed.append(str(e))
+    try:  # what no record names any more: monitors, runtime state, bundles, responders
+        _sweep(ce, everything=True)
+    except (OSError, CoveError) as e:
+        failed.append(f"sweep: {e}")
     engine.prune_images(all_images=True)
     for msg in failed:
         sys.stderr.write(f"Error: {msg}\n")
