@@ -406,7 +406,11 @@ class VMManager:
             )
             argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
             shutil.rmtree(paths.run, ignore_errors=True)
-            os.makedirs(paths.run, mode=0o700)
+            # /run/cove-vm itself: traversable (0711) but not listable, whatever the umask
+            # (cove's is 077), or QEMU, no longer root, could not reach its own directory
+            os.makedirs(RUN_DIR, mode=0o711, exist_ok=True)
+            os.chmod(RUN_DIR, 0o711)
+            os.mkdir(paths.run, 0o700)
             # screendump is the one file QEMU creates after it dropped root: in a directory
             # of its own, read back by cove without following links (see screenshot). The
             # runtime directory lets QEMU's group through (0710), to reach it, and nothing
