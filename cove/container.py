@@ -608,6 +608,9 @@ def etc_files(
 
 
 def overlay_annotation(layers_dir: str, lower_top_first: list[str], upper: str, work: str) -> str:
+    from cove.sys.overlay import check_depth
+
+    check_depth(len(lower_top_first), "the image")  # at create, not as a mount error at start
     rel = [os.path.relpath(p, layers_dir) for p in lower_top_first]
     return json.dumps({"layers_dir": layers_dir, "lower": rel, "upper": upper, "work": work})
 

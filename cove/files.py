@@ -17,7 +17,6 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from cove.errors import CoveError
 from cove.state import Record, Status
 
 
@@ -34,49 +33,30 @@ def _in_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
 
 def _in_mounted_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
     """Run ``action`` in a child with the stopped container's rootfs mounted privately."""
+    from cove import safepath
     from cove import syscalls as sc
+    from cove.sys import overlay
 
     layers = ce.layers_top_first(rec)
     upper, lowers = layers[0], layers[1:]
     cdir = ce.cdir(rec.id)
     userns = ce.oci_spec(rec).namespace("user") is not None
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            # invariant: a new mount namespace, private from /, so nothing reaches the host
-            sc.unshare(sc.CLONE_NEWNS)
-            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            rootfs = os.path.join(cdir, "rootfs")
-            data = (
-                f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={os.path.join(cdir, 'work')}"
-                + (",userxattr" if userns else "")
-            )
-            sc.mount("overlay", rootfs, "overlay", 0, data)
-            rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
-            from cove import safepath
+    rootfs = os.path.join(cdir, "rootfs")
 
-            for m in rec.config.get("Mounts", []):
-                if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
-                    continue
-                with contextlib.suppress(OSError):
-                    target = safepath.open_dir(rootfd, m["Destination"].lstrip("/"), create=False)
-                    sc.mount(m["Source"], f"/proc/self/fd/{target}", None, sc.MS_BIND | sc.MS_REC)
-                    os.close(target)
-            rootfd2 = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
-            action(rootfd2)
-            os._exit(0)
-        except BaseException as e:
-            msg = str(e) if isinstance(e, CoveError | OSError) else f"{type(e).__name__}: {e}"
-            os.write(w, msg.encode()[:4000])
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        err = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if status != 0:
-        raise CoveError(err or "copy failed")
+    def mounted() -> None:
+        work = os.path.join(cdir, "work")
+        overlay.mount(overlay.Layers(lowers, upper, work, userxattr=userns), rootfs)
+        rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
+        for m in rec.config.get("Mounts", []):
+            if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
+                continue
+            with contextlib.suppress(OSError):
+                target = safepath.open_dir(rootfd, m["Destination"].lstrip("/"), create=False)
+                sc.mount(m["Source"], f"/proc/self/fd/{target}", None, sc.MS_BIND | sc.MS_REC)
+                os.close(target)
+        action(os.open(rootfs, os.O_PATH | os.O_DIRECTORY))
+
+    overlay.in_private_mount_ns(mounted)
 
 
 def copy(

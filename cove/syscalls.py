@@ -378,6 +378,49 @@ def move_mount_fd(fd: int, target: str) -> None:
     _check(ret, "move_mount", target)
 
 
+# the new mount API, include/uapi/linux/mount.h (kernel >= 5.2; same numbers everywhere)
+_NR_FSOPEN = 430
+_NR_FSCONFIG = 431
+_NR_FSMOUNT = 432
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+
+
+def fsopen(fstype: str) -> int:
+    """fsopen(2): a close-on-exec file system context fd for ``fstype``."""
+    fd = _libc.syscall(
+        ctypes.c_long(_NR_FSOPEN), os.fsencode(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)
+    )
+    return int(_check(fd, "fsopen", fstype))
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | None = None) -> None:
+    """fsconfig(2) on a context from :func:`fsopen`. The kernel copies at most 255 bytes of
+    a string ``value`` (strndup_user(value, 256)): longer ones fail with EINVAL."""
+    ret = _libc.syscall(
+        ctypes.c_long(_NR_FSCONFIG),
+        ctypes.c_int(fd),
+        ctypes.c_uint(cmd),
+        None if key is None else os.fsencode(key),
+        None if value is None else os.fsencode(value),
+        ctypes.c_int(0),
+    )
+    _check(ret, f"fsconfig {key or 'create'}", value)
+
+
+def fsmount(fd: int, attr_flags: int = 0) -> int:
+    """fsmount(2): a close-on-exec detached mount of the created context ``fd``;
+    ``attr_flags`` are MOUNT_ATTR_* (MOUNT_ATTR_RDONLY)."""
+    ret = _libc.syscall(
+        ctypes.c_long(_NR_FSMOUNT), ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC),
+        ctypes.c_uint(attr_flags),
+    )  # fmt: skip
+    return int(_check(ret, "fsmount"))
+
+
 # bpf(2) for cgroup device programs (include/uapi/linux/bpf.h)
 CGROUP2_SUPER_MAGIC = 0x63677270
 BPF_PROG_LOAD = 5

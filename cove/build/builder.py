@@ -848,7 +848,7 @@ class Builder:
         """Run ``action(rootfd, sourcefd)`` in a child with the state's root mounted on a
         fresh upper directory (and ``source`` layers mounted read-only, else the context);
         the upper directory as a layer."""
-        from cove import syscalls as sc
+        from cove.sys import overlay
 
         tmp = tempfile.mkdtemp(dir=self.store.tmpdir, prefix="build-")
         try:
@@ -859,45 +859,19 @@ class Builder:
             empty = os.path.join(tmp, "empty")
             for d in (upper, work, mnt, src_mnt, empty):
                 os.mkdir(d, 0o755)
-            r, w = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child reports through the pipe
-                os.close(r)
-                try:
-                    # invariant: a private mount namespace; the mounts die with this child
-                    sc.unshare(sc.CLONE_NEWNS)
-                    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-                    _mount_layers(mnt, lowers or [empty], upper, work)
-                    rootfd = os.open(mnt, os.O_PATH | os.O_DIRECTORY)
-                    if source is not None:
-                        _mount_layers(src_mnt, source or [empty], None, None)
-                        srcfd = os.open(src_mnt, os.O_PATH | os.O_DIRECTORY)
-                    else:
-                        srcfd = self.ctx.open_root()
-                    action(rootfd, srcfd)
-                    os._exit(0)
-                except BaseException as e:
-                    kind = type(e).__name__
-                    msg = str(e) if isinstance(e, CoveError) else f"{e}"
-                    if isinstance(e, OSError) and not isinstance(e, CoveError):
-                        msg = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-                    os.write(w, f"{kind}\0{msg}".encode()[:8000])
-                    os._exit(1)
-            os.close(w)
-            try:
-                with os.fdopen(r, "rb") as f:
-                    report = f.read().decode(errors="replace")
-            except BaseException:
-                os.kill(pid, 9)  # an interrupt: the child must be gone before its files go
-                os.waitpid(pid, 0)
-                raise
-            _, status = os.waitpid(pid, 0)
-            if status != 0:
-                kind, _, msg = report.partition("\0")
-                cls: type[CoveError] = {"NotFound": NotFound, "InvalidSpec": InvalidSpec}.get(
-                    kind, BuildError
-                )
-                raise cls(msg or f"exit status {status}")
+
+            def mounted() -> None:
+                below = list(reversed(lowers)) or [empty]
+                overlay.mount(overlay.Layers(below, upper, work), mnt)
+                rootfd = os.open(mnt, os.O_PATH | os.O_DIRECTORY)
+                if source is not None:
+                    overlay.mount(overlay.Layers(list(reversed(source)) or [empty]), src_mnt)
+                    srcfd = os.open(src_mnt, os.O_PATH | os.O_DIRECTORY)
+                else:
+                    srcfd = self.ctx.open_root()
+                action(rootfd, srcfd)
+
+            overlay.in_private_mount_ns(mounted, default=BuildError)
             return self._commit_upper(upper)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -1040,29 +1014,6 @@ def _parse_labels(items: list[str]) -> dict[str, str]:
             raise InvalidSpec(f"invalid --label {item!r}: want KEY=VALUE")
         out[name] = value
     return out
-
-
-def _mount_layers(target: str, lowers: list[str], upper: str | None, work: str | None) -> None:
-    """Mount ``lowers`` (lowest first) at ``target``: writable over ``upper``, else
-    read-only (a single layer is bind-mounted: overlayfs wants two lowers without an
-    upper)."""
-    from cove import syscalls as sc
-
-    if upper is None and len(lowers) == 1:
-        sc.mount(lowers[0], target, None, sc.MS_BIND)
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
-        return
-    # relative lowerdirs keep the option string under a page for images with many layers
-    base = os.path.dirname(lowers[-1])
-    if all(os.path.dirname(p) == base for p in lowers):
-        os.chdir(base)
-        names = [os.path.basename(p) for p in reversed(lowers)]
-    else:
-        names = list(reversed(lowers))
-    data = f"lowerdir={':'.join(names)}"
-    if upper is not None:
-        data += f",upperdir={upper},workdir={work}"
-    sc.mount("overlay", target, "overlay", 0 if upper else sc.MS_RDONLY, data)
 
 
 def _lookup(dirfd: int, rel: str) -> os.stat_result | None:

@@ -29,6 +29,8 @@ from cove.private import CONTAINER_UMASK
 from cove.runtime import caps as capmod
 from cove.runtime import execstub
 from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
+from cove.sys.overlay import Layers
+from cove.sys.overlay import mount as overlay_mount
 
 NS_FLAGS = {
     "pid": sc.CLONE_NEWPID,
@@ -486,14 +488,13 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     overlay = spec.annotations.get(ANNOTATION_OVERLAY)
     if overlay:
         cfg = json.loads(overlay)
-        upper = f"upperdir={cfg['upper']},workdir={cfg['work']}"
-        if spec.namespace("user") is not None:  # idmapped layers P attached; user xattrs
-            lower = ":".join(idmapped_lower_dirs(cfg))
-            sc.mount("overlay", rootfs, "overlay", 0, f"lowerdir={lower},{upper},userxattr")
+        userns = spec.namespace("user") is not None
+        if userns:  # idmapped layers P attached; user xattrs
+            lowers = idmapped_lower_dirs(cfg)
         else:
-            os.chdir(cfg["layers_dir"])  # relative lowerdirs keep the option string short
-            sc.mount("overlay", rootfs, "overlay", 0, f"lowerdir={':'.join(cfg['lower'])},{upper}")
-            os.chdir("/")
+            lowers = [os.path.join(cfg["layers_dir"], rel) for rel in cfg["lower"]]
+        # one fsconfig("lowerdir+") per layer: no page limit, so all 127 layers fit
+        overlay_mount(Layers(lowers, cfg["upper"], cfg["work"], userxattr=userns), rootfs)
     else:
         sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
     rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -133,43 +133,32 @@ def rootfs_image(engine: Any, img: Any, *, note: Callable[[str], None] | None = 
 def _mkfs_from_layers(top_first: list[str], dest: str, size: int) -> None:
     """``mkfs.ext4 -d`` of the layers' merged view, mounted read-only in a child's private
     mount namespace (so the mount vanishes with it, whatever happens)."""
-    from cove import syscalls as sc
+    from cove.sys import overlay
 
     with open(dest, "wb") as f:
         f.truncate(size)
     mnt = tempfile.mkdtemp(prefix="cove-vmroot-")
     empty = tempfile.mkdtemp(prefix="cove-vmroot-empty-")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - reports through the pipe
-        os.close(r)
-        try:
-            # invariant: a new, private mount namespace; nothing here reaches the host's
-            sc.unshare(sc.CLONE_NEWNS)
-            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-            lowers = top_first if len(top_first) > 1 else [*top_first, empty]
-            sc.mount("overlay", mnt, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join(lowers)}")
-            proc = subprocess.run(
-                ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-L", "cove-root",
-                 "-E", "root_owner=0:0", "-d", mnt, dest],
-                capture_output=True, text=True,
-            )  # fmt: skip
-            if proc.returncode != 0:
-                os.write(w, (proc.stderr.strip().splitlines() or ["mkfs.ext4 failed"])[-1]
-                         .encode())  # fmt: skip
-                os._exit(1)
-            os._exit(0)
-        except BaseException as e:
-            os.write(w, str(e).encode()[:2000])
-            os._exit(1)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        err = f.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    os.rmdir(mnt)
-    os.rmdir(empty)
-    if status != 0:
-        raise CoveError(f"cannot build the vm root file system: {err}")
+
+    def mounted() -> None:
+        # overlay semantics even for one layer (its whiteouts hidden): an empty lower below
+        lowers = top_first if len(top_first) > 1 else [*top_first, empty]
+        overlay.mount(overlay.Layers(lowers), mnt)
+        proc = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-L", "cove-root",
+             "-E", "root_owner=0:0", "-d", mnt, dest],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise CoveError((proc.stderr.strip().splitlines() or ["mkfs.ext4 failed"])[-1])
+
+    try:
+        overlay.in_private_mount_ns(mounted)
+    except CoveError as e:
+        raise CoveError(f"cannot build the vm root file system: {e}") from e
+    finally:
+        os.rmdir(mnt)
+        os.rmdir(empty)
 
 
 # -- the run --------------------------------------------------------------------------------
