@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cove.errors import Conflict, InvalidSpec
-from cove.image.store import Image, ImageStore
+from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
+from cove.image.store import Image, ImageStore, IndexEntry
 from cove.spec import image as spec
 from cove.spec import reference as refs
 
 DEFAULT_ROOT = "/var/lib/cove"
+_RUNNING = ("running", "paused", "restarting")  # Docker's IsRunning; the rest are stopped
 
 
 def default_root() -> str:
@@ -46,6 +47,7 @@ class Engine:
     def __init__(self, root: str | None = None) -> None:
         self.root = os.path.abspath(root or default_root())
         self.images = ImageStore(self.root)
+        self.images.in_use = self._images_in_use
 
     # -- images -------------------------------------------------------------
 
@@ -164,86 +166,135 @@ class Engine:
         self.images.add_image(desc, [*img.names, ref])
 
     def remove_image(self, name: str, *, force: bool = False) -> list[tuple[str, str]]:
-        """Docker's rmi: untag a name; delete the image when no name is left.
+        """Docker's rmi: untag a name; delete the image when no name is left and no
+        container uses it. ``force`` never deletes what a container uses either: it only
+        untags, and the image stays, dangling, until ``image prune`` after its last
+        container is gone.
 
         Returns ("Untagged"|"Deleted", what) pairs in the order Docker prints them.
         """
-        img = self.images.resolve(name)
-        ref = _as_name(name)
-        events: list[tuple[str, str]] = []
-        untag_only = ref is not None and ref in img.names and len(img.names) > 1
-        if not force and not untag_only:
-            users = self._image_users(img.id)
-            if users:
+        # invariant: exclusive gc.lock from reading the users to the end of the collection;
+        # a container being created holds it shared (ImageStore.pin) from resolving its
+        # image until its record is committed, so no user can appear unseen in between
+        with self.images.gc_lock():
+            img = self.images.resolve(name)
+            ref = _as_name(name)
+            users = self._users(img.id)
+            running = [r.id for r in users if r.status.value in _RUNNING]
+            stopped = [r.id for r in users if r.status.value not in _RUNNING]
+            events: list[tuple[str, str]] = []
+            by_name = ref is not None and ref in img.names
+            if by_name and len(img.names) == 1 and users and not force:
                 raise Conflict(
-                    f"conflict: unable to remove image {name} (must be forced) - image is being "
-                    f"used by container {users[0][:12]}"
+                    f'conflict: unable to remove repository reference "{name}" (must force) - '
+                    f"container {users[0].id[:12]} is using its referenced image {_short(img.id)}"
                 )
-        with self.images.edit_index() as entries:
-            mine = [e for e in entries if e.manifest.digest == img.manifest_digest]
-            if ref is not None and ref in img.names:
-                drop = [e for e in mine if e.name == ref]
-            elif len(img.names) > 1 and not force:
-                raise Conflict(
-                    f"conflict: unable to delete {_short(img.id)} (must be forced) - "
-                    "image is referenced in multiple repositories"
-                )
-            else:
-                drop = mine
-            for e in drop:
-                entries.remove(e)
-                if e.name:
-                    events.append(("Untagged", e.name.familiar()))
-            if not any(e.manifest.digest == img.manifest_digest for e in entries):
-                events.append(("Deleted", img.id))
-        if events and events[-1][0] == "Deleted":
-            self.images.collect()
-            self.drop_vm_roots()
+            if not by_name:
+                if running:
+                    raise Conflict(
+                        f"conflict: unable to delete {_short(img.id)} (cannot be forced) - "
+                        f"image is being used by running container {running[0][:12]}"
+                    )
+                if len(img.names) > 1 and not force:
+                    raise Conflict(
+                        f"conflict: unable to delete {_short(img.id)} (must be forced) - "
+                        "image is referenced in multiple repositories"
+                    )
+                if stopped and not (force and img.names):
+                    how = "must be forced" if not force else "cannot be forced"
+                    raise Conflict(
+                        f"conflict: unable to delete {_short(img.id)} ({how}) - "
+                        f"image is being used by stopped container {stopped[0][:12]}"
+                    )
+            with self.images.edit_index() as entries:
+                mine = [e for e in entries if e.manifest.digest == img.manifest_digest]
+                drop = [e for e in mine if e.name == ref] if by_name else mine
+                for e in drop:
+                    entries.remove(e)
+                    if e.name:
+                        events.append(("Untagged", e.name.familiar()))
+                if not any(e.manifest.digest == img.manifest_digest for e in entries):
+                    if users:  # untagged only: the image stays, dangling, for its containers
+                        entries.append(IndexEntry(mine[0].manifest, None))
+                    else:
+                        events.append(("Deleted", img.id))
+            if events and events[-1][0] == "Deleted":
+                self.images.collect(held=True)
+                self._drop_vm_roots()
         return events
 
-    def _image_users(self, image_id: str) -> list[str]:
+    def _users(self, image_id: str) -> list[Any]:
+        """The container records (cove.state.Record) using ``image_id``."""
         if not os.path.exists(os.path.join(self.root, "state.db")):
             return []
         from cove.state import Store
 
         store = Store(self.root)
         try:
-            return [r.id for r in store.image_users(image_id)]
+            return store.image_users(image_id)
+        finally:
+            store.close()
+
+    def _images_in_use(self) -> set[str]:
+        """The image ids of every container record (garbage collection's extra roots)."""
+        if not os.path.exists(os.path.join(self.root, "state.db")):
+            return set()
+        from cove.state import Store
+
+        store = Store(self.root)
+        try:
+            return store.image_ids()
         finally:
             store.close()
 
     def prune_images(self, *, all_images: bool = False) -> tuple[list[tuple[str, str]], int]:
+        """Docker's image prune: dangling images (``all_images``: every image) that no
+        container uses."""
         events: list[tuple[str, str]] = []
-        in_use: set[str] = set()
-        for img in self.images.images():
-            if self._image_users(img.id):
-                in_use.add(img.manifest_digest)
-        with self.images.edit_index() as entries:
-            doomed = [
-                e
-                for e in entries
-                if (all_images or e.name is None) and e.manifest.digest not in in_use
-            ]
-            for e in doomed:
-                entries.remove(e)
-                if e.name:
-                    events.append(("untagged", e.name.familiar()))
-            gone = {e.manifest.digest for e in doomed} - {e.manifest.digest for e in entries}
-        for digest in sorted(gone):
-            events.append(("deleted", digest))
-        _, freed = self.images.collect()
-        freed += self.drop_vm_roots()
+        # invariant: as in remove_image, the users are read under the exclusive gc.lock
+        with self.images.gc_lock():
+            in_use_ids = self._images_in_use()
+            with self.images.edit_index() as entries:
+                in_use: set[str] = set()
+                for e in entries:
+                    if e.manifest.digest in in_use:
+                        continue
+                    with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
+                        img = self.images.load_image(e.manifest.digest, ())
+                        if img.id in in_use_ids:
+                            in_use.add(e.manifest.digest)
+                doomed = [
+                    e
+                    for e in entries
+                    if (all_images or e.name is None) and e.manifest.digest not in in_use
+                ]
+                for e in doomed:
+                    entries.remove(e)
+                    if e.name:
+                        events.append(("untagged", e.name.familiar()))
+                gone = {e.manifest.digest for e in doomed} - {e.manifest.digest for e in entries}
+            for digest in sorted(gone):
+                events.append(("deleted", digest))
+            _, freed = self.images.collect(held=True)
+            freed += self._drop_vm_roots()
         return events, freed
 
     def drop_vm_roots(self) -> int:
         """Remove the cached VM root file systems (``run --vm``) of images that are gone;
         the bytes freed."""
+        with self.images.gc_lock():
+            return self._drop_vm_roots()
+
+    def _drop_vm_roots(self) -> int:
+        # an image a container (a VM run too) uses stays in the index, so its root stays;
+        # a run building one holds pin(), which the caller's exclusive gc.lock excludes
         cache = os.path.join(self.root, "vmroot")
         try:
             names = os.listdir(cache)
         except FileNotFoundError:
             return 0
         live = {i.id.removeprefix("sha256:") for i in self.images.images()}
+        live |= {i.removeprefix("sha256:") for i in self._images_in_use()}
         freed = 0
         for name in names:
             if name.endswith(".ext4") and name.removesuffix(".ext4") not in live:

@@ -26,7 +26,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
     from cove.image.layers import LayerStats
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+
+# gc.lock paths this process holds shared (ingest, pin): its own collection would wait on
+# itself (flock locks of two open files conflict within one process too), so it is skipped
+_SHARED_HELD: dict[str, int] = {}
 
 
 def _hex(digest: str) -> str:
@@ -230,6 +234,9 @@ class ImageStore:
         self.locks = os.path.join(root, "locks")
         self.blobs = BlobStore(self.layout, self.tmpdir)
         self.index_path = os.path.join(self.layout, "index.json")
+        # the image ids (config digests) containers use, set by the engine (the store knows
+        # nothing of containers); read by garbage collection under the exclusive gc.lock
+        self.in_use: Callable[[], set[str]] | None = None
 
     def ensure(self) -> None:
         for d in (self.blobs.dir, self.tmpdir, self.layers_dir, self.locks):
@@ -240,11 +247,26 @@ class ImageStore:
 
     # -- locks ------------------------------------------------------------
 
-    def ingest_lock(self) -> contextlib.AbstractContextManager[int]:
+    @contextlib.contextmanager
+    def ingest_lock(self) -> Iterator[int]:
         """Held (shared) while content is written but not yet referenced by the index."""
-        return flocked(os.path.join(self.locks, "gc.lock"), shared=True)
+        path = os.path.join(self.locks, "gc.lock")
+        with flocked(path, shared=True) as fd:
+            _SHARED_HELD[path] = _SHARED_HELD.get(path, 0) + 1
+            try:
+                yield fd
+            finally:
+                _SHARED_HELD[path] -= 1
+
+    def pin(self) -> contextlib.AbstractContextManager[int]:
+        """Held (shared) from resolving an image until a container record naming it is
+        committed: garbage collection and rmi (exclusive) then see either no such use yet
+        or the record, never a container whose image they are deleting."""
+        self.ensure()
+        return self.ingest_lock()
 
     def gc_lock(self) -> contextlib.AbstractContextManager[int]:
+        self.ensure()
         return flocked(os.path.join(self.locks, "gc.lock"))
 
     def _index_lock(self) -> contextlib.AbstractContextManager[int]:
@@ -507,16 +529,35 @@ class ImageStore:
 
     # -- garbage collection -----------------------------------------------
 
-    def collect(self, keep_diff_ids: set[str] | None = None) -> tuple[list[str], int]:
-        """Delete blobs and layers no image references and stale temp files.
+    def collect(
+        self, keep_diff_ids: set[str] | None = None, *, held: bool = False
+    ) -> tuple[list[str], int]:
+        """Delete blobs and layers no image and no container references, and stale temp
+        files. ``held``: the caller holds ``gc_lock`` already.
 
         Returns the deleted blob digests and the bytes reclaimed.
         """
         removed: list[str] = []
         freed = 0
-        with self.gc_lock():
+        if not held and _SHARED_HELD.get(os.path.join(self.locks, "gc.lock")):
+            return removed, freed  # this process ingests: the next collection takes it
+        with contextlib.nullcontext() if held else self.gc_lock():
             live_blobs: set[str] = set()
             live_layers: set[str] = set(keep_diff_ids or ())
+            # invariant: every container being created holds pin() until its record is
+            # committed, so under the exclusive lock this is every image a container uses.
+            # An unreadable record store raises: nothing is collected then; an in-use
+            # image whose config is unreadable keeps every layer (which are its is unknown)
+            keep_all_layers = False
+            for config_digest in self.in_use() if self.in_use else ():
+                live_blobs.add(config_digest)
+                try:
+                    cfg = spec.ImageConfig.parse(
+                        self.blobs.read(config_digest), f"image config {config_digest}"
+                    )
+                    live_layers.update(cfg.diff_ids)
+                except (NotFound, CorruptContent, InvalidSpec):
+                    keep_all_layers = True
             for e in self.entries():
                 live_blobs.add(e.manifest.digest)
                 with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
@@ -533,7 +574,7 @@ class ImageStore:
             live_hex = {_hex(d) for d in live_layers}
             with contextlib.suppress(FileNotFoundError):
                 for name in os.listdir(self.layers_dir):
-                    if name.split(".", 1)[0] in live_hex:
+                    if keep_all_layers or name.split(".", 1)[0] in live_hex:
                         continue
                     path = os.path.join(self.layers_dir, name)
                     if name.endswith(".json"):

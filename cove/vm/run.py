@@ -204,6 +204,12 @@ class VMRun:
     # -- create -----------------------------------------------------------------------------
 
     def create(self) -> str:
+        # invariant: as ContainerEngine.create, the image (and the VM root built from it)
+        # stays pinned until the record naming it is committed
+        with self.ce.engine.images.pin():
+            return self._create()
+
+    def _create(self) -> str:
         from cove import container as ctr
         from cove.containers import _docker_config, _log_config, _self_ids, container_name
         from cove.spec import image as spec

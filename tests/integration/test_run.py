@@ -434,7 +434,7 @@ def test_names_state_and_cleanup(cove: CoveRunner, alpine: str, cove_root: Path)
         "echo hi > /f",
     ]
     used = cove("rmi", "alpine:3.20", check=False)
-    assert used.returncode == 1 and "being used by container" in used.stderr
+    assert used.returncode == 1 and "is using its referenced image" in used.stderr
     cove("rm", "keep")
     assert list((cove_root / "containers").iterdir()) == []
     assert list((cove_root / "runtime").iterdir()) == []
