@@ -11,6 +11,7 @@ from the host's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -34,6 +35,10 @@ class Sample:
     peak_rss_mib: float
     peak_pss_mib: float
     exit_code: int
+    # a VM run split at the agent's first message: boot (launch of ``cove run`` to it) and
+    # the command's own time (from it to the exit code's arrival); None for a container
+    boot_s: float | None = None
+    run_s: float | None = None
 
 
 @dataclass
@@ -47,6 +52,12 @@ class ModeResult:
 
     def median(self, attr: str) -> float:
         return float(statistics.median(getattr(s, attr) for s in self.samples))
+
+    def split(self) -> tuple[float, float] | None:
+        """Median boot and run time, when every sample has them."""
+        if not self.samples or any(s.boot_s is None or s.run_s is None for s in self.samples):
+            return None
+        return self.median("boot_s"), self.median("run_s")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -79,16 +90,30 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _one(argv: list[str]) -> tuple[Sample, bytes]:
+def _one(argv: list[str], *, timed: bool = False) -> tuple[Sample, bytes]:
     """One run: output timed by a blocking reader, PSS sampled by a thread of its own (a
-    /proc walk must not delay the first-output timestamp), rusage from wait4."""
+    /proc walk must not delay the first-output timestamp), rusage from wait4. ``timed``
+    (a VM run): ``cove run --vm`` reports the agent's first message and the exit code's
+    arrival on a pipe (COVE_TIMINGS_FD), which split the run into boot and run."""
     import tempfile
     import threading
 
+    from cove.vm.run import TIMINGS_FD
+
     errf = tempfile.TemporaryFile()
+    env = dict(os.environ)
+    events_r = events_w = -1
+    if timed:
+        events_r, events_w = os.pipe2(os.O_CLOEXEC)
+        env[TIMINGS_FD] = str(events_w)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, env=env,
+                                stdin=subprocess.DEVNULL,
+                                pass_fds=(events_w,) if timed else ())  # fmt: skip
+    finally:
+        if events_w >= 0:
+            os.close(events_w)
     assert proc.stdout is not None
     first: list[float] = []
     chunks: list[bytes] = []
@@ -116,6 +141,13 @@ def _one(argv: list[str]) -> tuple[Sample, bytes]:
     for t in threads:
         t.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    events: dict[str, float] = {}
+    if events_r >= 0:
+        with os.fdopen(events_r, "rb") as f:
+            for line in f.read().decode(errors="replace").splitlines():
+                name, _, at = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    events.setdefault(name, float(at) - t0)
     out = b"".join(chunks)
     errf.seek(0)
     err = errf.read()
@@ -130,6 +162,9 @@ def _one(argv: list[str]) -> tuple[Sample, bytes]:
         peak_pss_mib=peak[0] / 1024,
         exit_code=proc.returncode,
     )
+    if "up" in events and "exit" in events:
+        sample_.boot_s = events["up"]
+        sample_.run_s = events["exit"] - events["up"]
     return sample_, out
 
 
@@ -160,7 +195,7 @@ def compare(
     ).accel
     for _ in range(n):
         for mode in MODES:
-            sample, _out = _one([*base, *flags[mode], image, *command])
+            sample, _out = _one([*base, *flags[mode], image, *command], timed=mode == "vm")
             results[mode].samples.append(sample)
     return [results[m] for m in MODES]
 
@@ -179,6 +214,8 @@ def table(results: list[ModeResult], n: int) -> str:
     rows = [head]
     for label, attr, fmt in ROWS:
         rows.append([label, *(fmt.format(r.median(attr)) for r in results)])
+    for label, i in (("boot, to the agent (s)", 0), ("command's own run (s)", 1)):
+        rows.append([label, *(f"{sp[i]:.3f}" if (sp := r.split()) else "-" for r in results)])
     rows.append(["own kernel", *("yes" if r.own_kernel else "no (shared)" for r in results)])
     rows.append(["uname -r inside", *(r.kernel for r in results)])
     rows.append(["namespaces unshared", *(",".join(r.namespaces) or "-" if not r.own_kernel
@@ -197,7 +234,7 @@ def write_outputs(results: list[ModeResult], image: str, command: list[str], out
         "image": image,
         "command": command,
         "host_kernel": os.uname().release,
-        "results": [asdict(r) | {"median": {a: r.median(a) for _, a, _ in ROWS}} for r in results],
+        "results": [asdict(r) | {"median": _medians(r)} for r in results],
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(doc, f, indent=2)
@@ -208,22 +245,73 @@ def write_outputs(results: list[ModeResult], image: str, command: list[str], out
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise CoveError("the chart needs matplotlib: pip install 'cove[chart]'") from e
-    fig, axes = plt.subplots(1, len(ROWS), figsize=(4 * len(ROWS), 4.2))
+    fig = chart(results, image, command)
+    title = fig.get_suptitle()
+    with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+        fig.savefig(os.path.join(out_dir, "compare.png"), dpi=110, metadata={"Title": title})
+    plt.close(fig)
+
+
+def _medians(r: ModeResult) -> dict[str, float]:
+    out = {a: r.median(a) for _, a, _ in ROWS}
+    if (sp := r.split()) is not None:
+        out["boot_s"], out["run_s"] = sp
+    return out
+
+
+def chart(results: list[ModeResult], image: str, command: list[str]) -> Any:
+    """The comparison as a matplotlib Figure: where the time goes (a VM's boot, its
+    command's own run and the rest, beside the container's whole run), then one panel per
+    measure. Every text is literal: a ``$`` of the command is no math (parse_math off,
+    usetex off)."""
+    import matplotlib.pyplot as plt
+
+    # texts made while this holds (tick labels and legend entries too) are not math
+    with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _chart(plt, results, image, command)
+
+
+def _chart(plt: Any, results: list[ModeResult], image: str, command: list[str]) -> Any:
+    literal = {"parse_math": False, "usetex": False}
+    fig, axes = plt.subplots(1, len(ROWS) + 1, figsize=(4 * (len(ROWS) + 1), 4.4))
     colors = {"container": "#2a7ab9", "vm": "#d9822b"}
-    for ax, (label, attr, _) in zip(axes, ROWS, strict=True):
+    names = [r.mode for r in results]
+    ax = axes[0]
+    for i, r in enumerate(results):
+        wall = r.median("wall_s")
+        sp = r.split()
+        if sp is None:
+            ax.bar(i, wall, color=colors[r.mode])
+            ax.annotate(f"{wall:.3g}", (i, wall), ha="center", va="bottom", fontsize=9,
+                        xytext=(0, 3), textcoords="offset points", **literal)  # fmt: skip
+            continue
+        boot, run = sp
+        rest = max(wall - boot - run, 0.0)
+        ax.bar(i, boot, color="#f2c08f", hatch="//", edgecolor="#d9822b", label="vm boot")
+        ax.bar(i, run, bottom=boot, color=colors[r.mode], label="command")
+        ax.bar(i, rest, bottom=boot + run, color="#bbbbbb", label="teardown")
+        for y, v in ((boot / 2, boot), (boot + run / 2, run)):
+            ax.annotate(f"{v:.3g}", (i, y), ha="center", va="center", fontsize=9, **literal)
+        ax.annotate(f"{wall:.3g}", (i, wall), ha="center", va="bottom", fontsize=9,
+                    xytext=(0, 3), textcoords="offset points", **literal)  # fmt: skip
+    ax.set_xticks(range(len(names)), names)
+    ax.set_title("where the time goes (s)", fontsize=10, **literal)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left")
+    for ax, (label, attr, _) in zip(axes[1:], ROWS, strict=True):
         names = [r.mode for r in results]
         meds = [r.median(attr) for r in results]
         spans = [[getattr(s, attr) for s in r.samples] for r in results]
         lows = [m - min(v) for m, v in zip(meds, spans, strict=True)]
         highs = [max(v) - m for m, v in zip(meds, spans, strict=True)]
         ax.bar(names, meds, color=[colors[nm] for nm in names], yerr=[lows, highs], capsize=6)
-        ax.set_title(label, fontsize=10)
+        ax.set_title(label, fontsize=10, **literal)
         for i, v in enumerate(meds):
             ax.annotate(f"{v:.3g}", (i, v), ha="center", va="bottom", fontsize=9,
-                        xytext=(0, 3), textcoords="offset points")  # fmt: skip
+                        xytext=(0, 3), textcoords="offset points", **literal)  # fmt: skip
     kernels = ", ".join(f"{r.mode}: {r.kernel}" + (f" ({r.accelerator})" if r.accelerator else "")
                         for r in results)  # fmt: skip
-    fig.suptitle(f"cove compare {image} -- {' '.join(command)}\n{kernels}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "compare.png"), dpi=110)
-    plt.close(fig)
+    fig.suptitle(f"cove compare {image} -- {' '.join(command)}\n{kernels}", fontsize=11,
+                 **literal)  # fmt: skip
+    fig.tight_layout()  # draws: every tick label exists from here on, made literal
+    return fig

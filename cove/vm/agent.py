@@ -6,11 +6,11 @@ file system from /dev/vda (a throw-away qcow2 over the cached ext4 of the image)
 prepares /proc, /sys, /dev, the hostname, the network and the shared volumes, then runs
 the command through a private copy of busybox (``/.cove``, a tmpfs, so images without a
 shell work too) with the run's user, environment and working directory. stdout and
-stderr go to the ports ``cove.stdout`` and ``cove.stderr``, the exit code to
-``cove.exit``; signal names arriving on ``cove.ctl`` are delivered to the command. Then
-the guest powers off. What a run needs (its command, env, user ...) comes in a second
-cpio appended to the cached initramfs: ``/cove/config``, a shell file cove writes with
-every value quoted.
+stderr go to the ports ``cove.stdout`` and ``cove.stderr``; ``cove.exit`` gets ``up`` when
+the command starts (the agent's first message) and then its exit code; signal names
+arriving on ``cove.ctl`` are delivered to the command. Then the guest powers off. What a
+run needs (its command, env, user ...) comes in a second cpio appended to the cached
+initramfs: ``/cove/config``, a shell file cove writes with every value quoted.
 """
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ if [ -n "$IN" ]; then
     exec 3<>"$IN"
     echo ready >&3
 fi
+# the agent's first message: the guest is up and the command starts now ("up" on the
+# exit port, before the exit code); the host times the boot up to here
+echo up >"$EXIT"
 # in the foreground: a background job would start with SIGINT and SIGQUIT ignored
 if [ -n "$IN" ]; then
     ( cove_run ) >"$OUT" 2>"$ERR" <&3 3<&-

@@ -399,11 +399,20 @@ class VMRun:
         if self.qemu.poll() is not None:
             raise CoveError(f"qemu failed (exit {self.qemu.returncode}): {_last(files.qemu_log)}")
 
-    def supervise(self, echo: Callable[[int, bytes], None] | None, log: Any) -> int:
+    def supervise(
+        self,
+        echo: Callable[[int, bytes], None] | None,
+        log: Any,
+        event: Callable[[str], None] | None = None,
+    ) -> int:
         """Relay the command's output until QEMU exits; the command's exit code. SIGINT and
-        SIGTERM are passed to the command in the guest; a second one stops the VM."""
+        SIGTERM are passed to the command in the guest; a second one stops the VM.
+        ``event("up")`` when the agent's first message arrives (the command starts),
+        ``event("exit")`` when its exit code does."""
         assert self.qemu is not None
         files = self.files
+        exit_port = open(files.exit, "rb")
+        said = b""
         pending: list[str] = []
         forwarded = [0]
 
@@ -437,6 +446,12 @@ class VMRun:
                             # what was relayed leaves the disk; QEMU writes on at its offset
                             _punch(writable[stream], done)
                             punched[stream] = done
+                news = exit_port.read()
+                if news and event is not None:
+                    said += news
+                    *lines, said = said.split(b"\n")
+                    for line in lines:
+                        event("up" if line.strip() == b"up" else "exit")
                 while pending:
                     self._send_ctl(pending.pop(0))
                 if exited and not moved:
@@ -446,6 +461,7 @@ class VMRun:
             for _, stream in streams:
                 log.flush(stream)
         finally:
+            exit_port.close()
             for f, _ in streams:
                 f.close()
             for fd in writable:
@@ -457,7 +473,7 @@ class VMRun:
         try:
             with open(files.exit) as ef:
                 text = ef.read().strip().splitlines()
-            if text:
+            if text and text[-1] != "up":  # "up" alone: the command never reported its end
                 return int(text[-1])
         except (OSError, ValueError):
             pass
@@ -584,7 +600,7 @@ def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
             with contextlib.suppress(BrokenPipeError):
                 os.write(1 + stream, data)
 
-        code = run.supervise(echo, log)
+        code = run.supervise(echo, log, _timings_reporter())
         if code == 255 and not _exit_reported(run):
             tail = _tail(run.files.console_log)
             raise CoveError(f"the vm ended without the command's exit code{tail}")
@@ -594,6 +610,29 @@ def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
             os.close(log.fd)
         _record_exit(ce, run, code)
         run.cleanup(remove=opts.rm)
+
+
+TIMINGS_FD = "COVE_TIMINGS_FD"
+
+
+def _timings_reporter() -> Callable[[str], None] | None:
+    """``cove compare``'s hook: with COVE_TIMINGS_FD set (a pipe it passed us), each
+    supervise event is written there as ``NAME MONOTONIC`` (CLOCK_MONOTONIC is one clock for
+    every process), so the comparison can split a run into boot and the command's time."""
+    value = os.environ.pop(TIMINGS_FD, "")
+    if not value.isdigit():
+        return None
+    fd = int(value)
+    try:
+        os.set_inheritable(fd, False)  # QEMU and virtiofsd never hold it
+    except OSError:
+        return None
+
+    def report(name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.write(fd, f"{name} {time.monotonic():.6f}\n".encode())
+
+    return report
 
 
 def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
@@ -664,9 +703,10 @@ def _last(path: str) -> str:
 def _exit_reported(run: VMRun) -> bool:
     try:
         with open(run.files.exit) as f:
-            return bool(f.read().strip())
+            lines = f.read().split()
     except OSError:
         return False
+    return bool(lines) and lines[-1] != "up"  # the agent says "up" before the exit code
 
 
 def _tail(path: str) -> str:

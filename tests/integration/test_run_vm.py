@@ -197,6 +197,28 @@ def test_compare(vmrun: CoveRunner, tmp_path: Path) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_compare_splits_boot_from_the_command(vmrun: CoveRunner, tmp_path: Path) -> None:
+    """The VM's run is split at the agent's first message: boot, then the command's own
+    time; both in results.json, and the title keeps the command's $ literal (issue 23)."""
+    out_dir = tmp_path / "cmp"
+    script = "echo $((1+1)) $0"
+    vmrun("compare", "alpine:3.20", "-n", "1", "--output", str(out_dir), "--", "sh", "-c", script)
+    doc = json.loads((out_dir / "results.json").read_text())
+    modes = {r["mode"]: r for r in doc["results"]}
+    [vm] = modes["vm"]["samples"]
+    assert vm["exit_code"] == 0 and vm["boot_s"] > 0 and vm["run_s"] > 0
+    # boot + run end when the exit code reaches the host; the rest is the VM's teardown
+    assert vm["boot_s"] + vm["run_s"] <= vm["wall_s"]
+    assert vm["boot_s"] + vm["run_s"] >= 0.5 * vm["wall_s"]
+    assert modes["vm"]["median"]["boot_s"] == vm["boot_s"]
+    [ct] = modes["container"]["samples"]
+    assert ct["boot_s"] is None and ct["run_s"] is None
+    from PIL import Image
+
+    with Image.open(out_dir / "compare.png") as im:
+        assert im.info["Title"].splitlines()[0] == f"cove compare alpine:3.20 -- sh -c {script}"
+
+
 def test_kill_signals_and_rm(vmrun: CoveRunner) -> None:
     vmrun("run", "--vm", "-d", "--name", "sig", "alpine:3.20", "sh", "-c",
           'trap "echo got-usr1" USR1; echo ready; while :; do sleep 0.2; done')  # fmt: skip
