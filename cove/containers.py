@@ -19,7 +19,10 @@ from typing import Any
 from cove import private
 from cove.engine import Engine
 from cove.errors import Conflict, InvalidSpec, NotFound, StateError
+from cove.jsonlog import Log
+from cove.netattach import network_down, network_up
 from cove.spec import image as spec
+from cove.startup import prefork_start
 from cove.state import OP_CREATE, OP_REMOVE, OP_START, Record, Status, Store, now
 
 _ADJECTIVES = (
@@ -71,9 +74,9 @@ def container_name(cid: str) -> str:
 def alive(pid: int, start_time: int) -> bool:
     """The process is there, is the one we recorded (not a reused pid), and is not a zombie
     (a dead process whose parent has not reaped it yet)."""
-    from cove.runtime.api import _zombie, proc_start_time
+    from cove.sys.proc import alive as proc_alive
 
-    return pid > 0 and start_time > 0 and proc_start_time(pid) == start_time and not _zombie(pid)
+    return proc_alive(pid, start_time)
 
 
 def crash_point(name: str) -> None:
@@ -85,7 +88,7 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def _self_ids() -> tuple[int, int]:
+def self_ids() -> tuple[int, int]:
     from cove.runtime.api import proc_start_time
 
     return os.getpid(), proc_start_time(os.getpid()) or 0
@@ -238,12 +241,12 @@ class ContainerEngine:
         restart = ctr.parse_restart(opts.restart or "no")
         if restart["Name"] and opts.rm:
             raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
-        log_cfg = _log_config(opts.log_opts)
+        log_cfg = log_config(opts.log_opts)
         opts, port_bindings = self._network_opts(opts)
         stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
         ctr.parse_signal(stop_signal)
         cid = secrets.token_hex(32)
-        me, me_start = _self_ids()
+        me, me_start = self_ids()
         if opts.name:
             opts.name = opts.name.removeprefix("/")
         rec = Record(
@@ -316,7 +319,7 @@ class ContainerEngine:
             with open(os.path.join(cdir, "config.json"), "wb") as f:
                 f.write(oci.to_bytes())
             crash_point("create-bundle")
-            config = _docker_config(opts, img, oci, hostname, restart, log_cfg, stop_signal)
+            config = docker_config(opts, img, oci, hostname, restart, log_cfg, stop_signal)
             config["Mounts"] = docker_mounts
             host_cfg = config["HostConfig"]
             host_cfg["PortBindings"] = port_bindings
@@ -530,7 +533,7 @@ class ContainerEngine:
                 return rec  # Docker: starting a running container is a no-op
             if not rec.status.can_start():
                 raise StateError(f"container {rec.name} is {rec.status}: cannot start it")
-            me, me_start = _self_ids()
+            me, me_start = self_ids()
             self.store.db.execute("BEGIN IMMEDIATE")
             try:
                 cur = self.store.db.execute(
@@ -615,7 +618,6 @@ class ContainerEngine:
         cove imported (it waits for the launcher's go), then exec the lean monitor."""
         try:
             from cove import syscalls as sc
-            from cove.supervise import prefork_start
 
             for fd in close:
                 os.close(fd)
@@ -651,7 +653,6 @@ class ContainerEngine:
         cid = self.create(opts)
         runtime = self.runtime()
         code = 125
-        from cove.monitor import Log
 
         log_cfg = self.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
         log = Log(
@@ -733,7 +734,7 @@ class ContainerEngine:
         running with this process as its monitor (the foreground paths)."""
         from cove.runtime.api import proc_start_time
 
-        me, me_start = _self_ids()
+        me, me_start = self_ids()
         created = runtime.create(cid, self.cdir(cid), stdio=stdio)
         rec = self.store.get(cid)
         rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
@@ -809,8 +810,8 @@ class ContainerEngine:
         finally:
             theirs.close()
         started = self.store.get(cid).started_at
-        with _forward_signals_to(self, cid):
-            _attach_stream(mine, opts.interactive, opts.tty)
+        with forward_signals_to(self, cid):
+            attach_stream(mine, opts.interactive, opts.tty)
         return self.wait(cid, after=started)
 
     # -- stop, kill, wait, restart, pause ----------------------------------------
@@ -953,7 +954,7 @@ class ContainerEngine:
             rec = self._await_op(rec)
         if rec.op and alive(rec.op_pid, rec.op_start):
             raise Conflict(f"container {rec.name} is being changed by another command")
-        me, me_start = _self_ids()
+        me, me_start = self_ids()
         self.store.update(
             rec.id,
             status=Status.REMOVING,
@@ -1220,80 +1221,6 @@ def container_only(rec: Record, verb: str) -> None:
         raise Unsupported(f"{verb} does not apply to {rec.name}: it runs in a vm (--vm)")
 
 
-def network_up(root: str, db: Any, rec: Record, pid: int) -> dict[str, Any]:
-    """Attach a created container (process ``pid``) to its networks: the run's own one as
-    eth0 (default route, published ports), then those ``connect`` added, as eth1...;
-    Docker's NetworkSettings."""
-    host = rec.config.get("HostConfig", {})
-    mode = host.get("NetworkMode") or "none"
-    if mode in ("none", "host") or mode.startswith("container:"):
-        return {}
-    from cove import container as ctr
-    from cove.network.manager import NetworkManager, PortSpec, settings
-
-    ncfg = rec.config.get("NetworkingConfig") or {}
-    wanted: list[dict[str, Any]] = []
-    if not ncfg.get("PrimaryDetached"):
-        wanted.append({"Network": mode, "Aliases": ncfg.get("Aliases") or [],
-                       "IPv4Address": ncfg.get("IPv4Address")})  # fmt: skip
-    wanted += list(ncfg.get("Extra") or [])
-    if not wanted:
-        return {}
-    nm = NetworkManager(root, db)
-    try:
-        attached = []
-        for i, w in enumerate(wanted):
-            attached.append(nm.attach(rec.id, rec.name, pid, w["Network"], iface=f"eth{i}",
-                                      aliases=list(w.get("Aliases") or []),
-                                      ip=w.get("IPv4Address"), default_route=i == 0))  # fmt: skip
-        specs = []
-        for key, binds in (host.get("PortBindings") or {}).items():
-            port, _, proto = key.partition("/")
-            for b in binds:
-                first, _, last = str(b.get("HostPort") or "0").partition("-")
-                specs.append(PortSpec(proto, b.get("HostIp") or "", int(first or 0), int(port),
-                                      int(last or 0)))  # fmt: skip
-        if host.get("PublishAllPorts"):
-            for key in rec.config.get("Config", {}).get("ExposedPorts") or {}:
-                if key not in (host.get("PortBindings") or {}):
-                    port, _, proto = key.partition("/")
-                    specs.append(PortSpec(proto or "tcp", "", 0, int(port)))
-        n, lease = attached[0]
-        ports = nm.publish(rec.id, lease.address, specs)
-        cfg = rec.config.get("Config", {})
-        ctr.etc_files(
-            os.path.join(root, "containers", rec.id),
-            cfg.get("Hostname") or rec.id[:12],
-            mode,
-            add_hosts=host.get("ExtraHosts") or [],
-            dns=host.get("Dns") or [],
-            address=lease.address,
-            nameserver=n.gateway,
-        )
-    except BaseException:
-        nm.detach(rec.id)
-        raise
-    return settings(attached, ports)
-
-
-def network_down(root: str, db: Any, cid: str) -> None:
-    """Release what the container holds on networks (leases, ports, host veths)."""
-    row = db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'"
-    ).fetchone()
-    if row is None:
-        return  # no network was ever used on this root
-    if not db.execute(
-        "SELECT 1 FROM leases WHERE container = ? UNION SELECT 1 FROM ports WHERE container = ?",
-        (cid, cid),
-    ).fetchone():
-        return  # fmt: skip
-    from cove.network.manager import NetworkManager
-
-    with contextlib.suppress(Exception):
-        NetworkManager(root, db).detach(cid)
-
-
 def _valid_name(name: str) -> bool:
     import re
 
@@ -1310,7 +1237,7 @@ def _ts(t: float) -> str:
 
 
 def _zombie(pid: int) -> bool:
-    from cove.runtime.api import _zombie as z
+    from cove.sys.proc import zombie as z
 
     return z(pid)
 
@@ -1329,7 +1256,7 @@ def _wait_fd(fd: int, timeout: float) -> bool:
     return bool(ready)
 
 
-def _log_config(opts: list[str]) -> dict[str, Any]:
+def log_config(opts: list[str]) -> dict[str, Any]:
     from cove import container as ctr
 
     cfg: dict[str, str] = {}
@@ -1350,7 +1277,7 @@ def _log_config(opts: list[str]) -> dict[str, Any]:
     return out
 
 
-def _docker_config(
+def docker_config(
     opts: Any,
     img: Any,
     oci: Any,
@@ -1441,7 +1368,7 @@ def _monitor_argv(args: dict[str, str]) -> list[str]:
     return [sys.executable, "-I", "-S", "-c", code, *(f"{k}={v}" for k, v in args.items())]
 
 
-def _forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
+def forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
     """Signals to whatever process the container runs now (it may have restarted)."""
     from cove.engine_io import forward_signals
 
@@ -1452,7 +1379,7 @@ def _forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
     return forward_signals(current)
 
 
-def _attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
+def attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
     """Copy a monitor's framed output to our stdout/stderr, our stdin to it, until it ends."""
     import select
 

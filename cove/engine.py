@@ -14,10 +14,10 @@ from typing import Any
 
 from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
 from cove.image.store import Image, ImageStore, IndexEntry
+from cove.private import DEFAULT_ROOT
 from cove.spec import image as spec
 from cove.spec import reference as refs
 
-DEFAULT_ROOT = "/var/lib/cove"
 _RUNNING = ("running", "paused", "restarting")  # Docker's IsRunning; the rest are stopped
 
 

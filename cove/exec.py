@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cove.containers import container_only
 from cove.errors import Conflict
 from cove.state import Record, Status
 
@@ -60,8 +61,6 @@ def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
 
 
 def _check_running(rec: Record) -> None:
-    from cove.containers import container_only
-
     container_only(rec, "exec")
     if rec.status == Status.PAUSED:
         raise Conflict(f"container {rec.id} is paused, unpause the container before exec")

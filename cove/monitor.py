@@ -12,7 +12,6 @@ Arguments are ``key=value`` words (see ``Options``); fd numbers come from the la
 
 from __future__ import annotations
 
-import _json
 import _signal
 import _socket
 import os
@@ -20,9 +19,8 @@ import select
 import sys
 import time
 
-_ENCODE = _json.encode_basestring_ascii
-_STREAMS = (b"stdout", b"stderr")
-_MAX_LINE = 16 * 1024  # Docker splits longer lines into partial log entries
+# the json-file writer: a C-modules-only module as this one (foreground runs share it)
+from cove.jsonlog import Log
 
 
 class Options:
@@ -46,69 +44,6 @@ class Options:
         self.health_interval = float(kv.get("health_interval", "0"))
         self.attach_fd = int(kv.get("attach", "-1"))
         self.cdir = os.path.join(self.root, "containers", self.cid)
-
-
-def _timestamp() -> bytes:
-    ns = time.time_ns()
-    secs, frac = divmod(ns, 1_000_000_000)
-    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z").encode()
-
-
-class Log:
-    """Docker's json-file driver: one JSON object per line, rotated at ``max_size``."""
-
-    def __init__(self, path: str, max_size: int, max_file: int) -> None:
-        self.path = path
-        self.max_size = max_size
-        self.max_file = max_file
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        self.size = os.fstat(self.fd).st_size
-        self.partial: dict[int, bytes] = {0: b"", 1: b""}
-
-    def feed(self, stream: int, data: bytes) -> None:
-        """Bytes as they come: one entry per line (and per 16 KiB of a longer one)."""
-        buf = self.partial[stream] + data
-        while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
-                break
-            self.write(stream, buf[: nl + 1])
-            buf = buf[nl + 1 :]
-        while len(buf) >= _MAX_LINE:
-            self.write(stream, buf[:_MAX_LINE])
-            buf = buf[_MAX_LINE:]
-        self.partial[stream] = buf
-
-    def flush(self, stream: int) -> None:
-        if self.partial[stream]:
-            self.write(stream, self.partial[stream])
-            self.partial[stream] = b""
-
-    def write(self, stream: int, data: bytes) -> None:
-        text = data.decode("utf-8", "replace")
-        line = b'{"log":%s,"stream":"%s","time":"%s"}\n' % (
-            _ENCODE(text).encode(),
-            _STREAMS[stream],
-            _timestamp(),
-        )
-        if self.max_size and self.size + len(line) > self.max_size and self.size:
-            self._rotate()
-        os.write(self.fd, line)
-        self.size += len(line)
-
-    def _rotate(self) -> None:
-        if self.max_file <= 1:
-            os.ftruncate(self.fd, 0)
-        else:
-            for n in range(self.max_file - 1, 0, -1):
-                src = self.path if n == 1 else f"{self.path}.{n - 1}"
-                if os.path.exists(src):
-                    os.rename(src, f"{self.path}.{n}")
-            os.close(self.fd)
-            self.fd = os.open(
-                self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
-            )
-        self.size = 0
 
 
 class Monitor:

@@ -24,6 +24,7 @@ import os
 import stat
 from collections.abc import Iterator
 
+DEFAULT_ROOT = "/var/lib/cove"  # --root and $COVE_ROOT move it (cove.engine.default_root)
 PRIVATE_UMASK = 0o077
 CONTAINER_UMASK = 0o022
 ROOT_MODE = 0o711  # searchable, not listable: a mapped root reaches its own bundle by path

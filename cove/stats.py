@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+from cove.spec.units import human_size
 from cove.state import Record, Status
 
 
@@ -43,7 +44,6 @@ def _mem_total() -> int:
 
 
 def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> list[dict[str, str]]:
-    from cove.cli.fmt import human_size
     from cove.runtime.cgroups import Cgroups
 
     recs: list[Record]

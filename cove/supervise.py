@@ -6,118 +6,21 @@ monitor itself never does.
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-from typing import Any
 
+from cove.containers import ContainerEngine
+from cove.engine import Engine
+from cove.exec import run_check
+from cove.netattach import network_down
+from cove.runtime.api import exit_status
+from cove.runtime.cgroups import Cgroups
+from cove.startup import prefork_start, runtime, start
 from cove.state import Record, Status, Store, now
 
+# start and prefork_start live in cove.startup (the launcher calls them too, and it sits
+# below this module); the monitor finds every helper here by name, old monitors included
+__all__ = ["RESTART", "finish", "give_up", "health", "prefork_start", "should_restart", "start"]
+
 RESTART = 10  # finish(): the monitor should start the container again
-
-
-def _runtime(root: str) -> Any:
-    from cove.runtime.api import Runtime
-
-    return Runtime(os.path.join(root, "runtime"), os.path.join(root, "cache"))
-
-
-def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
-    """Create and start the container; tell the monitor ``ok PID`` (+ the pty) or the error."""
-    from cove.runtime.api import ContainerStartError, proc_start_time
-
-    sock = socket.socket(fileno=sockfd)
-    store = Store(root)
-    rec = store.get(cid)
-    runtime = _runtime(root)
-    with contextlib.suppress(Exception):
-        runtime.delete(cid, force=True)  # what a previous run of this container left
-    null = os.open(os.devnull, os.O_RDWR)
-    fds = tuple(null if fd < 0 else fd for fd in stdio)
-    from cove.containers import network_down, network_up
-
-    try:
-        created = runtime.create(cid, os.path.join(root, "containers", cid), stdio=fds)
-        rec.config["NetworkSettings"] = network_up(root, store.db, rec, created.pid)
-        if rec.status == Status.RESTARTING and store.get(cid).manual_stop:
-            raise RuntimeError("stopped during the restart back-off")
-        runtime.start(cid)
-        runtime.wait_exec(created)
-    except BaseException as e:
-        code = e.exit_code if isinstance(e, ContainerStartError) else 125
-        with contextlib.suppress(Exception):
-            runtime.delete(cid, force=True)
-        network_down(root, store.db, cid)
-        back = rec.status if rec.status != Status.RESTARTING else Status.EXITED
-        if rec.status == Status.RESTARTING:
-            fields: dict[str, Any] = {"status": back, "finished_at": now()}
-        else:
-            fields = {}
-        store.update(
-            cid,
-            op="",
-            op_pid=0,
-            op_start=0,
-            exit_code=code,
-            error=str(e),
-            monitor_pid=0,
-            **fields,
-        )
-        sock.send(f"{code} {e}".encode())
-        return 1
-    health: dict[str, Any] = {}
-    if rec.config.get("Config", {}).get("Healthcheck"):
-        health = {"Status": "starting", "FailingStreak": 0, "Log": []}
-    store.update(
-        cid,
-        config=rec.config,
-        status=Status.RUNNING,
-        pid=created.pid,
-        start_time=proc_start_time(created.pid) or 0,
-        started_at=now(),
-        op="",
-        op_pid=0,
-        op_start=0,
-        error="",
-        oom_killed=False,
-        health=health,
-    )
-    msg = f"ok {created.pid}".encode()
-    if created.pty_master is not None:
-        socket.send_fds(sock, [msg], [created.pty_master])
-    else:
-        sock.send(msg)
-    return 0
-
-
-def prefork_start(
-    root: str, cid: str, go_r: int, tty: bool, stdin: bool, close: list[int]
-) -> tuple[int, int, int, int, int]:
-    """Fork the first start's helper from the launcher's image (everything is imported
-    already); it waits for the launcher's go, so nothing starts before the launcher has
-    recorded who owns the start. Returns (out_r, err_r, in_w, sock, pid) for the monitor."""
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = (-1, -1) if tty else os.pipe2(os.O_CLOEXEC)
-    in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin and not tty else (-1, -1)
-    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
-    if pid == 0:
-        code = 125
-        try:
-            left.close()
-            for fd in (out_r, err_r, in_w, *close):
-                if fd >= 0:
-                    os.close(fd)
-            if os.read(go_r, 1) == b"g":  # EOF: the launcher died before recording us
-                os.close(go_r)
-                code = start(root, cid, (in_r, out_w, err_w), right.detach())
-        except BaseException as e:
-            os.write(2, f"cove-monitor: start: {e}\n".encode())
-        os._exit(code)  # never run the launcher's exit handlers or close its database
-    right.close()
-    for fd in (out_w, err_w, in_r):
-        if fd >= 0:
-            os.close(fd)
-    return out_r, err_r, in_w, left.detach(), pid
 
 
 def _policy_restarts(rec: Record, code: int) -> bool:
@@ -133,9 +36,6 @@ def _policy_restarts(rec: Record, code: int) -> bool:
 
 def finish(root: str, cid: str, status: str) -> int:
     """Record the exit (code, OOM, time), clean up the runtime, decide about a restart."""
-    from cove.runtime.api import exit_status
-    from cove.runtime.cgroups import Cgroups
-
     code = exit_status(int(status))
     oom = False
     with contextlib.suppress(Exception):
@@ -143,10 +43,8 @@ def finish(root: str, cid: str, status: str) -> int:
     if oom:
         code = 137
     with contextlib.suppress(Exception):
-        _runtime(root).delete(cid, force=True)
+        runtime(root).delete(cid, force=True)
     store = Store(root)
-    from cove.containers import network_down
-
     network_down(root, store.db, cid)
     rec = store.get(cid)
     if rec.status == Status.REMOVING:
@@ -170,9 +68,6 @@ def finish(root: str, cid: str, status: str) -> int:
         monitor_pid=0,
     )
     if rec.config.get("HostConfig", {}).get("AutoRemove"):
-        from cove.containers import ContainerEngine
-        from cove.engine import Engine
-
         with contextlib.suppress(Exception):
             ContainerEngine(Engine(root)).discard(store.get(cid), volumes=True)
     return 0
@@ -198,10 +93,6 @@ def give_up(root: str, cid: str) -> int:
 
 def health(root: str, cid: str) -> int:
     """Run the health check once inside the container and record it as Docker does."""
-    from cove.containers import ContainerEngine
-    from cove.engine import Engine
-    from cove.exec import run_check
-
     store = Store(root)
     rec = store.get(cid)
     if rec.status != Status.RUNNING:

@@ -12,6 +12,8 @@ bash "$here/scripts/test-deps.sh" || exit 1
 
 "$py" -m ruff check cove tests bench || exit 1
 "$py" -m mypy || exit 1
+# the layer contract (pyproject.toml [tool.importlinter]): imports point down
+"$venv/bin/lint-imports" --no-logo --no-cache || exit 1
 "$py" -m pytest -rs -p no:cacheprovider "$@"
 rc=$?
 if [ $rc = 5 ]; then

@@ -188,19 +188,6 @@ def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
     return _start_errors(lambda: print(_ce(engine).create(opts)) or 0)
 
 
-def _each(refs: list[str], fn: Callable[[str], Any], echo: bool = True) -> int:
-    rc = 0
-    for ref in refs:
-        try:
-            fn(ref)
-            if echo:
-                print(ref)
-        except CoveError as e:
-            sys.stderr.write(f"Error: {e}\n")
-            rc = 1
-    return rc
-
-
 def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
     if args.all or args.filter:
         return _start_all(engine, args)
@@ -209,7 +196,7 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
         return 125
     ce = _ce(engine)
     if not args.attach and not args.interactive:
-        return _start_errors(lambda: _each(args.containers, ce.start))
+        return _start_errors(lambda: fmt.each(args.containers, ce.start))
     if len(args.containers) != 1:
         sys.stderr.write("Error: you cannot start and attach multiple containers at once\n")
         return 1
@@ -217,7 +204,7 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
     def go() -> int:
         import socket
 
-        from cove.containers import _attach_stream, _forward_signals_to
+        from cove.containers import attach_stream, forward_signals_to
 
         rec = ce.get(args.containers[0])
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -226,8 +213,8 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
         finally:
             theirs.close()
         tty = bool(rec.config.get("Config", {}).get("Tty"))
-        with _forward_signals_to(ce, rec.id):
-            _attach_stream(mine, args.interactive, tty)
+        with forward_signals_to(ce, rec.id):
+            attach_stream(mine, args.interactive, tty)
         return int(ce.wait(rec.id, after=started.started_at))
 
     return _start_errors(go)
@@ -270,7 +257,7 @@ def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     sig = parse_signal(args.signal) if args.signal else None
-    return _each(args.containers, lambda r: ce.stop(r, timeout=args.time, sig=sig))
+    return fmt.each(args.containers, lambda r: ce.stop(r, timeout=args.time, sig=sig))
 
 
 def cmd_kill(engine: Engine, args: argparse.Namespace) -> int:
@@ -278,17 +265,19 @@ def cmd_kill(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     sig = parse_signal(args.signal)
-    return _each(args.containers, lambda r: ce.kill(r, sig))
+    return fmt.each(args.containers, lambda r: ce.kill(r, sig))
 
 
 def cmd_restart(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    return _start_errors(lambda: _each(args.containers, lambda r: ce.restart(r, timeout=args.time)))
+    return _start_errors(
+        lambda: fmt.each(args.containers, lambda r: ce.restart(r, timeout=args.time))
+    )
 
 
 def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    code = _each(args.containers, lambda r: ce.remove(r, force=args.force, volumes=args.volumes))
+    code = fmt.each(args.containers, lambda r: ce.remove(r, force=args.force, volumes=args.volumes))
     _sweep(ce)
     return code
 
@@ -307,17 +296,17 @@ def _sweep(ce: Any, *, everything: bool = False) -> list[str]:
 
 def cmd_wait(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    return _each(args.containers, lambda r: print(ce.wait(r)), echo=False)
+    return fmt.each(args.containers, lambda r: print(ce.wait(r)), echo=False)
 
 
 def cmd_pause(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    return _each(args.containers, ce.pause)
+    return fmt.each(args.containers, ce.pause)
 
 
 def cmd_unpause(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
-    return _each(args.containers, ce.unpause)
+    return fmt.each(args.containers, ce.unpause)
 
 
 def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
@@ -353,7 +342,7 @@ def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.containers import _attach_stream, _forward_signals_to, connect_attach
+    from cove.containers import attach_stream, connect_attach, forward_signals_to
 
     ce = _ce(engine)
     rec = ce.get(args.container)
@@ -363,9 +352,9 @@ def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
     sock = connect_attach(ce, rec)
     cfg = rec.config.get("Config", {})
     interactive = bool(cfg.get("OpenStdin")) and not args.no_stdin
-    ctx = _forward_signals_to(ce, rec.id) if args.sig_proxy else _nullcontext()
+    ctx = forward_signals_to(ce, rec.id) if args.sig_proxy else _nullcontext()
     with ctx:
-        _attach_stream(sock, interactive, bool(cfg.get("Tty")))
+        attach_stream(sock, interactive, bool(cfg.get("Tty")))
     return int(ce.wait(rec.id, after=rec.started_at))
 
 
@@ -882,7 +871,7 @@ def cmd_volume_inspect(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_volume_rm(engine: Engine, args: argparse.Namespace) -> int:
     vols = _ce(engine).volumes()
-    return _each(args.names, lambda n: vols.remove(n, force=args.force))
+    return fmt.each(args.names, lambda n: vols.remove(n, force=args.force))
 
 
 def cmd_volume_prune(engine: Engine, args: argparse.Namespace) -> int:

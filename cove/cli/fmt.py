@@ -10,14 +10,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-
-def human_size(n: float) -> str:
-    """Docker's HumanSizeWithPrecision(n, 3): decimal units."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.3g}{unit}"
-        n /= 1000
-    return f"{n:.3g}PB"
+from cove.errors import CoveError
+from cove.spec.units import human_size as human_size  # re-exported: the CLI's tables use it
 
 
 def parse_time(text: str) -> float | None:
@@ -166,4 +160,19 @@ def inspect_each(
             print(render(template, o))
     else:
         print(json.dumps(out, indent=4))
+    return rc
+
+
+def each(refs: list[str], fn: Callable[[str], Any], echo: bool = True) -> int:
+    """Run a verb on every named object as Docker does: echo each name done, one
+    ``Error:`` line for each that fails, and 1 if any failed."""
+    rc = 0
+    for ref in refs:
+        try:
+            fn(ref)
+            if echo:
+                print(ref)
+        except CoveError as e:
+            sys.stderr.write(f"Error: {e}\n")
+            rc = 1
     return rc

@@ -58,9 +58,7 @@ def cmd_inspect(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.cli.containers import _each
-
-    return _each(args.names, _ce(engine).networks().remove)
+    return fmt.each(args.names, _ce(engine).networks().remove)
 
 
 def cmd_prune(engine: Engine, args: argparse.Namespace) -> int:

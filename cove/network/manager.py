@@ -24,6 +24,7 @@ from typing import Any
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.network import firewall, ipam, links
 from cove.network.store import Lease, Network, NetworkStore, Port
+from cove.private import DEFAULT_ROOT
 
 DEFAULT = "bridge"
 DEFAULT_BRIDGE = "cove0"
@@ -137,8 +138,6 @@ class NetworkManager:
         """``cove0`` for the standard root; other roots (tests, a second user) get their own,
         since the kernel has one namespace of interface names for all of them."""
         import hashlib
-
-        from cove.engine import DEFAULT_ROOT
 
         if os.path.abspath(self.root) == DEFAULT_ROOT:
             return DEFAULT_BRIDGE
@@ -281,7 +280,7 @@ class NetworkManager:
 
     def _dns_pid(self, n: Network) -> int:
         """The responder's pid if it runs (pid and start time, as recorded)."""
-        from cove.runtime.api import proc_start_time
+        from cove.sys.proc import proc_start_time
 
         try:
             with open(os.path.join(self._ndir(n), "dns.pid")) as f:
@@ -310,7 +309,7 @@ class NetworkManager:
                 stderr=open(os.path.join(self._ndir(n), "dns.log"), "ab"),
                 start_new_session=True,
             )
-            from cove.runtime.api import proc_start_time
+            from cove.sys.proc import proc_start_time
 
             with open(os.path.join(self._ndir(n), "dns.pid"), "w") as f:
                 f.write(f"{proc.pid} {proc_start_time(proc.pid)}")

@@ -25,6 +25,12 @@ from cove.runtime import caps as capmod
 from cove.runtime.cgroups import Cgroups, read_layout
 from cove.spec.runtime import IDMapping, Process, Spec
 
+# process identity moved to the foundations (network and vm check pids too); the old names
+# stay importable here for callers and for monitors started by older code
+from cove.sys.proc import alive as alive
+from cove.sys.proc import proc_start_time as proc_start_time
+from cove.sys.proc import zombie as _zombie
+
 
 class ContainerStartError(CoveError):
     """The container's process could not be set up or exec'd; ``exit_code`` as Docker's."""
@@ -42,16 +48,6 @@ class Created:
     sock: socket.socket
     cgroups: Cgroups
     argv0: str = ""  # names the command in a failed execve's message
-
-
-def proc_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: tells a live pid from a reused one."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 class Runtime:
@@ -463,15 +459,6 @@ def host_root_ids(spec: Spec) -> tuple[int, int]:
         raise InvalidSpec("the id maps do not map the container's root")
 
     return lookup(spec.linux.uid_mappings), lookup(spec.linux.gid_mappings)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return True
-    return data[data.rindex(b")") + 2 : data.rindex(b")") + 3] in (b"Z", b"X")
 
 
 def exit_status(status: int) -> int:

@@ -93,7 +93,7 @@ def _proc_start(pid: int) -> int:
 
 def _alive(pid: int, start: int) -> bool:
     """Still the QEMU we started (not a recycled pid), and not a zombie."""
-    from cove.containers import alive
+    from cove.sys.proc import alive
 
     return alive(pid, start)
 

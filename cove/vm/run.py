@@ -211,7 +211,7 @@ class VMRun:
 
     def _create(self) -> str:
         from cove import container as ctr
-        from cove.containers import _docker_config, _log_config, _self_ids, container_name
+        from cove.containers import container_name, docker_config, log_config, self_ids
         from cove.spec import image as spec
         from cove.spec.vm import PortForward
         from cove.state import OP_CREATE, Record, now
@@ -263,7 +263,7 @@ class VMRun:
         hostname = opts.hostname or cid[:12]
         opts.hostname = hostname
         oci = ctr.build_spec(opts, image_cfg, user, cid, {}, None, [])
-        me, me_start = _self_ids()
+        me, me_start = self_ids()
         name = (opts.name or container_name(cid)).removeprefix("/")
         rec = Record(cid, name, opts.image, img.id, now(), op=OP_CREATE, op_pid=me,
                      op_start=me_start)  # fmt: skip
@@ -277,9 +277,9 @@ class VMRun:
             from cove.vm import disks
 
             disks.overlay(self.files.disk, rootfs, "raw")  # cove's own ext4: never probed
-            log_cfg = _log_config(opts.log_opts)
+            log_cfg = log_config(opts.log_opts)
             stop_signal = opts.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
-            config = _docker_config(opts, img, oci, hostname, {"Name": "", "MaximumRetryCount": 0},
+            config = docker_config(opts, img, oci, hostname, {"Name": "", "MaximumRetryCount": 0},
                                     log_cfg, stop_signal)  # fmt: skip
             host_cfg = config["HostConfig"]
             host_cfg["Isolation"] = "vm"
@@ -579,7 +579,7 @@ def _record_exit(ce: Any, run: VMRun, code: int) -> None:
 
 
 def _log(ce: Any, cid: str) -> Any:
-    from cove.monitor import Log
+    from cove.jsonlog import Log
 
     cfg = ce.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
     return Log(ce.log_path(cid), int(cfg.get("MaxSize", 0)), int(cfg.get("MaxFile", 1)))

@@ -1,0 +1,91 @@
+"""Attach a created container to its networks and release them: the network half of the
+namespaces driver, shared by the launcher (foreground runs) and the monitor's start helper.
+
+``cove.network`` is imported only where a container has a network, so ``--network none``
+and ``host`` runs (and the exit path of a container that never had one) stay lean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from cove.state import Record
+
+
+def network_up(root: str, db: sqlite3.Connection, rec: Record, pid: int) -> dict[str, Any]:
+    """Attach a created container (process ``pid``) to its networks: the run's own one as
+    eth0 (default route, published ports), then those ``connect`` added, as eth1...;
+    Docker's NetworkSettings."""
+    host = rec.config.get("HostConfig", {})
+    mode = host.get("NetworkMode") or "none"
+    if mode in ("none", "host") or mode.startswith("container:"):
+        return {}
+    from cove import container as ctr
+    from cove.network.manager import NetworkManager, PortSpec, settings
+
+    ncfg = rec.config.get("NetworkingConfig") or {}
+    wanted: list[dict[str, Any]] = []
+    if not ncfg.get("PrimaryDetached"):
+        wanted.append({"Network": mode, "Aliases": ncfg.get("Aliases") or [],
+                       "IPv4Address": ncfg.get("IPv4Address")})  # fmt: skip
+    wanted += list(ncfg.get("Extra") or [])
+    if not wanted:
+        return {}
+    nm = NetworkManager(root, db)
+    try:
+        attached = []
+        for i, w in enumerate(wanted):
+            attached.append(nm.attach(rec.id, rec.name, pid, w["Network"], iface=f"eth{i}",
+                                      aliases=list(w.get("Aliases") or []),
+                                      ip=w.get("IPv4Address"), default_route=i == 0))  # fmt: skip
+        specs = []
+        for key, binds in (host.get("PortBindings") or {}).items():
+            port, _, proto = key.partition("/")
+            for b in binds:
+                first, _, last = str(b.get("HostPort") or "0").partition("-")
+                specs.append(PortSpec(proto, b.get("HostIp") or "", int(first or 0), int(port),
+                                      int(last or 0)))  # fmt: skip
+        if host.get("PublishAllPorts"):
+            for key in rec.config.get("Config", {}).get("ExposedPorts") or {}:
+                if key not in (host.get("PortBindings") or {}):
+                    port, _, proto = key.partition("/")
+                    specs.append(PortSpec(proto or "tcp", "", 0, int(port)))
+        n, lease = attached[0]
+        ports = nm.publish(rec.id, lease.address, specs)
+        cfg = rec.config.get("Config", {})
+        ctr.etc_files(
+            os.path.join(root, "containers", rec.id),
+            cfg.get("Hostname") or rec.id[:12],
+            mode,
+            add_hosts=host.get("ExtraHosts") or [],
+            dns=host.get("Dns") or [],
+            address=lease.address,
+            nameserver=n.gateway,
+        )
+    except BaseException:
+        nm.detach(rec.id)
+        raise
+    return settings(attached, ports)
+
+
+def network_down(root: str, db: sqlite3.Connection, cid: str) -> None:
+    """Release what the container holds on networks (leases, ports, host veths)."""
+    row = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'"
+    ).fetchone()
+    if row is None:
+        return  # no network was ever used on this root
+    if not db.execute(
+        "SELECT 1 FROM leases WHERE container = ? UNION SELECT 1 FROM ports WHERE container = ?",
+        (cid, cid),
+    ).fetchone():
+        return  # fmt: skip
+    from cove.network.manager import NetworkManager
+
+    with contextlib.suppress(Exception):
+        NetworkManager(root, db).detach(cid)
