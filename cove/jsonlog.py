@@ -37,14 +37,17 @@ class Log:
         """Bytes as they come: one entry per line (and per 16 KiB of a longer one)."""
         buf = self.partial[stream] + data
         while True:
-            nl = buf.find(b"\n")
-            if nl < 0:
+            # a newline only within the first 16 KiB ends an entry there: a longer line is
+            # cut at 16 KiB even when its newline came in the same read (Docker's copier)
+            nl = buf.find(b"\n", 0, _MAX_LINE)
+            if nl >= 0:
+                self.write(stream, buf[: nl + 1])
+                buf = buf[nl + 1 :]
+            elif len(buf) >= _MAX_LINE:
+                self.write(stream, buf[:_MAX_LINE])
+                buf = buf[_MAX_LINE:]
+            else:
                 break
-            self.write(stream, buf[: nl + 1])
-            buf = buf[nl + 1 :]
-        while len(buf) >= _MAX_LINE:
-            self.write(stream, buf[:_MAX_LINE])
-            buf = buf[_MAX_LINE:]
         self.partial[stream] = buf
 
     def flush(self, stream: int) -> None:
