@@ -48,5 +48,15 @@ class Unsupported(CoveError):
     """The request is valid but this host or this version cannot do it."""
 
 
+class HostToolFailed(CoveError):
+    """A host program cove drives (ip, iptables, qemu-img, mkfs...) failed or timed out:
+    ``tool`` names it, ``returncode`` is its exit status (None: it did not finish)."""
+
+    def __init__(self, message: str, tool: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.tool = tool
+        self.returncode = returncode
+
+
 class CorruptState(CoveError):
     """The state database cannot be read (damaged file): ``cove system check --repair``."""

@@ -132,7 +132,7 @@ def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
 def run_check(ce: Any, rec: Record, args: list[str], timeout: float) -> tuple[int, str]:
     """A health check: run ``args`` in the container, capture its output, kill it at
     ``timeout`` (exit code -1, as Docker reports a timed-out check)."""
-    from cove.runtime.api import exit_status
+    from cove.runtime.api import ContainerStartError, exit_status
 
     _check_running(rec)
     proc, seccomp = _process(ce, rec, ExecOptions(args))
@@ -148,7 +148,9 @@ def run_check(ce: Any, rec: Record, args: list[str], timeout: float) -> tuple[in
         ce.runtime().wait_exec(created)
     except Exception as e:
         os.close(r)
-        return 127 if "not found" in str(e) else 126, str(e)
+        # the runtime's init reports Docker's code (127 not found, 126 cannot run) with the
+        # error itself; anything else failed before the exec: 126, as Docker's "cannot invoke"
+        return (e.exit_code if isinstance(e, ContainerStartError) else 126), str(e)
     deadline = time.monotonic() + timeout
     timed_out = False
     while True:

@@ -17,7 +17,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from cove.errors import CoveError
+from cove.errors import HostToolFailed
 
 NAT_CHAINS = ("COVE-POSTROUTING", "COVE-DNAT")
 FILTER_CHAINS = ("COVE-FORWARD", "COVE-ISOLATION-1", "COVE-ISOLATION-2")
@@ -121,12 +121,20 @@ def sync(nets: list[NetRule], ports: list[PortRule], tag: str = "") -> None:
             ["iptables-restore", "-w", "--noflush"], input=text, capture_output=True, text=True
         )
         if proc.returncode != 0:
-            raise CoveError(f"iptables-restore ({table}) failed: {proc.stderr.strip()}")
+            raise HostToolFailed(
+                f"iptables-restore ({table}) failed: {proc.stderr.strip()}",
+                "iptables-restore",
+                proc.returncode,
+            )
     for table, chain, rule in _jumps(tag):
         if _ipt(["-t", table, "-C", chain, *rule]).returncode != 0:
             res = _ipt(["-t", table, "-I", chain, "1", *rule])
             if res.returncode != 0:
-                raise CoveError(f"iptables -t {table} -I {chain} failed: {res.stderr.strip()}")
+                raise HostToolFailed(
+                    f"iptables -t {table} -I {chain} failed: {res.stderr.strip()}",
+                    "iptables",
+                    res.returncode,
+                )
 
 
 def remove_all(tag: str = "") -> None:

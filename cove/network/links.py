@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from cove.errors import CoveError
+from cove.errors import CoveError, HostToolFailed
 
 
 def _batch(commands: list[str], netns_pid: int | None = None) -> None:
@@ -22,8 +22,10 @@ def _batch(commands: list[str], netns_pid: int | None = None) -> None:
     proc = subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True)
     if proc.returncode != 0:
         err = proc.stderr.strip().splitlines()
-        raise CoveError(
-            f"network setup failed: {err[-1] if err else 'ip exited ' + str(proc.returncode)}"
+        raise HostToolFailed(
+            f"network setup failed: {err[-1] if err else 'ip exited ' + str(proc.returncode)}",
+            "ip",
+            proc.returncode,
         )
 
 

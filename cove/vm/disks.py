@@ -26,7 +26,15 @@ from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any, TypedDict
 
-from cove.errors import Conflict, CorruptContent, CoveError, InvalidSpec, NotFound, Unsupported
+from cove.errors import (
+    Conflict,
+    CorruptContent,
+    CoveError,
+    HostToolFailed,
+    InvalidSpec,
+    NotFound,
+    Unsupported,
+)
 
 QEMU_IMG = "qemu-img"
 SECTOR = 512
@@ -109,7 +117,8 @@ def _run(args: list[str], path: str, what: str) -> str:
     except FileNotFoundError as e:
         raise Unsupported(f"{what} {path}: {QEMU_IMG} is not installed") from e
     except subprocess.TimeoutExpired as e:
-        raise CoveError(f"{what} {path}: {QEMU_IMG} timed out after {TIMEOUT}s") from e
+        msg = f"{what} {path}: {QEMU_IMG} timed out after {TIMEOUT}s"
+        raise HostToolFailed(msg, QEMU_IMG) from e
     if proc.returncode == 0:
         return proc.stdout
     last = _last_line(proc.stderr)
@@ -124,7 +133,7 @@ def _run(args: list[str], path: str, what: str) -> str:
         raise InvalidSpec(msg)
     if "corrupt" in low or "not in qcow2 format" in low:
         raise CorruptContent(msg)
-    raise CoveError(msg)
+    raise HostToolFailed(msg, QEMU_IMG, proc.returncode)
 
 
 def _must_exist(path: str, what: str) -> None:
