@@ -709,6 +709,10 @@ def _terminal(ctx: InitContext) -> None:
 def _process(ctx: InitContext) -> NoReturn:
     spec = ctx.spec
     proc = spec.process
+    if not ctx.fifo and os.environ.get("COVE_STOP_AT") == "exec-joined":
+        # tests only: hold an exec'd process, already in the container's namespaces, where
+        # a container process could reach it (the test proves it cannot read or trace it)
+        os.kill(os.getpid(), 19)  # SIGSTOP (the signal module stays off the start path)
     os.umask(CONTAINER_UMASK)  # exec's process too: never cove's private umask
     for rl in proc.rlimits:
         if rl.type not in _RLIMITS:

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +201,83 @@ def test_normal_workdir_works(cove: CoveRunner, cove_root: Path, alpine: str,
         assert proc.returncode == 0, proc
         assert proc.stdout.split() == [work, "here"], proc.stdout
     assert os.listdir(d) == []
+
+
+# (b) exec'd processes are forks of cove until their execve. Joined to the container's pid
+# namespace while still dumpable, a container process holding CAP_SYS_PTRACE in its user
+# namespace could read their memory and environment or attach to them (CVE-2016-9962 class).
+# ``COVE_STOP_AT=exec-joined`` holds one right after the joins, the widest such window.
+
+
+def _stopped_exec(root: str) -> tuple[int, int]:
+    """(host pid, pid in the container) of the exec'd process held at exec-joined."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        nspid = fields.get("NSpid", "").split()
+        if fields.get("State", "").strip().startswith("T") and len(nspid) == 2 and (
+            b"exec" in cmdline and root.encode() in cmdline
+        ):
+            return int(entry), int(nspid[1])
+    raise LookupError("no exec'd process held at exec-joined")
+
+
+def test_exec_is_not_readable_by_the_container_before_execve(alpine_tar: Path) -> None:
+    # a user-namespaced container: its root holds CAP_SYS_PTRACE in its own namespace only,
+    # so the dumpable flag alone decides (pytest's 0700 tmp dirs would refuse --userns)
+    root = Path(tempfile.mkdtemp(prefix="cove-dumpable-", dir="/var/tmp"))
+    root.chmod(0o711)
+
+    def cove(*args: str, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.run(cove_argv(root, *args), capture_output=True, text=True,
+                              timeout=120, env=env)  # fmt: skip
+        assert proc.returncode == 0, (args, proc.stderr)
+        return proc.stdout
+
+    held: subprocess.Popen[bytes] | None = None
+    host_pid = 0
+    try:
+        cove("import", str(alpine_tar), "alpine:3.20")
+        cove("run", "-d", "--name", "victim", "--network", "none", "--userns=auto",
+             "--cap-add", "SYS_PTRACE", "alpine:3.20", "sleep", "1000")  # fmt: skip
+        env = dict(os.environ, COVE_STOP_AT="exec-joined", COVE_SECRET_MARK="host-env-leak")
+        held = subprocess.Popen(cove_argv(root, "exec", "victim", "true"), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        in_ctr = 0
+        for _ in range(200):
+            try:
+                host_pid, in_ctr = _stopped_exec(str(root))
+                break
+            except LookupError:
+                if held.poll() is not None:
+                    raise AssertionError(held.communicate()) from None
+                time.sleep(0.05)
+        assert in_ctr, "the exec'd process never reached the hold point"
+        probe = (
+            f"cat /proc/{in_ctr}/environ >/dev/null 2>&1 && echo environ-read; "
+            f"readlink /proc/{in_ctr}/exe >/dev/null 2>&1 && echo exe-read; "
+            f"grep -q host-env-leak /proc/{in_ctr}/environ 2>/dev/null && echo LEAK; "
+            # positive control: the container's own init, dumpable again after its execve
+            "cat /proc/1/environ >/dev/null 2>&1 && echo init-read; true"
+        )
+        out = cove("exec", "victim", "sh", "-c", probe).split()
+        assert "init-read" in out, out  # the probe reads what it may read
+        assert "environ-read" not in out and "exe-read" not in out and "LEAK" not in out, out
+    finally:
+        if host_pid:
+            os.kill(host_pid, 18)  # SIGCONT: let the held exec finish
+        if held is not None:
+            try:
+                held.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                held.kill()
+                held.communicate()
+        subprocess.run(cove_argv(root, "system", "reset", "-f"), capture_output=True,
+                       timeout=300)  # fmt: skip
+        shutil.rmtree(root, ignore_errors=True)
