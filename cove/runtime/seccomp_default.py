@@ -18,18 +18,21 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+from cove.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+)
+
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
 DEFAULT_ERRNO = errno.EPERM
 
-# clone(2) flags that make namespaces (include/uapi/linux/sched.h)
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+# clone(2) flags that make namespaces (include/uapi/linux/sched.h, named in the syscall layer)
 NS_FLAGS = (
     CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER
     | CLONE_NEWPID | CLONE_NEWNET
