@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CoveRunner, cove_argv
+from hostile import alpine_variant
 
 LOOP = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
 
@@ -221,10 +222,21 @@ def test_killed_run_leaves_no_ghost(
     cdir = cove_root / "containers"
     made = sorted(p.name for p in cdir.iterdir()) if cdir.exists() else []
     assert made == ([cid] if cid else [])
-    assert not leftovers(cove_root) or cid, leftovers(cove_root)
+    left = leftovers(cove_root)
+    if cid:
+        # only the one real container's pieces remain: its monitor, and cgroups, mounts and
+        # runtime state that name it; nothing of the killed command's own making
+        mons = monitors(cove_root)
+        assert len(mons) == 1, left
+        assert sorted(left) == sorted([x for x in left if cid in x] + [f"monitor {mons[0]}"])
+    else:
+        assert not left, left
     # the name is free again (or held by the one real container)
     again = cove("run", "-d", "--name", "c1", "alpine:3.20", "true", check=False)
-    assert (again.returncode == 0) == (not cid)
+    if cid:
+        assert again.returncode != 0 and '"/c1" is already in use' in again.stderr, again
+    else:
+        assert again.returncode == 0, again
 
 
 def test_killed_rm_is_finished_by_the_next_command(
@@ -301,12 +313,18 @@ def test_health_check(cove: CoveRunner, cove_root: Path, alpine: str, clean: Non
     assert inspect(cove, "doc")["State"]["Health"]["Status"] in ("starting", "unhealthy")
     wait_for("unhealthy", lambda: inspect(cove, "doc")["State"]["Health"]["Status"] == "unhealthy")
     assert "(unhealthy)" in cove("ps").stdout
-    assert cove("ps", "-q", "-f", "health=unhealthy").stdout.strip()
+    # a container without a check must not match: the filter picks, not lists
+    plain = cove("run", "-d", "--name", "plain", "alpine:3.20", "sleep", "1000").stdout.strip()
+    doc_id = inspect(cove, "doc")["Id"]
+    assert cove("ps", "-q", "-f", "health=unhealthy").stdout.split() == [doc_id[:12]]
+    assert cove("ps", "-q", "-f", "health=none").stdout.split() == [plain[:12]]
     health = inspect(cove, "doc")["State"]["Health"]
     assert health["FailingStreak"] >= 2 and health["Log"][-1]["ExitCode"] == 1
     cove("exec", "doc", "touch", "/tmp/ok")
     wait_for("healthy", lambda: inspect(cove, "doc")["State"]["Health"]["Status"] == "healthy")
     assert "(healthy)" in cove("ps").stdout
+    assert cove("ps", "-q", "-f", "health=healthy").stdout.split() == [doc_id[:12]]
+    assert cove("ps", "-q", "-f", "health=unhealthy").stdout == ""
 
 
 def test_named_and_anonymous_volumes(
@@ -413,7 +431,8 @@ def test_diff_commit_export(cove: CoveRunner, cove_root: Path, alpine: str, clea
 
 
 def test_create_start_attach_wait_rename_pause(
-    cove: CoveRunner, cove_root: Path, alpine: str, clean: None
+    cove: CoveRunner, cove_root: Path, alpine: str, clean: None, alpine_tar: Path,
+    tmp_path: Path,
 ) -> None:
     cid = cove(
         "create", "--name", "later", "alpine:3.20", "sh", "-c", "echo hi; echo err >&2; exit 4"
@@ -440,12 +459,20 @@ def test_create_start_attach_wait_rename_pause(
     n = len(cove("logs", "pp").stdout.split())
     time.sleep(0.6)
     assert len(cove("logs", "pp").stdout.split()) == n
-    assert cove("exec", "pp", "true", check=False).returncode != 0
+    paused = cove("exec", "pp", "true", check=False)
+    assert paused.returncode != 0 and "is paused, unpause the container" in paused.stderr, paused
     cove("unpause", "pp")
+    assert cove("exec", "pp", "true").returncode == 0  # and the same exec works once unpaused
     wait_for("output again", lambda: len(cove("logs", "pp").stdout.split()) > n)
     assert cove("ps", "-q", "-f", "label=tier=web").stdout.strip()
     assert cove("ps", "-q", "-f", "label=tier=db").stdout.strip() == ""
-    assert cove("ps", "-q", "-f", "ancestor=alpine:3.20").stdout.strip()
+    # a container of another image (not derived from alpine:3.20) must not match
+    alpine_variant(cove, alpine_tar, "variant:1", tmp_path, add=lambda t: t.file("marker", b"v"))
+    other = cove("run", "-d", "--name", "other", "variant:1", "sleep", "1000").stdout.strip()
+    mine = sorted(inspect(cove, c)["Id"][:12] for c in ("pp", "renamed"))
+    assert sorted(cove("ps", "-aq", "-f", "ancestor=alpine:3.20").stdout.split()) == mine
+    assert cove("ps", "-aq", "-f", "ancestor=variant:1").stdout.split() == [other[:12]]
+    cove("rm", "-f", "other")
     tab = cove("ps", "-a", "--format", "table {{.ID}}\t{{.Names}}").stdout.splitlines()
     assert tab[0].split("   ")[0] == "CONTAINER ID" and tab[0].endswith("NAMES") and len(tab) == 3
     assert cove("ps", "-f", "name=nomatch", "--format", "{{.ID}}").stdout == ""
@@ -494,7 +521,8 @@ def test_usage_errors(cove: CoveRunner, cove_root: Path, alpine: str, clean: Non
     assert dup.returncode == 125 and "already in use" in dup.stderr
     running = cove("rm", "dup", check=False)
     assert running.returncode == 1 and "stop the container" in running.stderr
-    assert cove("exec", "nocmd", "true", check=False).returncode != 0
+    created = cove("exec", "nocmd", "true", check=False)
+    assert created.returncode != 0 and "is not running" in created.stderr, created
 
 
 def test_foreground_run_is_logged(
