@@ -226,7 +226,8 @@ class Checker:
     # -- containers -----------------------------------------------------------
 
     def _containers(self) -> None:
-        from cove.containers import ContainerEngine, alive
+        from cove.containers.engine import ContainerEngine
+        from cove.containers.lifecycle import alive
 
         ce = ContainerEngine(self.engine)
         try:
@@ -273,8 +274,10 @@ class Checker:
         f = self._found(f"container {rec.name} ({cid[:12]}): no record in the database")
         if not self.repair:
             return
+        from cove.containers import lifecycle
+
         try:
-            ce.store.add(rec)
+            lifecycle.add(ce.store, rec)
         except CoveError as e:
             f.fixed = ""
             self._found(f"container {cid[:12]}: cannot be recorded again: {e}")

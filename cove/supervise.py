@@ -1,137 +1,18 @@
-"""The monitor's heavy half: each function runs in a short-lived child forked by
-``cove.monitor`` and returns that child's exit code. They may import anything; the
-monitor itself never does.
+"""Upgrade shim: the monitor's helpers live in ``cove.containers.supervise``.
+
+A monitor that was started by older code keeps running across an upgrade; its forked
+helpers import ``cove.supervise`` by this path and call these names with these arguments
+(root, container id, ...). Keep both until no such monitor can be left.
 """
 
-from __future__ import annotations
+from cove.containers.supervise import (
+    RESTART,
+    finish,
+    give_up,
+    health,
+    prefork_start,
+    should_restart,
+    start,
+)
 
-import contextlib
-
-from cove.containers import ContainerEngine
-from cove.engine import Engine
-from cove.exec import run_check
-from cove.netattach import network_down
-from cove.runtime.api import exit_status
-from cove.runtime.cgroups import Cgroups
-from cove.startup import prefork_start, runtime, start
-from cove.state import Record, Status, Store, now
-
-# start and prefork_start live in cove.startup (the launcher calls them too, and it sits
-# below this module); the monitor finds every helper here by name, old monitors included
 __all__ = ["RESTART", "finish", "give_up", "health", "prefork_start", "should_restart", "start"]
-
-RESTART = 10  # finish(): the monitor should start the container again
-
-
-def _policy_restarts(rec: Record, code: int) -> bool:
-    policy = rec.config.get("HostConfig", {}).get("RestartPolicy") or {}
-    name = policy.get("Name") or "no"
-    if rec.manual_stop or name == "no":
-        return False
-    if name in ("always", "unless-stopped"):
-        return True
-    limit = int(policy.get("MaximumRetryCount") or 0)
-    return code != 0 and (limit == 0 or rec.restart_count < limit)
-
-
-def finish(root: str, cid: str, status: str) -> int:
-    """Record the exit (code, OOM, time), clean up the runtime, decide about a restart."""
-    code = exit_status(int(status))
-    oom = False
-    with contextlib.suppress(Exception):
-        oom = Cgroups(f"cove/{cid}").oom_killed()
-    if oom:
-        code = 137
-    with contextlib.suppress(Exception):
-        runtime(root).delete(cid, force=True)
-    store = Store(root)
-    network_down(root, store.db, cid)
-    rec = store.get(cid)
-    if rec.status == Status.REMOVING:
-        return 0
-    if _policy_restarts(rec, code):
-        store.update(
-            cid,
-            status=Status.RESTARTING,
-            exit_code=code,
-            oom_killed=oom,
-            finished_at=now(),
-            restart_count=rec.restart_count + 1,
-        )
-        return RESTART
-    store.update(
-        cid,
-        status=Status.EXITED,
-        exit_code=code,
-        oom_killed=oom,
-        finished_at=now(),
-        monitor_pid=0,
-    )
-    if rec.config.get("HostConfig", {}).get("AutoRemove"):
-        with contextlib.suppress(Exception):
-            ContainerEngine(Engine(root)).discard(store.get(cid), volumes=True)
-    return 0
-
-
-def should_restart(root: str, cid: str) -> int:
-    """0 while a restart is still wanted (not stopped or removed meanwhile)."""
-    try:
-        rec = Store(root).get(cid)
-    except Exception:
-        return 1
-    return 0 if rec.status == Status.RESTARTING and not rec.manual_stop else 1
-
-
-def give_up(root: str, cid: str) -> int:
-    store = Store(root)
-    with contextlib.suppress(Exception):
-        rec = store.get(cid)
-        if rec.status == Status.RESTARTING:
-            store.update(cid, status=Status.EXITED, monitor_pid=0)
-    return 0
-
-
-def health(root: str, cid: str) -> int:
-    """Run the health check once inside the container and record it as Docker does."""
-    store = Store(root)
-    rec = store.get(cid)
-    if rec.status != Status.RUNNING:
-        return 0
-    hc = rec.config.get("Config", {}).get("Healthcheck") or {}
-    test = list(hc.get("Test") or [])
-    if not test or test[0] == "NONE":
-        return 0
-    args = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
-    timeout = (hc.get("Timeout") or 30_000_000_000) / 1e9
-    retries = hc.get("Retries") or 3
-    start_period = (hc.get("StartPeriod") or 0) / 1e9
-    begun = now()
-    ce = ContainerEngine(Engine(root))
-    try:
-        code, output = run_check(ce, rec, args, timeout)
-    except Exception as e:
-        code, output = -1, str(e)
-    ended = now()
-    rec = store.get(cid)
-    if rec.status != Status.RUNNING or rec.started_at > begun:
-        return 0  # the container stopped or restarted meanwhile: this result is stale
-    h = dict(rec.health or {"Status": "starting", "FailingStreak": 0, "Log": []})
-    log = list(h.get("Log") or [])
-    log.append({"Start": _ts(begun), "End": _ts(ended), "ExitCode": code, "Output": output[-4096:]})
-    h["Log"] = log[-5:]
-    if code == 0:
-        h["Status"], h["FailingStreak"] = "healthy", 0
-    elif begun - rec.started_at < start_period and h.get("Status") == "starting":
-        pass  # failures in the start period do not count
-    else:
-        h["FailingStreak"] = int(h.get("FailingStreak") or 0) + 1
-        if h["FailingStreak"] >= retries:
-            h["Status"] = "unhealthy"
-    store.update(cid, health=h)
-    return 0
-
-
-def _ts(t: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat().replace("+00:00", "Z")

@@ -11,7 +11,7 @@ from cove.engine import Engine
 
 def cmd_build(engine: Engine, args: argparse.Namespace) -> int:
     from cove.build.builder import BuildOptions, build
-    from cove.containers import ContainerEngine
+    from cove.containers.engine import ContainerEngine
 
     opts = BuildOptions(
         context=args.context,

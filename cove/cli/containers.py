@@ -51,7 +51,7 @@ VERBS = {
 
 
 def _ce(engine: Engine) -> Any:
-    from cove.containers import ContainerEngine
+    from cove.containers.engine import ContainerEngine
 
     return ContainerEngine(engine)
 
@@ -204,7 +204,7 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
     def go() -> int:
         import socket
 
-        from cove.containers import attach_stream, forward_signals_to
+        from cove.containers.engine import attach_stream, forward_signals_to
 
         rec = ce.get(args.containers[0])
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -284,7 +284,7 @@ def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
 
 def _sweep(ce: Any, *, everything: bool = False) -> list[str]:
     """Orphans of killed commands (``cove.sweep``); never fails the command it follows."""
-    from cove.sweep import sweep
+    from cove.containers.sweep import sweep
 
     try:
         return sweep(ce.root, ce.store, everything=everything)
@@ -310,7 +310,7 @@ def cmd_unpause(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.exec import ExecOptions, exec_in
+    from cove.containers.exec import ExecOptions, exec_in
 
     if not args.command:
         sys.stderr.write("Error: exec needs a command\n")
@@ -342,7 +342,7 @@ def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.containers import attach_stream, connect_attach, forward_signals_to
+    from cove.containers.engine import attach_stream, connect_attach, forward_signals_to
 
     ce = _ce(engine)
     rec = ce.get(args.container)
@@ -367,7 +367,7 @@ class _nullcontext:
 
 
 def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.logs import read_logs
+    from cove.containers.logs import read_logs
 
     ce = _ce(engine)
     rec = ce.get(args.container)
@@ -587,7 +587,7 @@ def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     rec = ce.get(args.container)
-    from cove.containers import container_only
+    from cove.containers.engine import container_only
 
     container_only(rec, "top")
     if rec.status.value not in ("running", "paused"):
@@ -663,7 +663,7 @@ def _split_cp(arg: str) -> tuple[str | None, str]:
 
 
 def cmd_cp(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.files import copy
+    from cove.containers.files import copy
 
     src_ctr, src = _split_cp(args.src)
     dst_ctr, dst = _split_cp(args.dest)
@@ -678,7 +678,7 @@ def cmd_cp(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_diff(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.files import diff
+    from cove.containers.files import diff
 
     for kind, path in diff(_ce(engine), args.container):
         print(f"{kind} {path}")
@@ -686,7 +686,7 @@ def cmd_diff(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_export(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.files import export
+    from cove.containers.files import export
 
     if not args.output and sys.stdout.isatty():
         sys.stderr.write(
@@ -698,7 +698,7 @@ def cmd_export(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_commit(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.files import commit
+    from cove.containers.files import commit
 
     image_id = commit(
         _ce(engine),

@@ -10,7 +10,7 @@ from cove.engine import Engine
 
 
 def _ce(engine: Engine) -> Any:
-    from cove.containers import ContainerEngine
+    from cove.containers.engine import ContainerEngine
 
     return ContainerEngine(engine)
 

@@ -211,7 +211,9 @@ class VMRun:
 
     def _create(self) -> str:
         from cove import container as ctr
-        from cove.containers import container_name, docker_config, log_config, self_ids
+        from cove.containers import lifecycle
+        from cove.containers.engine import container_name, docker_config, log_config
+        from cove.containers.lifecycle import self_ids
         from cove.spec import image as spec
         from cove.spec.vm import PortForward
         from cove.state import OP_CREATE, Record, now
@@ -267,7 +269,7 @@ class VMRun:
         name = (opts.name or container_name(cid)).removeprefix("/")
         rec = Record(cid, name, opts.image, img.id, now(), op=OP_CREATE, op_pid=me,
                      op_start=me_start)  # fmt: skip
-        ce.store.add(rec)
+        lifecycle.add(ce.store, rec)
         self.cid = cid
         try:
             cdir = ce.cdir(cid)
@@ -332,7 +334,7 @@ class VMRun:
                 volumes=[(f"cove{i}", t, ro) for i, (_, t, ro) in enumerate(self.volumes)],
             )
             agent.run_initrd(self.base_initrd, run_cfg, self.files.initrd)
-            ce.store.update(cid, config=config, op="", op_pid=0, op_start=0)
+            lifecycle.created(ce.store, cid, config, keep_op=False)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.cleanup(remove=True)
@@ -561,25 +563,21 @@ class VMRun:
 def _record_start(ce: Any, cid: str, qemu: int) -> None:
     """QEMU is the run's process (``kill`` ends it); this supervisor is its monitor (``stop``
     and ``kill -s`` reach the command through it)."""
+    from cove.containers import lifecycle
     from cove.runtime.api import proc_start_time
-    from cove.state import Status, now
 
-    me = os.getpid()
-    ce.store.update(cid, status=Status.RUNNING, pid=qemu, start_time=proc_start_time(qemu) or 0,
-                    started_at=now(), monitor_pid=me,
-                    monitor_start=proc_start_time(me) or 0)  # fmt: skip
+    lifecycle.running_here(ce.store, cid, pid=qemu, start_time=proc_start_time(qemu) or 0)
 
 
 def _record_exit(ce: Any, run: VMRun, code: int) -> None:
-    from cove.state import Status, now
+    from cove.containers import lifecycle
 
     with contextlib.suppress(Exception):
-        ce.store.update(run.cid, status=Status.EXITED, exit_code=code, finished_at=now(),
-                        monitor_pid=0, pid=0)  # fmt: skip
+        lifecycle.exited(ce.store, run.cid, code, clear_pid=True)
 
 
 def _log(ce: Any, cid: str) -> Any:
-    from cove.jsonlog import Log
+    from cove.containers.jsonlog import Log
 
     cfg = ce.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
     return Log(ce.log_path(cid), int(cfg.get("MaxSize", 0)), int(cfg.get("MaxFile", 1)))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cove.jsonlog import _MAX_LINE, Log
-from cove.logs import _files, read_logs
+from cove.containers.jsonlog import _MAX_LINE, Log
+from cove.containers.logs import _files, read_logs
 from cove.state import Record, Status
 
 KIB16 = 16 * 1024

@@ -17,12 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from cove import private
+from cove.containers import lifecycle
+from cove.containers.jsonlog import Log
+from cove.containers.lifecycle import alive, crash_point, self_ids
+from cove.containers.netattach import network_down, network_up
+from cove.containers.startup import prefork_start
 from cove.engine import Engine
 from cove.errors import Conflict, InvalidSpec, NotFound, StateError
-from cove.jsonlog import Log
-from cove.netattach import network_down, network_up
 from cove.spec import image as spec
-from cove.startup import prefork_start
 from cove.state import OP_CREATE, OP_REMOVE, OP_START, Record, Status, Store, now
 
 _ADJECTIVES = (
@@ -71,29 +73,6 @@ def container_name(cid: str) -> str:
     return f"{_ADJECTIVES[n % len(_ADJECTIVES)]}_{_NAMES[(n >> 8) % len(_NAMES)]}_{cid[:4]}"
 
 
-def alive(pid: int, start_time: int) -> bool:
-    """The process is there, is the one we recorded (not a reused pid), and is not a zombie
-    (a dead process whose parent has not reaped it yet)."""
-    from cove.sys.proc import alive as proc_alive
-
-    return proc_alive(pid, start_time)
-
-
-def crash_point(name: str) -> None:
-    """Tests kill cove at named steps (``COVE_CRASH_AT``) to prove nothing half-made stays,
-    or stop it there (``COVE_STOP_AT``, SIGSTOP) to run another command in that window."""
-    if os.environ.get("COVE_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("COVE_STOP_AT") == name:
-        os.kill(os.getpid(), signal.SIGSTOP)
-
-
-def self_ids() -> tuple[int, int]:
-    from cove.runtime.api import proc_start_time
-
-    return os.getpid(), proc_start_time(os.getpid()) or 0
-
-
 class ContainerEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -114,7 +93,7 @@ class ContainerEngine:
         return os.path.join(self.cdir(cid), f"{cid}-json.log")
 
     def volumes(self) -> Any:
-        from cove.volumes import Volumes
+        from cove.containers.volumes import Volumes
 
         return Volumes(self.root, self.store)
 
@@ -142,17 +121,12 @@ class ContainerEngine:
                 self._purge(rec)
                 raise NotFound(f"no such container: {rec.id}")
             if rec.op == OP_START:
-                from cove.sweep import destroy_runtime
+                from cove.containers.sweep import destroy_runtime
 
                 with contextlib.suppress(Exception):  # also a create killed before state.json
                     destroy_runtime(self.root, rec.id)
                 network_down(self.root, self.store.db, rec.id)
-                back = Status.EXITED if rec.started_at else Status.CREATED
-                self.store.db.execute(
-                    "UPDATE containers SET status = ?, op = '', op_pid = 0, op_start = 0, "
-                    "monitor_pid = 0, pid = 0 WHERE id = ?",
-                    (back.value, rec.id),
-                )
+                lifecycle.rollback_start(self.store, rec)
                 return self.store.get(rec.id)
         if rec.op or not rec.status.can_kill():
             return rec
@@ -179,23 +153,15 @@ class ContainerEngine:
 
             with contextlib.suppress(Exception):
                 Cgroups(f"cove/{rec.id}").destroy()
-        # only if nothing changed since we looked: the monitor may have recorded the exit
-        # and exited between our read and its liveness check
         code = 137 if running else (rec.exit_code if rec.status == Status.RESTARTING else 255)
-        self.store.db.execute(
-            "UPDATE containers SET status = ?, exit_code = ?, finished_at = ?, pid = 0, "
-            "monitor_pid = 0, error = ? WHERE id = ? AND status = ? AND pid = ? "
-            "AND monitor_pid = ? AND finished_at = ?",
-            (Status.EXITED.value, code, now(), "container monitor died", rec.id,
-             rec.status.value, rec.pid, rec.monitor_pid, rec.finished_at),
-        )  # fmt: skip
+        lifecycle.monitor_died(self.store, rec, code)
         return self.store.get(rec.id)
 
     def _purge(self, rec: Record) -> None:
         """Remove every trace of a container: processes, cgroups, files, the row."""
         import shutil
 
-        from cove.sweep import destroy_runtime
+        from cove.containers.sweep import destroy_runtime
 
         if alive(rec.monitor_pid, rec.monitor_start):
             with contextlib.suppress(ProcessLookupError):
@@ -208,7 +174,7 @@ class ContainerEngine:
         network_down(self.root, self.store.db, rec.id)
         shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
         shutil.rmtree(f"/run/cove-vm/{rec.id[:20]}", ignore_errors=True)  # a vm run's sockets
-        self.store.remove(rec.id)
+        lifecycle.delete(self.store, rec.id)
 
     # -- create ---------------------------------------------------------------
 
@@ -265,7 +231,7 @@ class ContainerEngine:
                 "are allowed"
             )
         ctr.check_etc_inputs(opts)  # before the row: a refused value leaves nothing behind
-        self.store.add(rec)
+        lifecycle.add(self.store, rec)
         crash_point("create-row")
         cdir = self.cdir(cid)
         try:
@@ -337,10 +303,7 @@ class ContainerEngine:
                     key: {},
                 }
             config["LogPath"] = self.log_path(cid)
-            if op:
-                self.store.update(cid, config=config)
-            else:
-                self.store.update(cid, config=config, op="", op_pid=0, op_start=0)
+            lifecycle.created(self.store, cid, config, keep_op=bool(op))
         except BaseException:
             with contextlib.suppress(Exception):
                 self._purge(self.store.get(cid))
@@ -534,22 +497,7 @@ class ContainerEngine:
             if not rec.status.can_start():
                 raise StateError(f"container {rec.name} is {rec.status}: cannot start it")
             me, me_start = self_ids()
-            self.store.db.execute("BEGIN IMMEDIATE")
-            try:
-                cur = self.store.db.execute(
-                    "SELECT op, status FROM containers WHERE id = ?", (rec.id,)
-                ).fetchone()
-                if cur is None or cur[0] or not Status(cur[1]).can_start():
-                    raise Conflict(f"container {rec.name} is being changed by another command")
-                self.store.db.execute(
-                    "UPDATE containers SET op = ?, op_pid = ?, op_start = ?, manual_stop = 0, "
-                    "restart_count = 0, error = '' WHERE id = ?",
-                    (OP_START, me, me_start, rec.id),
-                )
-                self.store.db.execute("COMMIT")
-            except BaseException:
-                self.store.db.execute("ROLLBACK")
-                raise
+            lifecycle.begin_start(self.store, rec, me, me_start)
         cfg = rec.config
         hc = cfg.get("Config", {}).get("Healthcheck") or {}
         interval = hc.get("Interval") or 30_000_000_000
@@ -589,13 +537,7 @@ class ContainerEngine:
                 mpid = int(line)
                 mstart = proc_start_time(mpid) or 0
                 crash_point("start-before-handoff")
-                self.store.update(
-                    rec.id,
-                    op_pid=mpid,
-                    op_start=mstart,
-                    monitor_pid=mpid,
-                    monitor_start=mstart,
-                )
+                lifecycle.hand_off(self.store, rec.id, mpid, mstart)
                 crash_point("start-handoff")
                 os.write(go_w, b"g")
             finally:
@@ -699,23 +641,12 @@ class ContainerEngine:
             oom = created.cgroups.oom_killed()
             if oom:
                 code = 137
-            self.store.update(
-                cid,
-                status=Status.EXITED,
-                exit_code=code,
-                oom_killed=oom,
-                finished_at=now(),
-                monitor_pid=0,
-            )
+            lifecycle.exited(self.store, cid, code, oom=oom)
             return code
         except BaseException as e:
             code = e.exit_code if isinstance(e, ContainerStartError) else 125
             with contextlib.suppress(Exception):
-                rec = self.store.get(cid)
-                fields: dict[str, Any] = {"exit_code": code, "monitor_pid": 0, "error": str(e)}
-                if rec.status == Status.RUNNING:
-                    fields.update(status=Status.EXITED, finished_at=now())
-                self.store.update(cid, **fields)
+                lifecycle.run_failed(self.store, cid, code, str(e))
             raise
         finally:
             for fd in (*outputs, stdin_w):
@@ -734,18 +665,14 @@ class ContainerEngine:
         running with this process as its monitor (the foreground paths)."""
         from cove.runtime.api import proc_start_time
 
-        me, me_start = self_ids()
         created = runtime.create(cid, self.cdir(cid), stdio=stdio)
         rec = self.store.get(cid)
         rec.config["NetworkSettings"] = network_up(self.root, self.store.db, rec, created.pid)
-        self.store.update(
+        lifecycle.running_here(
+            self.store,
             cid,
-            status=Status.RUNNING,
             pid=created.pid,
             start_time=proc_start_time(created.pid) or 0,
-            started_at=now(),
-            monitor_pid=me,
-            monitor_start=me_start,
             config=rec.config,
         )
         return created
@@ -774,9 +701,7 @@ class ContainerEngine:
             _start_exec(runtime, cid, created)
             status = pump(outputs, created.pid, NO_LOG, echo)
             code = 137 if created.cgroups.oom_killed() else exit_status(status)
-            self.store.update(
-                cid, status=Status.EXITED, exit_code=code, finished_at=now(), monitor_pid=0
-            )
+            lifecycle.exited(self.store, cid, code)
             return code
         finally:
             for fd in outputs:
@@ -827,7 +752,7 @@ class ContainerEngine:
         rec = self.get(ref)
         if not rec.status.can_kill():
             return rec
-        self.store.update(rec.id, manual_stop=True)
+        lifecycle.stop_requested(self.store, rec.id)
         if rec.status == Status.RESTARTING:
             self._signal_monitor(rec)
             return self._await_exit(rec, 10)
@@ -875,14 +800,14 @@ class ContainerEngine:
 
         rec = self.get(ref)
         if rec.status == Status.RESTARTING:  # Docker: a kill ends the restart loop
-            self.store.update(rec.id, manual_stop=True)
+            lifecycle.stop_requested(self.store, rec.id)
             self._signal_monitor(rec)
             return self._await_exit(rec, 10)
         if rec.status not in (Status.RUNNING, Status.PAUSED):
             raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
         stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
         if sig in (signal.SIGKILL, stop_sig):
-            self.store.update(rec.id, manual_stop=True)
+            lifecycle.stop_requested(self.store, rec.id)
         # a vm run: SIGKILL ends its QEMU; other signals go to the command through the monitor
         os.kill(rec.monitor_pid if _is_vm(rec) and sig != signal.SIGKILL else rec.pid, sig)
         if sig == signal.SIGKILL:
@@ -927,7 +852,7 @@ class ContainerEngine:
         if not rec.status.can_pause():
             raise Conflict(f"container {rec.id} is not running")
         self._freeze(rec, True)
-        self.store.update(rec.id, status=Status.PAUSED)
+        lifecycle.paused(self.store, rec.id, True)
         return self.store.get(rec.id)
 
     def unpause(self, ref: str) -> Record:
@@ -936,7 +861,7 @@ class ContainerEngine:
         if not rec.status.can_unpause():
             raise Conflict(f"container {rec.id} is not paused")
         self._freeze(rec, False)
-        self.store.update(rec.id, status=Status.RUNNING)
+        lifecycle.paused(self.store, rec.id, False)
         return self.store.get(rec.id)
 
     # -- remove -----------------------------------------------------------------
@@ -955,14 +880,7 @@ class ContainerEngine:
         if rec.op and alive(rec.op_pid, rec.op_start):
             raise Conflict(f"container {rec.name} is being changed by another command")
         me, me_start = self_ids()
-        self.store.update(
-            rec.id,
-            status=Status.REMOVING,
-            op=OP_REMOVE,
-            op_pid=me,
-            op_start=me_start,
-            manual_stop=True,
-        )
+        lifecycle.begin_remove(self.store, rec.id, me, me_start)
         crash_point("remove-marked")
         if running:
             with contextlib.suppress(ProcessLookupError):
@@ -1015,8 +933,6 @@ class ContainerEngine:
         return out
 
     def rename(self, ref: str, new: str) -> None:
-        import sqlite3
-
         rec = self.get(ref)
         new = new.removeprefix("/")
         if not _valid_name(new):
@@ -1026,12 +942,7 @@ class ContainerEngine:
             )
         if new == rec.name:
             raise InvalidSpec("renaming a container with the same name as its current name")
-        try:
-            self.store.db.execute("UPDATE containers SET name = ? WHERE id = ?", (new, rec.id))
-        except sqlite3.IntegrityError as e:
-            raise Conflict(
-                f'the container name "/{new}" is already in use by another container'
-            ) from e
+        lifecycle.rename(self.store, rec.id, new)
         if rec.status in (Status.RUNNING, Status.PAUSED):
             with contextlib.suppress(Exception):
                 self.networks().rename(rec.id, new)
@@ -1077,7 +988,7 @@ class ContainerEngine:
             ncfg["PrimaryDetached"] = False
         else:
             extra.append({"Network": n.name, "Aliases": list(aliases), "IPv4Address": ip})
-        self.store.update(rec.id, config=cfg)
+        lifecycle.set_config(self.store, rec.id, cfg)
 
     def disconnect(self, net_ref: str, ref: str) -> None:
         rec = self.get(ref)
@@ -1107,7 +1018,7 @@ class ContainerEngine:
             if any(p.container_port == int(k.split("/")[0]) for p in nm.store.ports(rec.id))
         }  # fmt: skip
         cfg["NetworkSettings"] = ns
-        self.store.update(rec.id, config=cfg)
+        lifecycle.set_config(self.store, rec.id, cfg)
 
     def network_users(self) -> dict[str, str]:
         return {r.id: r.name for r in self.store.all()}
@@ -1359,7 +1270,10 @@ def docker_config(
 
 def _monitor_argv(args: dict[str, str]) -> list[str]:
     """A fresh interpreter without site (-I -S): the monitor's memory is every container's
-    cost. Our sys.path is handed over so it finds cove and, in its helpers, the deps."""
+    cost. Our sys.path is handed over so it finds cove and, in its helpers, the deps.
+
+    The command line names ``cove.monitor`` (a shim over ``cove.containers.monitor``), as
+    it always has: ps/pgrep users find monitors by it."""
     import cove
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(cove.__file__)))

@@ -13,8 +13,9 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any
 
-from cove.netattach import network_down, network_up
-from cove.state import Status, Store, now
+from cove.containers import lifecycle
+from cove.containers.netattach import network_down, network_up
+from cove.state import Status, Store
 
 if TYPE_CHECKING:
     from cove.runtime.api import Runtime
@@ -53,38 +54,18 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
         with contextlib.suppress(Exception):
             rt.delete(cid, force=True)
         network_down(root, store.db, cid)
-        back = rec.status if rec.status != Status.RESTARTING else Status.EXITED
-        if rec.status == Status.RESTARTING:
-            fields: dict[str, Any] = {"status": back, "finished_at": now()}
-        else:
-            fields = {}
-        store.update(
-            cid,
-            op="",
-            op_pid=0,
-            op_start=0,
-            exit_code=code,
-            error=str(e),
-            monitor_pid=0,
-            **fields,
-        )
+        lifecycle.start_failed(store, rec, code, str(e))
         sock.send(f"{code} {e}".encode())
         return 1
     health: dict[str, Any] = {}
     if rec.config.get("Config", {}).get("Healthcheck"):
         health = {"Status": "starting", "FailingStreak": 0, "Log": []}
-    store.update(
+    lifecycle.started(
+        store,
         cid,
-        config=rec.config,
-        status=Status.RUNNING,
         pid=created.pid,
         start_time=proc_start_time(created.pid) or 0,
-        started_at=now(),
-        op="",
-        op_pid=0,
-        op_start=0,
-        error="",
-        oom_killed=False,
+        config=rec.config,
         health=health,
     )
     msg = f"ok {created.pid}".encode()
