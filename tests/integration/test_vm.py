@@ -397,8 +397,13 @@ def test_reality_wins_and_bad_input(vms: CoveRunner, cove_root: Path, kernel: vm
     proc = vms("vm", "start", "broken", check=False)
     assert proc.returncode != 0 and "qemu" in proc.stderr.lower()
     assert inspect(vms, "broken")["State"]["Status"] == "created"
-    assert vms("vm", "start", "nope", check=False).returncode != 0
-    assert vms("vm", "create", "r1", "--disk", "1G", check=False).returncode != 0  # name taken
+    nope = vms("vm", "start", "nope", check=False)
+    assert nope.returncode != 0 and "no such vm: nope" in nope.stderr, nope
+    # a taken name is refused for that reason, and the VM holding it is left as it was
+    before = inspect(vms, "r1")
+    taken = vms("vm", "create", "r1", "--disk", "1G", check=False)
+    assert taken.returncode != 0 and "the vm name 'r1' is already in use" in taken.stderr, taken
+    assert inspect(vms, "r1") == before
 
 
 def test_kernel_fetch(cove: CoveRunner) -> None:
