@@ -298,8 +298,13 @@ _STRICT_TYPES = {"proc", "sysfs", "mqueue", "devpts", "cgroup", "cgroup2"}
 _STRICT_TREES = ("/proc", "/sys", "/dev")
 
 
+def _abs(path: str) -> str:
+    """``path`` made absolute and normal: "/" + "/dev" would keep POSIX's leading "//"."""
+    return "/" + os.path.normpath("/" + path).lstrip("/")
+
+
 def _is_strict(m: Mount) -> bool:
-    dest = os.path.normpath("/" + m.destination)
+    dest = _abs(m.destination)
     return m.type in _STRICT_TYPES or any(
         dest == t or dest.startswith(t + "/") for t in _STRICT_TREES
     )
@@ -609,7 +614,7 @@ def _open_kernel_path(rootfd: int, pinned: dict[str, int], path: str) -> int | N
     check reads the host's own tree, still our root at this point, never the image).
     Elsewhere it resolves inside the rootfs, and a missing path is skipped, as runc does.
     """
-    norm = os.path.normpath("/" + path)
+    norm = _abs(path)
     for dest, fd in pinned.items():
         if norm == dest or norm.startswith(dest + "/"):
             rel = norm[len(dest) :].lstrip("/") or "."
