@@ -150,7 +150,24 @@ def _vm_opts(args: argparse.Namespace) -> Any:
     )
 
 
+def _stdin_tty_refused(args: argparse.Namespace) -> bool:
+    """Docker's CheckTty: attaching stdin to a container TTY (``-it`` without ``-d``) needs
+    a terminal on our own stdin; say so and refuse before anything is created. ``-t``
+    alone still runs with a TTY allocated, as Docker does."""
+    if not (args.interactive and args.tty) or getattr(args, "detach", False):
+        return False
+    try:
+        if os.isatty(sys.stdin.fileno()):
+            return False
+    except (AttributeError, ValueError, OSError):
+        pass  # no usable stdin at all: not a terminal either
+    sys.stderr.write("the input device is not a TTY\n")
+    return True
+
+
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
+    if _stdin_tty_refused(args):
+        return 1
     opts = _opts(args)
     ce = _ce(engine)
     if getattr(args, "vm", False) or getattr(args, "isolation", "container") == "vm":
@@ -315,6 +332,8 @@ def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
     if not args.command:
         sys.stderr.write("Error: exec needs a command\n")
         return 125
+    if _stdin_tty_refused(args):
+        return 1
     o = ExecOptions(
         command=list(args.command),
         detach=args.detach,
@@ -859,7 +878,8 @@ def cmd_volume_ls(engine: Engine, args: argparse.Namespace) -> int:
         return 0
     print(
         fmt.format_rows(
-            args.format, ["DRIVER", "VOLUME NAME"], rows, lambda r: [r["Driver"], r["Name"]]
+            args.format, ["DRIVER", "VOLUME NAME"], rows, lambda r: [r["Driver"], r["Name"]],
+            kind="volume",
         )
     )
     return 0

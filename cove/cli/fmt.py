@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from cove.errors import CoveError
+from cove.spec import gotemplate
 from cove.spec.units import human_size as human_size  # re-exported: the CLI's tables use it
 
 
@@ -62,34 +63,52 @@ def ago(text: str) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns padded with at least three spaces, as Docker's tabwriter prints."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)]
-        lines.append("   ".join([*cells, row[-1]]).rstrip())
-    return "\n".join(lines)
+    """Columns as Docker's tabwriter (minwidth 10, padding 3) prints them."""
+    return tabwrite(["\t".join(r) for r in [headers, *rows]])
 
 
-_FIELD = re.compile(r"\{\{\s*(json\s+)?\.([A-Za-z_][A-Za-z0-9_.]*)?\s*\}\}")
+def tabwrite(lines: Sequence[str]) -> str:
+    """Go's text/tabwriter as Docker configures it (minwidth 10, tabwidth 1, padding 3,
+    spaces): a tab-terminated cell is padded to its column's widest cell plus 3, at least
+    10; a line's last cell is not padded. Trailing blanks are dropped."""
+    split = [ln.split("\t") for ln in lines]
+    widths: list[int] = []
+    for cells in split:
+        for i, c in enumerate(cells[:-1]):
+            if i == len(widths):
+                widths.append(0)
+            widths[i] = max(widths[i], len(c))
+    out = []
+    for cells in split:
+        padded = [c.ljust(max(widths[i] + 3, 10)) for i, c in enumerate(cells[:-1])]
+        out.append(("".join(padded) + cells[-1]).rstrip())
+    return "\n".join(out)
+
+
+def _template(source: str, exit_code: int = 1) -> gotemplate.Template:
+    """Parse a ``--format`` template; a bad one ends the command as Docker's CLI does: one
+    ``template parsing error: ...`` line and ``exit_code`` (64 for inspect, else 1)."""
+    try:
+        return gotemplate.parse(source)
+    except gotemplate.TemplateError as e:
+        sys.stderr.write(f"template parsing error: {e}\n")
+        raise SystemExit(exit_code) from e
+
+
+def _execute(
+    tmpl: gotemplate.Template, obj: Any, funcs: dict[str, Callable[..., Any]] | None = None
+) -> str:
+    try:
+        return tmpl.execute(obj, funcs)
+    except gotemplate.TemplateError as e:
+        sys.stderr.write(f"template parsing error: {e}\n")
+        raise SystemExit(1) from e
 
 
 def render(template: str, obj: dict[str, Any]) -> str:
-    """The subset of Go templates people use with ``--format``: ``{{.Field}}``, ``{{json .}}``."""
-    template = template.replace("\\t", "\t").replace("\\n", "\n")
-
-    def sub(m: re.Match[str]) -> str:
-        value: Any = obj
-        for part in (m.group(2) or "").split("."):
-            if part:
-                value = value.get(part, "") if isinstance(value, dict) else ""
-        if m.group(1):
-            return json.dumps(value)
-        return str(value) if not isinstance(value, (dict, list)) else json.dumps(value)
-
-    return _FIELD.sub(sub, template)
+    """One object through a Go template as ``inspect -f`` does (no ``\\t`` rewriting:
+    Docker's inspect passes the template to text/template unchanged)."""
+    return _execute(_template(template, 64), obj)
 
 
 # Docker's column titles for the fields people put in ``table`` templates
@@ -111,6 +130,33 @@ HEADERS = {
     "CreatedSince": "CREATED",
     "Name": "NAME",
     "Driver": "DRIVER",
+    "Scope": "SCOPE",
+    "Labels": "LABELS",
+    "Mounts": "MOUNTS",
+    "Networks": "NETWORKS",
+    "LocalVolumes": "LOCAL VOLUMES",
+    "Mountpoint": "MOUNTPOINT",
+    "IPv6": "IPV6",
+    "Internal": "INTERNAL",
+    "CreatedBy": "CREATED BY",
+    "Comment": "COMMENT",
+    "Container": "CONTAINER",
+    "CPUPerc": "CPU %",
+    "MemUsage": "MEM USAGE / LIMIT",
+    "MemPerc": "MEM %",
+    "NetIO": "NET I/O",
+    "BlockIO": "BLOCK I/O",
+    "PIDs": "PIDS",
+}
+
+# where a list verb titles a field differently from ``ps`` (Docker's per-kind contexts)
+KIND_HEADERS: dict[str, dict[str, str]] = {
+    "container": {},
+    "image": {"ID": "IMAGE ID"},
+    "history": {"ID": "IMAGE", "CreatedSince": "CREATED"},
+    "network": {"ID": "NETWORK ID"},
+    "volume": {"Name": "VOLUME NAME"},
+    "stats": {},
 }
 
 
@@ -119,22 +165,25 @@ def format_rows(
     headers: Sequence[str],
     objs: Sequence[dict[str, Any]],
     to_row: Callable[[dict[str, Any]], Sequence[str]],
+    kind: str = "container",
 ) -> str:
-    """Render objects as a table (default), JSON lines (``json``) or a Go-style template;
-    ``table TEMPLATE`` aligns its tab-separated cells under Docker's column titles."""
+    """Render objects as Docker's list verbs do: the default table (no format or ``table``),
+    JSON lines (``json``), or a Go template per object; ``table TEMPLATE`` puts a header
+    row of Docker's column titles over tab-aligned columns. As Docker's formatter, the
+    template loses ``table`` and surrounding spaces and has ``\\t``/``\\n`` made real."""
     if not fmt or fmt == "table":
         return table(headers, [to_row(o) for o in objs])
-    if fmt == "json":
-        return "\n".join(json.dumps(o) for o in objs)
-    if fmt.startswith("table "):
-        cells = fmt[len("table ") :].replace("\\t", "\t").split("\t")
-        head = [
-            re.sub(r"\{\{\s*\.([A-Za-z_]+)\s*\}\}",
-                   lambda m: HEADERS.get(m.group(1), m.group(1).upper()), c)
-            for c in cells
-        ]  # fmt: skip
-        return table(head, [[render(c, o) for c in cells] for o in objs])
-    return "\n".join(render(fmt, o) for o in objs)
+    is_table = fmt.startswith("table")
+    source = "{{json .}}" if fmt == "json" else fmt[len("table") :] if is_table else fmt
+    source = source.strip(" ").replace("\\t", "\t").replace("\\n", "\n")
+    tmpl = _template(source)
+    body = [_execute(tmpl, o) for o in objs]
+    if not is_table:
+        return "\n".join(body)
+    titles = {**HEADERS, **KIND_HEADERS[kind]}
+    head = {f: titles.get(f, f.upper()) for f in tmpl.fields()}
+    header = _execute(tmpl, head, gotemplate.HEADER_FUNCS)
+    return tabwrite("\n".join([header, *body]).split("\n"))
 
 
 def ago_ts(t: float) -> str:
@@ -156,8 +205,9 @@ def inspect_each(
             sys.stderr.write(f"Error: {e}\n")
             rc = 1
     if template:
+        tmpl = _template(template, 64)
         for o in out:
-            print(render(template, o))
+            print(_execute(tmpl, o))
     else:
         print(json.dumps(out, indent=4))
     return rc

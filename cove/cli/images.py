@@ -88,7 +88,7 @@ def cmd_images(engine: Engine, args: argparse.Namespace) -> int:
         digest = [o["Digest"]] if args.digests else []
         return [o["Repository"], o["Tag"], *digest, o["ID"], o["CreatedSince"], o["Size"]]
 
-    out = fmt.format_rows(args.format, headers, objs, to_row)
+    out = fmt.format_rows(args.format, headers, objs, to_row, kind="image")
     if out:
         print(out)
     return 0
@@ -178,6 +178,7 @@ def cmd_history(engine: Engine, args: argparse.Namespace) -> int:
     out = fmt.format_rows(
         args.format, headers, objs,
         lambda o: [o["ID"], o["CreatedSince"], o["CreatedBy"], o["Size"], o["Comment"]],
+        kind="history",
     )  # fmt: skip
     print(out)
     return 0

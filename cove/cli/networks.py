@@ -46,7 +46,8 @@ def cmd_ls(engine: Engine, args: argparse.Namespace) -> int:
         print("\n".join(r["ID"] or r["Name"] for r in rows))
         return 0
     print(fmt.format_rows(args.format, ["NETWORK ID", "NAME", "DRIVER", "SCOPE"], rows,
-                          lambda r: [r["ID"], r["Name"], r["Driver"], r["Scope"]]))  # fmt: skip
+                          lambda r: [r["ID"], r["Name"], r["Driver"], r["Scope"]],
+                          kind="network"))  # fmt: skip
     return 0
 
 
