@@ -150,11 +150,12 @@ def _vm_opts(args: argparse.Namespace) -> Any:
     )
 
 
-def _stdin_tty_refused(args: argparse.Namespace) -> bool:
-    """Docker's CheckTty: attaching stdin to a container TTY (``-it`` without ``-d``) needs
-    a terminal on our own stdin; say so and refuse before anything is created. ``-t``
-    alone still runs with a TTY allocated, as Docker does."""
-    if not (args.interactive and args.tty) or getattr(args, "detach", False):
+def _stdin_tty_refused(attach_stdin: bool, tty: bool) -> bool:
+    """Docker's CheckTty: attaching stdin to a container TTY (``run/exec -it`` without
+    ``-d``, ``attach`` to a TTY container) needs a terminal on our own stdin; say so and
+    refuse before anything is created. ``-t`` alone still runs with a TTY allocated, as
+    Docker does."""
+    if not (attach_stdin and tty):
         return False
     try:
         if os.isatty(sys.stdin.fileno()):
@@ -166,7 +167,7 @@ def _stdin_tty_refused(args: argparse.Namespace) -> bool:
 
 
 def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
-    if _stdin_tty_refused(args):
+    if _stdin_tty_refused(args.interactive and not args.detach, args.tty):
         return 1
     opts = _opts(args)
     ce = _ce(engine)
@@ -332,7 +333,7 @@ def cmd_exec(engine: Engine, args: argparse.Namespace) -> int:
     if not args.command:
         sys.stderr.write("Error: exec needs a command\n")
         return 125
-    if _stdin_tty_refused(args):
+    if _stdin_tty_refused(args.interactive and not args.detach, args.tty):
         return 1
     o = ExecOptions(
         command=list(args.command),
@@ -368,8 +369,10 @@ def cmd_attach(engine: Engine, args: argparse.Namespace) -> int:
     if rec.status.value != "running":
         sys.stderr.write("Error: you cannot attach to a stopped container, start it first\n")
         return 1
-    sock = connect_attach(ce, rec)
     cfg = rec.config.get("Config", {})
+    if _stdin_tty_refused(not args.no_stdin, bool(cfg.get("Tty"))):
+        return 1
+    sock = connect_attach(ce, rec)
     interactive = bool(cfg.get("OpenStdin")) and not args.no_stdin
     ctx = forward_signals_to(ce, rec.id) if args.sig_proxy else _nullcontext()
     with ctx:

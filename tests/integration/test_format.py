@@ -93,3 +93,15 @@ def test_it_without_a_terminal(
     det = _run(cove_root, "run", "-dit", "--name", "detached", "alpine:3.20", "sh")
     assert det.returncode == 0, det
     assert "detached" in cove("ps", "--format", "{{.Names}}").stdout.split()
+
+
+def test_attach_to_a_tty_container_without_a_terminal(
+    cove: CoveRunner, cove_root: Path, alpine: str
+) -> None:
+    """Docker's attach checks the same: stdin attached to a TTY container needs a terminal."""
+    cove("run", "-dit", "--name", "ttyc", "alpine:3.20", "sh")
+    got = _run(cove_root, "attach", "ttyc")
+    assert (got.returncode, got.stdout, got.stderr) == (1, "", "the input device is not a TTY\n")
+    # nothing was disturbed: the container still runs and still takes commands
+    assert cove("ps", "--format", "{{.Names}} {{.State}}").stdout == "ttyc running\n"
+    assert cove("exec", "ttyc", "echo", "alive").stdout == "alive\n"
