@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.containers.engine import container_only
+from cove.containers.isolation import container_only
 from cove.errors import Conflict
 from cove.state import Record, Status
 

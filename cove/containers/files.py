@@ -73,7 +73,7 @@ def copy(
     ref = src_ctr or dst_ctr
     assert ref is not None
     rec = ce.get(ref)
-    from cove.containers.engine import container_only
+    from cove.containers.isolation import container_only
 
     container_only(rec, "cp")
     if src_ctr is not None:
@@ -91,7 +91,7 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
     from cove.rootfs import changes
 
     rec = ce.get(ref)
-    from cove.containers.engine import container_only
+    from cove.containers.isolation import container_only
 
     container_only(rec, "diff")
     layers = ce.layers_top_first(rec)
@@ -103,7 +103,7 @@ def export(ce: Any, ref: str, output: str | None) -> None:
     from cove.rootfs import write_merged_tar
 
     rec = ce.get(ref)
-    from cove.containers.engine import container_only
+    from cove.containers.isolation import container_only
 
     container_only(rec, "export")
     layers = ce.layers_top_first(rec)
@@ -153,7 +153,7 @@ def commit(
     from cove.spec import reference as refs
 
     rec = ce.get(ref)
-    from cove.containers.engine import container_only
+    from cove.containers.isolation import container_only
 
     container_only(rec, "commit")
     names = [refs.parse(repository)] if repository else []

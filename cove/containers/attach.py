@@ -1,0 +1,92 @@
+"""The client end of an attach: framed output from a monitor's socket to our stdio, our
+stdin to it, and signals forwarded to whatever process the container runs now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+from cove.containers.lifecycle import alive
+from cove.errors import Conflict
+from cove.state import Record
+
+if TYPE_CHECKING:
+    from cove.containers.engine import ContainerEngine
+
+
+def forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
+    """Signals to whatever process the container runs now (it may have restarted)."""
+    from cove.engine_io import forward_signals
+
+    def current() -> int:
+        rec = ce.store.get(cid)
+        return rec.pid if alive(rec.pid, rec.start_time) else 0
+
+    return forward_signals(current)
+
+
+def attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
+    """Copy a monitor's framed output to our stdout/stderr, our stdin to it, until it ends."""
+    import select
+
+    stdin = 0
+    saved = None
+    if tty and interactive and os.isatty(stdin):
+        import termios
+        import tty as ttymod
+
+        saved = termios.tcgetattr(stdin)
+        ttymod.setraw(stdin)
+    buf = b""
+    fds = [sock.fileno()] + ([stdin] if interactive else [])
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select(fds, [], [])
+            except InterruptedError:
+                continue
+            if sock.fileno() in ready:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= 8:
+                    size = int.from_bytes(buf[4:8], "big")
+                    if len(buf) < 8 + size:
+                        break
+                    out = 2 if buf[0] == 2 else 1
+                    os.write(out, buf[8 : 8 + size])
+                    buf = buf[8 + size :]
+            if interactive and stdin in ready:
+                data = os.read(stdin, 65536)
+                if not data:
+                    fds.remove(stdin)
+                    import socket
+
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_WR)
+                else:
+                    sock.sendall(data)
+    finally:
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        sock.close()
+
+
+def connect_attach(ce: ContainerEngine, rec: Record) -> Any:
+    import socket
+
+    dfd = os.open(ce.cdir(rec.id), os.O_PATH | os.O_DIRECTORY)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(f"/proc/self/fd/{dfd}/attach.sock")
+    except OSError as e:
+        s.close()
+        raise Conflict(f"cannot attach to container {rec.name}: its monitor is gone") from e
+    finally:
+        os.close(dfd)
+    return s

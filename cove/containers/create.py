@@ -1,0 +1,313 @@
+"""``docker create``: the record, the bundle (OCI spec, overlay layers, etc files) and the
+volumes; no process yet. Also the names: generated, checked, renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sys
+from typing import TYPE_CHECKING, Any
+
+from cove import private
+from cove.containers import lifecycle
+from cove.containers.lifecycle import crash_point, self_ids
+from cove.containers.mounts import resolve_mounts
+from cove.containers.reconcile import purge
+from cove.containers.record import docker_config, log_config
+from cove.errors import Conflict, InvalidSpec, NotFound
+from cove.spec import image as spec
+from cove.state import OP_CREATE, Record, Status, now
+
+if TYPE_CHECKING:
+    from cove.containers.engine import ContainerEngine
+
+_ADJECTIVES = (
+    "agile",
+    "brave",
+    "calm",
+    "eager",
+    "fond",
+    "gentle",
+    "happy",
+    "keen",
+    "lucid",
+    "merry",
+    "nifty",
+    "proud",
+    "quiet",
+    "sharp",
+    "tender",
+    "vivid",
+    "witty",
+    "zen",
+)
+_NAMES = (
+    "babbage",
+    "curie",
+    "darwin",
+    "euler",
+    "fermi",
+    "gauss",
+    "hopper",
+    "kepler",
+    "lovelace",
+    "meitner",
+    "noether",
+    "pascal",
+    "ritchie",
+    "shannon",
+    "thompson",
+    "turing",
+    "wirth",
+)
+
+
+def container_name(cid: str) -> str:
+    n = int(cid[:8], 16)
+    return f"{_ADJECTIVES[n % len(_ADJECTIVES)]}_{_NAMES[(n >> 8) % len(_NAMES)]}_{cid[:4]}"
+
+
+def create(ce: ContainerEngine, opts: Any, *, op: str = "", image: Any = None) -> str:
+    """``docker create``: the record, the bundle and the volumes; no process yet."""
+    # invariant: the image stays pinned from its resolution until the record naming it
+    # is committed; rmi and garbage collection then see this container as its user
+    with ce.engine.images.pin():
+        return _create(ce, opts, op=op, image=image)
+
+
+def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
+    """``create``'s work, under the pin.
+
+    With ``op`` the row stays marked as in flight (``run`` hands it on to ``start``; a
+    build keeps it so: should the builder die, the next command removes the container).
+    ``image`` is an unnamed store image (a build's intermediate state) to use as is.
+    """
+    from cove import container as ctr
+    from cove.runtime.init import ANNOTATION_OVERLAY
+
+    img = image if image is not None else image_for_run(ce, opts)
+    crash_point("create-image")  # resolved, not yet recorded: the window pin() covers
+    host = spec.Platform.host()
+    want = spec.Platform.parse(opts.platform) if opts.platform else None
+    have = img.config.platform
+    if want and (want.os, want.architecture) != (have.os, have.architecture):
+        raise InvalidSpec(f"image {opts.image} is {have}, not the requested {want}")
+    if (have.os, have.architecture) != (host.os, host.architecture):
+        raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+    restart = ctr.parse_restart(opts.restart or "no")
+    if restart["Name"] and opts.rm:
+        raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
+    log_cfg = log_config(opts.log_opts)
+    opts, port_bindings = _network_opts(ce, opts)
+    stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
+    ctr.parse_signal(stop_signal)
+    cid = secrets.token_hex(32)
+    me, me_start = self_ids()
+    if opts.name:
+        opts.name = opts.name.removeprefix("/")
+    rec = Record(
+        cid,
+        opts.name or container_name(cid),
+        opts.image,
+        img.id,
+        now(),
+        op=op or OP_CREATE,
+        op_pid=me,
+        op_start=me_start,
+    )
+    if opts.name is not None and not _valid_name(opts.name):
+        raise InvalidSpec(
+            f"invalid container name {json.dumps(opts.name)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] "
+            "are allowed"
+        )
+    ctr.check_etc_inputs(opts)  # before the row: a refused value leaves nothing behind
+    lifecycle.add(ce.store, rec)
+    crash_point("create-row")
+    cdir = ce.cdir(cid)
+    try:
+        # containers/ is searchable (a user-namespaced root reaches its bundle by path);
+        # the bundle is root's alone (0700, 0710 for the mapped root's group): config.json
+        # holds the environment and upper/ whatever setuid files the container made
+        private.make_dir(os.path.join(ce.root, "containers"), private.SHARED_MODE)
+        private.make_dir(cdir, 0o700, parents=False)
+        os.mkdir(os.path.join(cdir, "rootfs"), 0o700)
+        for d in ("upper", "work"):
+            # upper/ is the container's / (its mode shows as the root directory's)
+            private.make_dir(os.path.join(cdir, d), 0o755, parents=False)
+        crash_point("create-dirs")
+        layers = ce.engine.unpack_image(img)
+        top_first = list(reversed(layers))
+        image_cfg = img.config.config
+        user = ctr.resolve_user(opts.user or image_cfg.get("User") or "", opts.group_add, top_first)
+        hostname = opts.hostname or cid[:12]
+        files = ctr.etc_files(cdir, hostname, opts.network, add_hosts=opts.add_hosts, dns=opts.dns)
+        mounts, docker_mounts, copy_up = resolve_mounts(ce, opts, image_cfg, top_first)
+        oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
+        if copy_up:
+            from cove.rootfs import copy_merged
+            from cove.runtime.api import host_root_ids
+
+            shift = host_root_ids(oci) if oci.namespace("user") is not None else (0, 0)
+            for rel, path in copy_up:
+                copy_merged(top_first, rel, path, uid_shift=shift[0], gid_shift=shift[1])
+        if not opts.privileged and oci.process.capabilities is not None:
+            oci.linux.seccomp = _seccomp(ce, opts, oci.process.capabilities.bounding)
+        if oci.namespace("user") is not None:
+            _prepare_userns(ce, cdir, oci)
+        oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
+            ce.engine.images.layers_dir,
+            top_first,
+            os.path.join(cdir, "upper"),
+            os.path.join(cdir, "work"),
+        )
+        if opts.tty:
+            from cove.engine_io import terminal_size
+
+            size = terminal_size()
+            if size:
+                from cove.spec.runtime import Box
+
+                oci.process.console_size = Box(*size)
+        with open(os.path.join(cdir, "config.json"), "wb") as f:
+            f.write(oci.to_bytes())
+        crash_point("create-bundle")
+        config = docker_config(opts, img, oci, hostname, restart, log_cfg, stop_signal)
+        config["Mounts"] = docker_mounts
+        host_cfg = config["HostConfig"]
+        host_cfg["PortBindings"] = port_bindings
+        host_cfg["PublishAllPorts"] = opts.publish_all
+        host_cfg["Dns"] = list(opts.dns)
+        host_cfg["ExtraHosts"] = list(opts.add_hosts) or None
+        config["NetworkingConfig"] = {
+            "Aliases": list(opts.network_aliases),
+            "IPv4Address": opts.ip,
+        }
+        for key in port_bindings:
+            config["Config"].setdefault("ExposedPorts", None)
+            config["Config"]["ExposedPorts"] = {
+                **(config["Config"]["ExposedPorts"] or {}),
+                key: {},
+            }
+        config["LogPath"] = ce.log_path(cid)
+        lifecycle.created(ce.store, cid, config, keep_op=bool(op))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            purge(ce, ce.store.get(cid))
+        raise
+    return cid
+
+
+def image_for_run(ce: ContainerEngine, opts: Any) -> Any:
+    """``--pull missing|always|never`` (Docker's default: missing)."""
+    if opts.pull not in ("missing", "always", "never"):
+        raise InvalidSpec(f"invalid --pull {opts.pull!r}: want missing, always or never")
+    if opts.pull == "always":
+        from cove.registry.dist import pull
+
+        pull(ce.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
+    try:
+        return ce.engine.images.resolve(opts.image)
+    except NotFound:
+        if opts.pull == "never":
+            raise
+    from cove.registry.dist import pull
+
+    sys.stderr.write(f"Unable to find image '{opts.image}' locally\n")
+    pull(ce.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
+    return ce.engine.images.resolve(opts.image)
+
+
+def _network_opts(ce: ContainerEngine, opts: Any) -> tuple[Any, dict[str, Any]]:
+    """Check --network and -p; ``container:NAME`` becomes that container's netns path."""
+    import dataclasses
+
+    mode = opts.network or "bridge"
+    bindings: dict[str, Any] = {}
+    if mode.startswith("container:"):
+        other = ce.get(mode.partition(":")[2])
+        if other.status != Status.RUNNING:
+            raise Conflict(f"cannot join network of a non running container: {other.name}")
+        opts = dataclasses.replace(opts, network=f"container:/proc/{other.pid}/ns/net")
+    elif mode not in ("none", "host"):
+        from cove.network.manager import DEFAULT, NetworkManager, parse_publish
+
+        if mode != DEFAULT:
+            NetworkManager(ce.root, ce.store.db).store.get(mode)
+        for text in opts.publish:
+            for p in parse_publish(text):
+                host_port = str(p.host_port or "")
+                if p.host_port_end:
+                    host_port += f"-{p.host_port_end}"
+                bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
+                    {"HostIp": p.host_ip, "HostPort": host_port}
+                )
+    bridged = mode not in ("none", "host") and not mode.startswith("container:")
+    if (opts.publish or opts.publish_all or opts.network_aliases or opts.ip) and not bridged:
+        raise InvalidSpec(
+            f"conflicting options: port publishing, aliases and --ip need a bridge "
+            f"network, not {mode}"
+        )
+    return opts, bindings
+
+
+def _prepare_userns(ce: ContainerEngine, cdir: str, oci: Any) -> None:
+    """The mapped root must own its upper layer and reach the bundle by path."""
+    from cove.runtime.api import host_root_ids
+
+    uid, gid = host_root_ids(oci)
+    for d in ("upper", "work"):
+        os.chown(os.path.join(cdir, d), uid, gid)
+    private.own_dir(cdir, gid)  # 0710: the mapped root's group may traverse, no one else
+    path = os.path.dirname(cdir)
+    while path != "/":
+        if not os.stat(path).st_mode & 0o001:
+            raise InvalidSpec(
+                f"a user namespace needs every directory above the bundle searchable by "
+                f"others: {path} is not (chmod o+x, or use a state root elsewhere)"
+            )
+        path = os.path.dirname(path)
+
+
+def _seccomp(ce: ContainerEngine, opts: Any, caps: list[str]) -> Any:
+    from cove.runtime import seccomp
+
+    for so in opts.security_opt:
+        key, _, value = so.partition("=" if "=" in so else ":")
+        if key != "seccomp":
+            continue
+        if value == "unconfined":
+            return None
+        try:
+            with open(value, "rb") as f:
+                return seccomp.from_docker_json(f.read(), caps, value)
+        except OSError as e:
+            raise InvalidSpec(f"cannot read seccomp profile {value}: {e.strerror}") from e
+    return seccomp.default_profile(caps)
+
+
+# -- start ------------------------------------------------------------------
+
+
+def rename(ce: ContainerEngine, ref: str, new: str) -> None:
+    rec = ce.get(ref)
+    new = new.removeprefix("/")
+    if not _valid_name(new):
+        raise InvalidSpec(
+            f"invalid container name {json.dumps(new)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+        )
+    if new == rec.name:
+        raise InvalidSpec("renaming a container with the same name as its current name")
+    lifecycle.rename(ce.store, rec.id, new)
+    if rec.status in (Status.RUNNING, Status.PAUSED):
+        with contextlib.suppress(Exception):
+            ce.networks().rename(rec.id, new)
+
+
+def _valid_name(name: str) -> bool:
+    import re
+
+    # fullmatch: "$" alone also matches before a trailing newline ("name\n")
+    return bool(re.fullmatch(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+", name))

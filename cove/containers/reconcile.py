@@ -1,0 +1,108 @@
+"""Reconciliation with the kernel: what a dead command or monitor left half-done is
+finished or undone, and a container's every trace purged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from cove.containers import lifecycle
+from cove.containers.lifecycle import alive
+from cove.containers.netattach import network_down
+from cove.errors import NotFound
+from cove.state import OP_CREATE, OP_REMOVE, OP_START, Record, Status
+
+if TYPE_CHECKING:
+    from cove.containers.engine import ContainerEngine
+
+
+def reconcile(ce: ContainerEngine, rec: Record, *, settle: float = 2.0) -> Record:
+    """Make ``rec`` true to the kernel: finish or undo what a dead process left half-done,
+    and notice containers whose process or monitor died. Raises NotFound if the
+    container turns out never to have been finished."""
+    if rec.op and not alive(rec.op_pid, rec.op_start):
+        if rec.op == OP_CREATE:
+            purge(ce, rec)
+            raise NotFound(f"no such container: {rec.id}")
+        if rec.op == OP_REMOVE:
+            purge(ce, rec)
+            raise NotFound(f"no such container: {rec.id}")
+        if rec.op == OP_START:
+            from cove.containers.sweep import destroy_runtime
+
+            with contextlib.suppress(Exception):  # also a create killed before state.json
+                destroy_runtime(ce.root, rec.id)
+            network_down(ce.root, ce.store.db, rec.id)
+            lifecycle.rollback_start(ce.store, rec)
+            return ce.store.get(rec.id)
+    if rec.op or not rec.status.can_kill():
+        return rec
+    running = rec.status != Status.RESTARTING and alive(rec.pid, rec.start_time)
+    running = running and not _zombie(rec.pid)
+    if alive(rec.monitor_pid, rec.monitor_start):
+        if running or rec.status == Status.RESTARTING:
+            return rec
+        # the process is gone and its monitor is recording that
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            fresh = ce.store.get(rec.id)
+            if fresh.status != rec.status or fresh.pid != rec.pid:
+                return fresh
+            time.sleep(0.02)
+        return ce.store.get(rec.id)
+    # the monitor died: no one reads the output, reaps, restarts or records any more.
+    # A container is never left in that state: it is stopped and reported
+    with contextlib.suppress(Exception):
+        ce.runtime().delete(rec.id, force=True)
+    network_down(ce.root, ce.store.db, rec.id)
+    if running:
+        from cove.runtime.cgroups import Cgroups
+
+        with contextlib.suppress(Exception):
+            Cgroups(f"cove/{rec.id}").destroy()
+    code = 137 if running else (rec.exit_code if rec.status == Status.RESTARTING else 255)
+    lifecycle.monitor_died(ce.store, rec, code)
+    return ce.store.get(rec.id)
+
+
+def reconcile_all(ce: ContainerEngine) -> list[Record]:
+    """Every container, each made true to the kernel (``ps -a``); one that turns out never
+    to have been finished is left out."""
+    out = []
+    for rec in ce.store.all():
+        with contextlib.suppress(NotFound):
+            out.append(reconcile(ce, rec))
+    return out
+
+
+def purge(ce: ContainerEngine, rec: Record) -> None:
+    """Remove every trace of a container: processes, cgroups, files, the row."""
+    import shutil
+
+    from cove.containers.sweep import destroy_runtime
+
+    if alive(rec.monitor_pid, rec.monitor_start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.monitor_pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):  # a failure keeps runtime/<id>: a sweep retries
+        destroy_runtime(ce.root, rec.id)
+    if alive(rec.pid, rec.start_time):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+    network_down(ce.root, ce.store.db, rec.id)
+    shutil.rmtree(ce.cdir(rec.id), ignore_errors=True)
+    shutil.rmtree(f"/run/cove-vm/{rec.id[:20]}", ignore_errors=True)  # a vm run's sockets
+    lifecycle.delete(ce.store, rec.id)
+
+
+# -- create ---------------------------------------------------------------
+
+
+def _zombie(pid: int) -> bool:
+    from cove.sys.proc import zombie as z
+
+    return z(pid)

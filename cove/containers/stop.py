@@ -1,0 +1,169 @@
+"""stop, kill, wait, restart, pause and unpause."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+from cove.containers import lifecycle
+from cove.containers.isolation import container_only, is_vm
+from cove.containers.lifecycle import alive
+from cove.errors import Conflict, NotFound
+from cove.state import Record, Status
+
+if TYPE_CHECKING:
+    from cove.containers.engine import ContainerEngine
+
+
+def signal_monitor(ce: ContainerEngine, rec: Record) -> None:
+    if alive(rec.monitor_pid, rec.monitor_start):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.monitor_pid, signal.SIGUSR1)
+
+
+def stop(
+    ce: ContainerEngine, ref: str, *, timeout: float | None = None, sig: int | None = None
+) -> Record:
+    from cove import container as ctr
+
+    rec = ce.get(ref)
+    if not rec.status.can_kill():
+        return rec
+    lifecycle.stop_requested(ce.store, rec.id)
+    if rec.status == Status.RESTARTING:
+        signal_monitor(ce, rec)
+        return await_exit(ce, rec, 10)
+    cfg = rec.config.get("Config", {})
+    if sig is None:
+        sig = ctr.parse_signal(cfg.get("StopSignal") or "SIGTERM")
+    if timeout is None:
+        timeout = cfg.get("StopTimeout")
+        timeout = 10 if timeout is None else timeout
+    pidfd = _pidfd(rec.pid)
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            # a vm run's supervisor passes the signal to the command in the guest
+            os.kill(rec.monitor_pid if is_vm(rec) else rec.pid, sig)
+        if rec.status == Status.PAUSED:
+            freeze(ce, rec, False)
+        if pidfd is not None and not _wait_fd(pidfd, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            _wait_fd(pidfd, 10)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    return await_exit(ce, rec, 10)
+
+
+def await_exit(ce: ContainerEngine, rec: Record, timeout: float) -> Record:
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = ce.reconcile(ce.store.get(rec.id), settle=0.0)
+        if fresh.manual_stop and fresh.status == Status.RUNNING and fresh.pid != rec.pid:
+            # a restart that raced with the stop: the stop wins
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(fresh.pid, signal.SIGKILL)
+            rec = fresh
+            continue
+        if fresh.status not in (Status.RUNNING, Status.PAUSED) or fresh.pid != rec.pid:
+            if fresh.status != Status.RESTARTING or not fresh.manual_stop:
+                return fresh
+        if time.monotonic() > deadline:
+            return fresh
+        time.sleep(0.02)
+
+
+def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
+    from cove import container as ctr
+
+    rec = ce.get(ref)
+    if rec.status == Status.RESTARTING:  # Docker: a kill ends the restart loop
+        lifecycle.stop_requested(ce.store, rec.id)
+        signal_monitor(ce, rec)
+        return await_exit(ce, rec, 10)
+    if rec.status not in (Status.RUNNING, Status.PAUSED):
+        raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
+    stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
+    if sig in (signal.SIGKILL, stop_sig):
+        lifecycle.stop_requested(ce.store, rec.id)
+    # a vm run: SIGKILL ends its QEMU; other signals go to the command through the monitor
+    os.kill(rec.monitor_pid if is_vm(rec) and sig != signal.SIGKILL else rec.pid, sig)
+    if sig == signal.SIGKILL:
+        if rec.status == Status.PAUSED:
+            freeze(ce, rec, False)
+        return await_exit(ce, rec, 10)
+    return rec
+
+
+def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0) -> int:
+    """Block until the container is not running; its exit code (``docker wait``): the
+    first exit after the call, also one that a restart policy follows."""
+    rec = ce.store.get(ref)
+    after = after or time.time()
+    while True:
+        try:
+            fresh = ce.reconcile(ce.store.get(rec.id), settle=0.0)
+        except NotFound:
+            return rec.exit_code
+        if fresh.finished_at >= after:
+            return fresh.exit_code
+        if fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op:
+            return fresh.exit_code
+        time.sleep(0.05)
+
+
+def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> Record:
+    container_only(ce.get(ref), "restart")
+    rec = ce.get(ref)
+    if rec.status.can_kill():
+        ce.stop(rec.id, timeout=timeout)
+    return ce.start(rec.id)
+
+
+def freeze(ce: ContainerEngine, rec: Record, frozen: bool) -> None:
+    from cove.runtime.cgroups import Cgroups
+
+    Cgroups(f"cove/{rec.id}").freeze(frozen)
+
+
+def pause(ce: ContainerEngine, ref: str) -> Record:
+    rec = ce.get(ref)
+    container_only(rec, "pause")
+    if rec.status == Status.PAUSED:
+        raise Conflict(f"container {rec.id} is already paused")
+    if not rec.status.can_pause():
+        raise Conflict(f"container {rec.id} is not running")
+    freeze(ce, rec, True)
+    lifecycle.paused(ce.store, rec.id, True)
+    return ce.store.get(rec.id)
+
+
+def unpause(ce: ContainerEngine, ref: str) -> Record:
+    rec = ce.get(ref)
+    container_only(rec, "unpause")
+    if not rec.status.can_unpause():
+        raise Conflict(f"container {rec.id} is not paused")
+    freeze(ce, rec, False)
+    lifecycle.paused(ce.store, rec.id, False)
+    return ce.store.get(rec.id)
+
+
+# -- remove -----------------------------------------------------------------
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+
+
+def _wait_fd(fd: int, timeout: float) -> bool:
+    import select
+
+    ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
+    return bool(ready)
