@@ -80,8 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 125
+    from cove.containers.isolation import register
     from cove.engine import Engine
+    from cove.vm.isolation import VM
 
+    register(VM())  # the verbs find a vm run's driver here (containers never import vm)
     try:
         engine = Engine(args.root)
         ensure_private(engine.root)

@@ -73,9 +73,9 @@ def copy(
     ref = src_ctr or dst_ctr
     assert ref is not None
     rec = ce.get(ref)
-    from cove.containers.isolation import container_only
+    from cove.containers.isolation import require
 
-    container_only(rec, "cp")
+    require(rec, "cp")
     if src_ctr is not None:
         _in_root(ce, rec, lambda fd: fscopy.copy_out(fd, src, dst, follow_link=follow_link))
     else:
@@ -91,9 +91,9 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
     from cove.rootfs import changes
 
     rec = ce.get(ref)
-    from cove.containers.isolation import container_only
+    from cove.containers.isolation import require
 
-    container_only(rec, "diff")
+    require(rec, "diff")
     layers = ce.layers_top_first(rec)
     result: list[tuple[str, str]] = changes(layers[0], layers[1:])
     return result
@@ -103,9 +103,9 @@ def export(ce: Any, ref: str, output: str | None) -> None:
     from cove.rootfs import write_merged_tar
 
     rec = ce.get(ref)
-    from cove.containers.isolation import container_only
+    from cove.containers.isolation import require
 
-    container_only(rec, "export")
+    require(rec, "export")
     layers = ce.layers_top_first(rec)
     uid, gid = ce.id_shift(rec)
     if output:
@@ -153,9 +153,9 @@ def commit(
     from cove.spec import reference as refs
 
     rec = ce.get(ref)
-    from cove.containers.isolation import container_only
+    from cove.containers.isolation import require
 
-    container_only(rec, "commit")
+    require(rec, "commit")
     names = [refs.parse(repository)] if repository else []
     if repository and not names[0].tag and not names[0].digest:
         names = [refs.parse(repository + ":latest")]

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
-from cove.containers.isolation import container_only
+from cove.containers.isolation import require
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.startup import prefork_start
 from cove.errors import Conflict, StateError
@@ -28,7 +28,7 @@ def start(ce: ContainerEngine, ref: str, *, attach_fd: int = -1, op: str = OP_ST
     from cove.runtime.api import ContainerStartError, proc_start_time
 
     rec = ce.get(ref) if op == OP_START else ce.store.get(ref)
-    container_only(rec, "start")
+    require(rec, "start")
     if op == OP_START:
         if rec.status == Status.PAUSED:
             raise Conflict(f"cannot start a paused container {rec.name}, try unpause instead")

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
-from cove.containers.isolation import container_only, is_vm
+from cove.containers.isolation import driver_for, require
 from cove.containers.lifecycle import alive
 from cove.errors import Conflict, NotFound
 from cove.state import Record, Status
@@ -45,8 +45,9 @@ def stop(
     pidfd = _pidfd(rec.pid)
     try:
         with contextlib.suppress(ProcessLookupError):
-            # a vm run's supervisor passes the signal to the command in the guest
-            os.kill(rec.monitor_pid if is_vm(rec) else rec.pid, sig)
+            # the driver knows the command's process (a vm run's supervisor passes the
+            # signal on to the command in the guest)
+            driver_for(rec).signal(rec, sig)
         if rec.status == Status.PAUSED:
             freeze(ce, rec, False)
         if pidfd is not None and not _wait_fd(pidfd, timeout):
@@ -91,7 +92,7 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
     if sig in (signal.SIGKILL, stop_sig):
         lifecycle.stop_requested(ce.store, rec.id)
     # a vm run: SIGKILL ends its QEMU; other signals go to the command through the monitor
-    os.kill(rec.monitor_pid if is_vm(rec) and sig != signal.SIGKILL else rec.pid, sig)
+    driver_for(rec).signal(rec, sig)
     if sig == signal.SIGKILL:
         if rec.status == Status.PAUSED:
             freeze(ce, rec, False)
@@ -117,7 +118,7 @@ def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0) -> int:
 
 
 def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> Record:
-    container_only(ce.get(ref), "restart")
+    require(ce.get(ref), "restart")
     rec = ce.get(ref)
     if rec.status.can_kill():
         ce.stop(rec.id, timeout=timeout)
@@ -125,14 +126,12 @@ def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> R
 
 
 def freeze(ce: ContainerEngine, rec: Record, frozen: bool) -> None:
-    from cove.runtime.cgroups import Cgroups
-
-    Cgroups(f"cove/{rec.id}").freeze(frozen)
+    driver_for(rec).pause(rec, frozen)
 
 
 def pause(ce: ContainerEngine, ref: str) -> Record:
     rec = ce.get(ref)
-    container_only(rec, "pause")
+    require(rec, "pause")
     if rec.status == Status.PAUSED:
         raise Conflict(f"container {rec.id} is already paused")
     if not rec.status.can_pause():
@@ -144,7 +143,7 @@ def pause(ce: ContainerEngine, ref: str) -> Record:
 
 def unpause(ce: ContainerEngine, ref: str) -> Record:
     rec = ce.get(ref)
-    container_only(rec, "unpause")
+    require(rec, "unpause")
     if not rec.status.can_unpause():
         raise Conflict(f"container {rec.id} is not paused")
     freeze(ce, rec, False)
