@@ -17,6 +17,7 @@ packages=(
     docker-registry openssl  # registry tests: real registries on 127.0.0.1, test CAs
     grub-pc-bin grub-common xorriso mtools  # the VM tests build a bootable ISO
     golang-github-docker-docker-dev  # Docker's published default seccomp profile (compared)
+    git              # test_upgrade.py starts a monitor from the commit before the package move
 )
 missing=()
 for p in "${packages[@]}"; do
