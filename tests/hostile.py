@@ -715,3 +715,18 @@ def add_host_program(tb: TarBuilder, program: Path, *, trees: Iterable[Path] = (
                 made.add(parent)
                 tb.dir(str(parent).lstrip("/"))
         tb.file(str(f).lstrip("/"), f.read_bytes(), mode=0o755)
+
+
+def monitors(root: Path) -> list[int]:
+    """Monitor processes of this state root (old and new code: both name cove.monitor)."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"cove.monitor" in b" ".join(cmd) and f"root={root}".encode() in cmd:
+            out.append(int(p.name))
+    return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CoveRunner, cove_argv
-from hostile import alpine_variant
+from hostile import alpine_variant, monitors
 
 LOOP = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
 
@@ -35,21 +35,6 @@ def wait_for(what: str, fn: Callable[[], object], timeout: float = 30) -> object
 def inspect(cove: CoveRunner, ref: str) -> dict:  # type: ignore[type-arg]
     doc: dict = json.loads(cove("inspect", "--type", "container", ref).stdout)[0]  # type: ignore[type-arg]
     return doc
-
-
-def monitors(root: Path) -> list[int]:
-    """Monitor processes of this state root."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"cove.monitor" in b" ".join(cmd) and f"root={root}".encode() in cmd:
-            out.append(int(p.name))
-    return out
 
 
 def leftovers(root: Path) -> list[str]:

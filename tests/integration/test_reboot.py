@@ -11,21 +11,9 @@ import time
 from pathlib import Path
 
 from conftest import CoveRunner
+from hostile import monitors
 
 UP = "echo up; exec sleep 600"
-
-
-def root_monitors(root: Path) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                cmd = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(b"cove.monitor" in c for c in cmd) and f"root={root}".encode() in cmd:
-                out.append(int(p.name))
-    return out
 
 
 def state(cove: CoveRunner, name: str) -> dict:  # type: ignore[type-arg]
@@ -54,7 +42,7 @@ def test_start_all_after_power_loss(cove: CoveRunner, alpine: str, cove_root: Pa
 
     # the power loss: monitors and containers die at once, nothing of theirs is recorded
     pids = [state(cove, n)["Pid"] for n in ("always", "unless", "plain", "failing")]
-    victims = [*root_monitors(cove_root), *pids]
+    victims = [*monitors(cove_root), *pids]
     assert len(victims) == 8
     for pid in victims:
         os.kill(pid, signal.SIGKILL)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, CoveRunner, cove_argv
+from hostile import monitors
 
 GO = "while [ ! -e /go ]; do sleep 0.1; done; exit 3"
 
@@ -44,20 +45,6 @@ def wait_for(what: str, cond: Callable[[], object], timeout: float = 30) -> None
         time.sleep(0.1)
 
 
-def monitor_pids(root: Path) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"cove.monitor" in b" ".join(cmd) and f"root={root}".encode() in cmd:
-            out.append(int(p.name))
-    return out
-
-
 @pytest.mark.parametrize("end", ["stop", "exits"])
 def test_monitor_of_old_code_records_exit_after_upgrade(
     cove: CoveRunner, cove_root: Path, alpine: str, tmp_path: Path, end: str
@@ -76,7 +63,7 @@ def test_monitor_of_old_code_records_exit_after_upgrade(
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
-    (monitor,) = monitor_pids(cove_root)
+    (monitor,) = monitors(cove_root)
     cmdline = Path(f"/proc/{monitor}/cmdline").read_bytes()
     assert str(old).encode() in cmdline  # the monitor runs the old tree
 
@@ -90,7 +77,7 @@ def test_monitor_of_old_code_records_exit_after_upgrade(
     else:
         cove("exec", "old", "touch", "/go")
         want = 3
-    wait_for("the old monitor to exit", lambda: not monitor_pids(cove_root))
+    wait_for("the old monitor to exit", lambda: not monitors(cove_root))
     state = json.loads(cove("inspect", "old").stdout)[0]["State"]
     assert (state["Status"], state["ExitCode"], state["Error"]) == ("exited", want, "")
     assert f"Exited ({want})" in cove("ps", "-a").stdout
@@ -98,7 +85,7 @@ def test_monitor_of_old_code_records_exit_after_upgrade(
     cove("rm", "old")
     assert cove("ps", "-aq").stdout.strip() == ""
     assert not (cove_root / "containers").exists() or not list((cove_root / "containers").iterdir())
-    assert not monitor_pids(cove_root)
+    assert not monitors(cove_root)
 
 
 def test_new_code_runs_alongside(cove: CoveRunner, cove_root: Path, alpine: str) -> None:
@@ -107,4 +94,4 @@ def test_new_code_runs_alongside(cove: CoveRunner, cove_root: Path, alpine: str)
     cove("exec", "new", "touch", "/go")
     wait_for("exit", lambda: "Exited (3)" in cove("ps", "-a").stdout)
     cove("rm", "new")
-    assert not monitor_pids(cove_root)
+    assert not monitors(cove_root)
