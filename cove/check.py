@@ -406,8 +406,10 @@ class Checker:
                     continue
                 try:
                     kept = self._unpack_again(desc, diff_id)
-                    f.fixed = (f"unpacked again from blob {desc.digest}; the damaged copy is "
-                               f"{kept} (containers started before this still use it)")
+                    f.fixed = (
+                        f"unpacked again from blob {desc.digest}; the damaged copy is "
+                        f"{kept} (containers started before this still use it)"
+                    )
                 except CoveError as e:
                     self._found(f"layer {diff_id}: cannot unpack it again: {e}")
 
@@ -461,4 +463,3 @@ def _recorded(path: str) -> list[int] | None:
 
 def _is_hex64(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
-

@@ -14,9 +14,9 @@ from typing import Any
 
 from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
 from cove.image.store import Image, ImageStore, IndexEntry
-from cove.private import DEFAULT_ROOT
 from cove.spec import image as spec
 from cove.spec import reference as refs
+from cove.sys.private import DEFAULT_ROOT
 
 _RUNNING = ("running", "paused", "restarting")  # Docker's IsRunning; the rest are stopped
 

@@ -485,9 +485,11 @@ def host_leaks(before: HostSnapshot, root: Path, *, networks_stay: bool = False)
     found += [f"mount {m}" for m in sorted(now.mounts - before.mounts)]
     found += [f"mount {m}" for m in sorted(now.mounts & before.mounts) if str(root) in m]
     dns = f"{root}/networks/"
-    found += [f"process {pid}: {' '.join(a[:60] for a in argv)[:400]}"
-              for pid, argv in root_processes(root)
-              if not (networks_stay and any(a.startswith(dns) for a in argv))]
+    found += [
+        f"process {pid}: {' '.join(a[:60] for a in argv)[:400]}"
+        for pid, argv in root_processes(root)
+        if not (networks_stay and any(a.startswith(dns) for a in argv))
+    ]
     return found
 
 
@@ -605,8 +607,11 @@ def soak(
                 res.hung.append(" ".join(args))  # type: ignore[union-attr]
             return False
         if proc.returncode != 0:
-            word = "killed" if proc.returncode == -9 else (err.strip().split(":")[-1].strip()
-                                                             or f"exit {proc.returncode}")
+            word = (
+                "killed"
+                if proc.returncode == -9
+                else (err.strip().split(":")[-1].strip() or f"exit {proc.returncode}")
+            )
             word = " ".join(word.split()[:6])
             with lock:
                 res.errors[word] = res.errors.get(word, 0) + 1  # type: ignore[index]
@@ -670,10 +675,12 @@ def soak(
     return res
 
 
-def soak_setup(argv: Callable[..., list[str]], root: Path, alpine_tar: Path,
-               registry: str, context: Path) -> None:
+def soak_setup(
+    argv: Callable[..., list[str]], root: Path, alpine_tar: Path, registry: str, context: Path
+) -> None:
     """alpine:3.20 imported and pushed as ``registry/soak/alpine:1``, the ``soaknet``
     network, and a build context with a tiny Dockerfile (a RUN step: a container)."""
+
     def run(*args: str) -> None:
         subprocess.run(argv(*args), check=True, capture_output=True, timeout=300)
 

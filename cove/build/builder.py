@@ -309,7 +309,7 @@ class Builder:
     def _commit_upper(self, upper: str) -> Layer | None:
         if not os.listdir(upper):
             return None
-        from cove.rootfs import write_layer_tar
+        from cove.image.diff import write_layer_tar
 
         fd, tmp = tempfile.mkstemp(dir=self.store.tmpdir, prefix="layer-")
         try:

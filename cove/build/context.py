@@ -21,8 +21,8 @@ from typing import BinaryIO
 
 from cove.build.ignore import IgnoreRules
 from cove.errors import InvalidSpec, NotFound
-from cove.safepath import IN_ROOT
-from cove.syscalls import openat2
+from cove.sys.safepath import IN_ROOT
+from cove.sys.syscalls import openat2
 
 _GLOB_CHARS = frozenset("*?[")
 Excluded = Callable[[str, bool], bool]  # (path, is_dir) -> left out

@@ -133,7 +133,7 @@ def owner_of(b: Builder, state: State, ins: df.Instruction, chown: str | None) -
     """--chown's (or USER's) uid and gid, looked up in the state's own /etc files."""
     if not chown:
         return 0, 0
-    from cove.container import resolve_user
+    from cove.bundle import resolve_user
 
     try:
         user = resolve_user(chown, [], list(reversed(b._lowers(state))))
@@ -196,7 +196,7 @@ def _fetch(b: Builder, ins: df.Instruction, url: str) -> str:
 def _make_dirs_owned(rootfd: int, rel: str, owner: tuple[int, int]) -> None:
     """mkdir -p ``rel`` inside the root (symlinks resolved in it); the ones made get
     ``owner``."""
-    from cove import safepath
+    from cove.sys import safepath
 
     done = ""
     for comp in [c for c in rel.split("/") if c]:
@@ -228,9 +228,9 @@ def _apply_copy(
 ) -> None:
     """COPY/ADD inside the child: place each planned source at ``dest``. ``owner`` None
     keeps the sources' own (COPY --from without --chown)."""
-    from cove import fscopy, safepath
     from cove.build.context import tar_compression
-    from cove.syscalls import openat2
+    from cove.sys import fscopy, safepath
+    from cove.sys.syscalls import openat2
 
     sources: list[tuple[str, str]] = []
     for kind, what in plan:

@@ -21,7 +21,7 @@ from cove.build.dispatch import PIPES, BuildError, Layer, RunPlan, State
 if TYPE_CHECKING:
     from cove.build.builder import Builder
     from cove.build.dockerfile import Instruction
-    from cove.container import RunOptions
+    from cove.bundle import RunOptions
     from cove.engine import Engine
     from cove.image.store import Image
     from cove.spec.runtime import Spec
@@ -57,7 +57,7 @@ def intermediate(b: Builder, state: State) -> Image:
 
 def run(b: Builder, state: State, ins: Instruction, plan: RunPlan) -> Layer | None:
     """Run ``plan`` on ``state`` in a container; its upper directory as a layer."""
-    from cove.container import RunOptions
+    from cove.bundle import RunOptions
     from cove.state import OP_CREATE
 
     img = intermediate(b, state)
@@ -105,7 +105,7 @@ def _parent(dirfd: int, rel: str) -> tuple[int, str] | None:
     """An O_PATH fd of ``rel``'s parent below ``dirfd``, reached without following any
     symlink on the way (a step's upper directory and an image's layers are the
     container's to shape), and ``rel``'s last name; None when there is no such parent."""
-    from cove.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
+    from cove.sys.syscalls import RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS, openat2
 
     parent, base = posixpath.split(rel)
     try:

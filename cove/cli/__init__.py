@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from cove import __version__
 from cove.errors import CorruptState, CoveError
-from cove.private import ensure_private, set_private_umask
+from cove.sys.private import ensure_private, set_private_umask
 
 
 class _Parser(argparse.ArgumentParser):

@@ -57,7 +57,7 @@ def _ce(engine: Engine) -> Any:
 
 
 def _opts(args: argparse.Namespace) -> Any:
-    from cove.container import RunOptions
+    from cove.bundle import RunOptions
 
     return RunOptions(
         image=args.image,
@@ -240,7 +240,7 @@ def cmd_start(engine: Engine, args: argparse.Namespace) -> int:
 
 def _start_all(engine: Engine, args: argparse.Namespace) -> int:
     """``start --all [--filter restart-policy=P]`` (Podman's; what cove-restart.service runs)."""
-    from cove.boot import start_all
+    from cove.containers.boot import start_all
 
     if not args.all or args.containers or args.attach or args.interactive:
         sys.stderr.write("Error: --filter needs --all, which takes no container and no -a/-i\n")
@@ -271,7 +271,7 @@ def cmd_system_check(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.container import parse_signal
+    from cove.bundle import parse_signal
 
     ce = _ce(engine)
     sig = parse_signal(args.signal) if args.signal else None
@@ -279,7 +279,7 @@ def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_kill(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.container import parse_signal
+    from cove.bundle import parse_signal
 
     ce = _ce(engine)
     sig = parse_signal(args.signal)
@@ -638,7 +638,7 @@ def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.stats import sample_all
+    from cove.containers.stats import sample_all
 
     ce = _ce(engine)
     refs = args.containers
@@ -881,7 +881,10 @@ def cmd_volume_ls(engine: Engine, args: argparse.Namespace) -> int:
         return 0
     print(
         fmt.format_rows(
-            args.format, ["DRIVER", "VOLUME NAME"], rows, lambda r: [r["Driver"], r["Name"]],
+            args.format,
+            ["DRIVER", "VOLUME NAME"],
+            rows,
+            lambda r: [r["Driver"], r["Name"]],
             kind="volume",
         )
     )
@@ -1034,10 +1037,17 @@ def _register_common(sub: Any, only: str | None = None) -> None:
         p = sub.add_parser("start", help="start one or more stopped containers")
         p.add_argument("-a", "--attach", action="store_true", help="attach STDOUT/STDERR")
         p.add_argument("-i", "--interactive", action="store_true", help="attach STDIN")
-        p.add_argument("--all", action="store_true",
-                       help="start every stopped container (with --filter: those matching)")
-        _list(p, "-f", "--filter",
-              help="with --all: restart-policy=always|unless-stopped|on-failure|no (ORed)")
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help="start every stopped container (with --filter: those matching)",
+        )
+        _list(
+            p,
+            "-f",
+            "--filter",
+            help="with --all: restart-policy=always|unless-stopped|on-failure|no (ORed)",
+        )
         p.add_argument("containers", nargs="*", metavar="CONTAINER")
         p.set_defaults(func=cmd_start)  # fmt: skip
     if only is None or only == "stop":
@@ -1236,10 +1246,14 @@ def register(sub: Any, command: str | None = None) -> None:
         "check",
         help="verify the database, the records, the image index, blobs and layers",
     )
-    p.add_argument("--repair", action="store_true",
-                   help="rebuild what can be rebuilt from the bundles and blobs on disk")
-    p.add_argument("--quick", action="store_true",
-                   help="skip hashing every blob; SQLite's quick_check only")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild what can be rebuilt from the bundles and blobs on disk",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="skip hashing every blob; SQLite's quick_check only"
+    )
     p.set_defaults(func=cmd_system_check)  # fmt: skip
     volume = sub.add_parser("volume", help="manage volumes")
     vsub = volume.add_subparsers(

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
     """Signals to whatever process the container runs now (it may have restarted)."""
-    from cove.engine_io import forward_signals
+    from cove.sys.terminal import forward_signals
 
     def current() -> int:
         rec = ce.store.get(cid)

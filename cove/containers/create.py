@@ -11,7 +11,6 @@ import secrets
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cove import private
 from cove.containers import lifecycle
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.mounts import resolve_mounts
@@ -20,6 +19,7 @@ from cove.containers.record import docker_config, log_config
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.spec import image as spec
 from cove.state import OP_CREATE, Record, Status, now
+from cove.sys import private
 
 if TYPE_CHECKING:
     from cove.containers.engine import ContainerEngine
@@ -85,7 +85,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
     build keeps it so: should the builder die, the next command removes the container).
     ``image`` is an unnamed store image (a build's intermediate state) to use as is.
     """
-    from cove import container as ctr
+    from cove import bundle as ctr
     from cove.runtime.init import ANNOTATION_OVERLAY
 
     img = image if image is not None else image_for_run(ce, opts)
@@ -147,7 +147,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
         mounts, docker_mounts, copy_up = resolve_mounts(ce, opts, image_cfg, top_first)
         oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
         if copy_up:
-            from cove.rootfs import copy_merged
+            from cove.image.diff import copy_merged
             from cove.runtime.api import host_root_ids
 
             shift = host_root_ids(oci) if oci.namespace("user") is not None else (0, 0)
@@ -164,7 +164,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
             os.path.join(cdir, "work"),
         )
         if opts.tty:
-            from cove.engine_io import terminal_size
+            from cove.sys.terminal import terminal_size
 
             size = terminal_size()
             if size:

@@ -29,7 +29,7 @@ class ExecOptions:
 
 
 def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
-    from cove import container as ctr
+    from cove import bundle as ctr
     from cove.runtime import caps as capmod
     from cove.spec import runtime as rt
 
@@ -107,7 +107,7 @@ def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
     finally:
         for fd in (devnull, *ends):
             os.close(fd)
-    from cove.engine_io import NO_LOG, forward_signals, proxy_tty, pump
+    from cove.sys.terminal import NO_LOG, forward_signals, proxy_tty, pump
 
     try:
         runtime.wait_exec(created)

@@ -1,10 +1,10 @@
 """A container's files from the host: ``cp``, ``diff``, ``export``, ``commit``.
 
-``cp`` resolves every container path inside the container's root (``cove.fscopy``):
+``cp`` resolves every container path inside the container's root (``cove.sys.fscopy``):
 a running container's root is its ``/proc/PID/root``; a stopped one's is its overlay,
 mounted for the copy in a private mount namespace of a short-lived child, so the host
 never sees the mount. ``diff``, ``export`` and ``commit`` read the upper directory and
-the image layers directly (``cove.rootfs``) and never follow a link in them.
+the image layers directly (``cove.image.diff``) and never follow a link in them.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ def _in_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
 
 def _in_mounted_root(ce: Any, rec: Record, action: Callable[[int], None]) -> None:
     """Run ``action`` in a child with the stopped container's rootfs mounted privately."""
-    from cove import safepath
-    from cove import syscalls as sc
-    from cove.sys import overlay
+    from cove.sys import overlay, safepath
+    from cove.sys import syscalls as sc
 
     layers = ce.layers_top_first(rec)
     upper, lowers = layers[0], layers[1:]
@@ -68,7 +67,7 @@ def copy(
     *,
     follow_link: bool = False,
 ) -> None:
-    from cove import fscopy
+    from cove.sys import fscopy
 
     ref = src_ctr or dst_ctr
     assert ref is not None
@@ -88,7 +87,7 @@ def copy(
 
 
 def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
-    from cove.rootfs import changes
+    from cove.image.diff import changes
 
     rec = ce.get(ref)
     from cove.containers.isolation import require
@@ -100,7 +99,7 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
 
 
 def export(ce: Any, ref: str, output: str | None) -> None:
-    from cove.rootfs import write_merged_tar
+    from cove.image.diff import write_merged_tar
 
     rec = ce.get(ref)
     from cove.containers.isolation import require
@@ -147,8 +146,8 @@ def commit(
     author: str = "",
     pause: bool = True,
 ) -> str:
+    from cove.image.diff import write_layer_tar
     from cove.image.importer import now_rfc3339
-    from cove.rootfs import write_layer_tar
     from cove.spec import changes as changes_spec
     from cove.spec import reference as refs
 

@@ -263,9 +263,7 @@ def rename(store: Store, cid: str, new: str) -> None:
     try:
         store.db.execute("UPDATE containers SET name = ? WHERE id = ?", (new, cid))
     except sqlite3.IntegrityError as e:
-        raise Conflict(
-            f'the container name "/{new}" is already in use by another container'
-        ) from e
+        raise Conflict(f'the container name "/{new}" is already in use by another container') from e
 
 
 def begin_remove(store: Store, cid: str, me: int, me_start: int) -> None:
@@ -279,4 +277,3 @@ def begin_remove(store: Store, cid: str, me: int, me_start: int) -> None:
         op_start=me_start,
         manual_stop=True,
     )
-

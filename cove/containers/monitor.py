@@ -236,9 +236,7 @@ class Monitor:
             os.set_blocking(fd, False)
         return ""
 
-    def _answer(
-        self, left: _socket.socket, pid: int
-    ) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    def _answer(self, left: _socket.socket, pid: int) -> tuple[bytes, list[tuple[int, int, bytes]]]:
         """The start helper's message, or nothing once it has died without one. Its end of
         the socket is not enough to tell: a container process it forked and that waits in
         "created" holds a copy of it until its execve, so EOF never comes if the helper is

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from cove import private
+from cove.sys import private
 
 if TYPE_CHECKING:
     from cove.containers.engine import ContainerEngine
@@ -17,7 +17,7 @@ def resolve_mounts(
     """-v, --mount, --volumes-from and the image's VOLUMEs as OCI mounts plus Docker's
     ``Mounts`` records, and the (image path, volume dir) pairs of new, empty volumes
     that get the image's content."""
-    from cove import container as ctr
+    from cove import bundle as ctr
     from cove.spec import runtime as rt
 
     reqs = [ctr.parse_volume(v) for v in opts.volumes]

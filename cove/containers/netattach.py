@@ -25,7 +25,7 @@ def network_up(root: str, db: sqlite3.Connection, rec: Record, pid: int) -> dict
     mode = host.get("NetworkMode") or "none"
     if mode in ("none", "host") or mode.startswith("container:"):
         return {}
-    from cove import container as ctr
+    from cove import bundle as ctr
     from cove.network.manager import NetworkManager, PortSpec, settings
 
     ncfg = rec.config.get("NetworkingConfig") or {}

@@ -26,7 +26,7 @@ def connect(
 ) -> None:
     """Add a network: hot-plugged as the next ``ethN`` when running, and remembered, so
     every later start attaches it again (also for a stopped container)."""
-    from cove import container as ctr
+    from cove import bundle as ctr
     from cove.network.manager import settings
 
     for alias in aliases:  # written into the network's hosts file, one line per name

@@ -10,7 +10,7 @@ from cove.errors import InvalidSpec
 
 
 def log_config(opts: list[str]) -> dict[str, Any]:
-    from cove import container as ctr
+    from cove import bundle as ctr
 
     cfg: dict[str, str] = {}
     out: dict[str, Any] = {"Type": "json-file", "Config": cfg, "MaxSize": 0, "MaxFile": 1}
@@ -39,7 +39,7 @@ def docker_config(
     log_cfg: dict[str, Any],
     stop_signal: str,
 ) -> dict[str, Any]:
-    from cove import container as ctr
+    from cove import bundle as ctr
 
     image_cfg = img.config.config
     labels = dict(image_cfg.get("Labels") or {})

@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 def run_foreground(ce: ContainerEngine, opts: Any) -> int:
     """``docker run`` without -d: this process is the container's parent and monitor
     (the lean path: no monitor process, output straight to our stdio)."""
-    from cove.engine_io import forward_signals, proxy_tty, pump
     from cove.runtime.api import ContainerStartError, exit_status
+    from cove.sys.terminal import forward_signals, proxy_tty, pump
 
     cid = ce.create(opts)
     runtime = ce.runtime()
@@ -118,8 +118,8 @@ def run_captured(ce: ContainerEngine, cid: str, echo: Callable[[int, bytes], Non
     The row keeps the caller's ``op``: the caller removes the container, or, should it
     die, the next command does. An interrupt (Ctrl-C) kills the process on the way out.
     """
-    from cove.engine_io import NO_LOG, pump
     from cove.runtime.api import exit_status
+    from cove.sys.terminal import NO_LOG, pump
 
     runtime = ce.runtime()
     out_r, out_w = os.pipe2(os.O_CLOEXEC)

@@ -100,7 +100,7 @@ def _become_monitor(
     """In the monitor-to-be: fork the first start's helper while this process still has
     cove imported (it waits for the launcher's go), then exec the lean monitor."""
     try:
-        from cove import syscalls as sc
+        from cove.sys import syscalls as sc
 
         for fd in close:
             os.close(fd)

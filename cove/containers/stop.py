@@ -27,7 +27,7 @@ def signal_monitor(ce: ContainerEngine, rec: Record) -> None:
 def stop(
     ce: ContainerEngine, ref: str, *, timeout: float | None = None, sig: int | None = None
 ) -> Record:
-    from cove import container as ctr
+    from cove import bundle as ctr
 
     rec = ce.get(ref)
     if not rec.status.can_kill():
@@ -79,7 +79,7 @@ def await_exit(ce: ContainerEngine, rec: Record, timeout: float) -> Record:
 
 
 def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
-    from cove import container as ctr
+    from cove import bundle as ctr
 
     rec = ce.get(ref)
     if rec.status == Status.RESTARTING:  # Docker: a kill ends the restart loop

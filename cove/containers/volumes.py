@@ -14,9 +14,9 @@ import secrets
 import shutil
 from typing import Any
 
-from cove import private
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.state import Store, Volume, now
+from cove.sys import private
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 

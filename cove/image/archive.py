@@ -25,7 +25,7 @@ from cove.image import streams
 from cove.image.store import Image, ImageStore
 from cove.spec import image as spec
 from cove.spec import reference as refs
-from cove.syscalls import RESOLVE_IN_ROOT, openat2
+from cove.sys.syscalls import RESOLVE_IN_ROOT, openat2
 
 # -- sources ---------------------------------------------------------------
 

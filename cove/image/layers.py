@@ -23,9 +23,9 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove import safepath
 from cove.errors import CorruptContent, UnsafeArchive, Unsupported
-from cove.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+from cove.sys import safepath
+from cove.sys.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"

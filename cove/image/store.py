@@ -34,7 +34,7 @@ from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
 from cove.image import streams
 from cove.spec import image as spec
 from cove.spec import reference as refs
-from cove.syscalls import flocked, fsync_dir
+from cove.sys.syscalls import flocked, fsync_dir
 
 if TYPE_CHECKING:
     from cove.image.layers import LayerStats

@@ -24,7 +24,7 @@ from typing import Any
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.network import firewall, ipam, links
 from cove.network.store import Lease, Network, NetworkStore, Port
-from cove.private import DEFAULT_ROOT
+from cove.sys.private import DEFAULT_ROOT
 
 DEFAULT = "bridge"
 DEFAULT_BRIDGE = "cove0"

@@ -252,7 +252,7 @@ def _download(
     if compression is None:
         raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
     hexd = desc.digest.removeprefix("sha256:")
-    from cove.syscalls import flocked
+    from cove.sys.syscalls import flocked
 
     # one puller per blob: parallel pulls of one image wait here, then find it stored
     with flocked(os.path.join(store.locks, f"pull-{hexd}.lock")):

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cove import private
-from cove import syscalls as sc
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
 from cove.runtime import caps as capmod
 from cove.runtime.cgroups import Cgroups, read_layout
 from cove.spec.runtime import IDMapping, Process, Spec
+from cove.sys import private
+from cove.sys import syscalls as sc
 
 # process identity moved to the foundations (network and vm check pids too); the old names
 # stay importable here for callers and for monitors started by older code

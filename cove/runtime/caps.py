@@ -74,4 +74,3 @@ def last_cap() -> int:
             return int(f.read())
     except OSError:
         return len(CAPS) - 1
-

@@ -19,9 +19,9 @@ import os
 import struct
 from collections.abc import Iterable, Sequence
 
-from cove import syscalls as sc
 from cove.errors import InvalidSpec
 from cove.spec.runtime import DeviceRule
+from cove.sys import syscalls as sc
 
 # include/uapi/linux/bpf.h: struct bpf_cgroup_dev_ctx { __u32 access_type; __u32 major;
 # __u32 minor; } with access_type = (BPF_DEVCG_ACC_* << 16) | BPF_DEVCG_DEV_*

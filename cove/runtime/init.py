@@ -23,14 +23,14 @@ import stat
 from dataclasses import dataclass
 from typing import NoReturn
 
-from cove import safepath
-from cove import syscalls as sc
-from cove.private import CONTAINER_UMASK
 from cove.runtime import caps as capmod
 from cove.runtime import execstub
 from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
+from cove.sys import safepath
+from cove.sys import syscalls as sc
 from cove.sys.overlay import Layers
 from cove.sys.overlay import mount as overlay_mount
+from cove.sys.private import CONTAINER_UMASK
 
 NS_FLAGS = {
     "pid": sc.CLONE_NEWPID,
@@ -93,7 +93,7 @@ _RLIMITS = {
 }
 TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
-ANNOTATION_OVERLAY = "io.cove.rootfs.overlay"
+ANNOTATION_OVERLAY = "io.cove.image.diff.overlay"
 
 
 def idmapped_lower_dirs(overlay: dict[str, object]) -> list[str]:

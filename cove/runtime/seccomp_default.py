@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
-from cove.syscalls import (
+from cove.sys.syscalls import (
     CLONE_NEWCGROUP,
     CLONE_NEWIPC,
     CLONE_NEWNET,

@@ -339,7 +339,7 @@ class _Parser:
         if k == "var":
             name, *chain = tok.text.split(".")
             if name not in self.declared:
-                raise TemplateError(f"template: :{line}: undefined variable \"{name}\"", True)
+                raise TemplateError(f'template: :{line}: undefined variable "{name}"', True)
             return _Arg("var", name, chain, tok.text), pos + 1
         if k in ("str", "raw", "char", "num"):
             return _Arg("lit", _unquote(tok), text=tok.text), pos + 1
@@ -350,7 +350,7 @@ class _Parser:
                 return _Arg("nil", text="nil"), pos + 1
             if tok.text not in self.funcs:
                 raise TemplateError(
-                    f"template: :{line}: function \"{tok.text}\" not defined", parse=True
+                    f'template: :{line}: function "{tok.text}" not defined', parse=True
                 )
             return _Arg("func", tok.text, text=tok.text), pos + 1
         if k == "lparen":
@@ -519,7 +519,7 @@ def _verb(verb: str, arg: Any, flags: str, prec: int | None) -> str:
         if isinstance(arg, str):
             return go_quote(arg)
         if isinstance(arg, int) and not isinstance(arg, bool):
-            return "'" + go_quote(chr(arg))[1:-1].replace("\\\"", '"') + "'"
+            return "'" + go_quote(chr(arg))[1:-1].replace('\\"', '"') + "'"
         return f"%!q({_typename(arg)}={go_str(arg, False)})"
     if verb == "t":
         if isinstance(arg, bool):
@@ -858,7 +858,7 @@ class Template:
 
     def _err(self, pipe: _Pipe, msg: str) -> TemplateError:
         return TemplateError(
-            f"template: :{pipe.line}: executing \"\" at <{pipe.text}>: {msg}", parse=False
+            f'template: :{pipe.line}: executing "" at <{pipe.text}>: {msg}', parse=False
         )
 
     def _pipe(self, pipe: _Pipe, dot: Any, vars_: list[tuple[str, Any]]) -> Any:

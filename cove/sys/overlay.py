@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cove import errors
-from cove import syscalls as sc
 from cove.errors import CoveError, Unsupported
+from cove.sys import syscalls as sc
 
 MAX_DEPTH = 127  # lower layers of one overlay: what Docker and Podman stack at most
 _PAGE = 4096  # mount(2) copies at most one page of data (copy_mount_options)
@@ -147,6 +147,7 @@ def _mount_new(layers: Layers, target: str) -> None:
             raise _NoNewApi from e
         raise
     try:
+
         def short(p: str) -> str:
             return p if len(os.fsencode(p)) <= _FSCONFIG_MAX else fds.name(p)
 
@@ -229,6 +230,9 @@ def in_private_mount_ns(action: Callable[[], None], *,
     if status != 0:
         kind, _, msg = report.partition("\0")
         found = getattr(errors, kind, None)
-        cls = (found if isinstance(found, type) and issubclass(found, CoveError)
-               and found is not CoveError else default)
+        cls = (
+            found
+            if isinstance(found, type) and issubclass(found, CoveError) and found is not CoveError
+            else default
+        )
         raise cls(msg or f"exit status {status}")

@@ -68,7 +68,7 @@ def probe_initrd() -> bytes:
 
 
 def _run_probe(argv: list[str], until: float) -> tuple[bool, str]:
-    from cove.syscalls import die_with_parent
+    from cove.sys.syscalls import die_with_parent
 
     # a probe QEMU hung under a broken KVM must not outlive a killed cove
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -149,7 +149,7 @@ class VMManager:
     def _locked(self, ref: str) -> Iterator[VMRecord]:
         """The VM, fresh from the database, with its lifecycle lock held: two cove
         commands never start, stop or remove one VM at once."""
-        from cove.syscalls import flocked
+        from cove.sys.syscalls import flocked
 
         rec = self._get_raw(ref)
         os.makedirs(self.dir, mode=0o700, exist_ok=True)

@@ -1,7 +1,7 @@
 """``cove run --vm``: one OCI image's command in its own virtual machine.
 
 The same image, the same semantics as the container path (ENTRYPOINT/CMD, env, user,
-workdir come from ``cove.container.build_spec``), a different isolation: the guest has
+workdir come from ``cove.bundle.build_spec``), a different isolation: the guest has
 its own kernel. The image's layers are flattened once per image id into an ext4 file
 (``mkfs.ext4 -d``, no mount of the result needed), and every run boots on a qcow2
 overlay of it that is thrown away, so runs never change it. The run is a row in the
@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cove import private
 from cove.errors import CoveError, InvalidSpec, NotFound
-from cove.syscalls import die_with_parent
+from cove.sys import private
+from cove.sys.syscalls import die_with_parent
 from cove.vm import qemu as qcmd
 
 RUN_DIR = "/run/cove-vm"
@@ -58,7 +58,7 @@ def _readonly_source(host: str) -> Callable[[], None]:
     a mount namespace of its own (the guest's ``ro`` alone, a guest root could remount)."""
 
     def pre() -> None:
-        from cove import syscalls as sc
+        from cove.sys import syscalls as sc
 
         die_with_parent()
         # invariant: a private mount namespace, so the read-only bind reaches no one else
@@ -104,7 +104,7 @@ def guest_kernel(root: str, explicit: str | None) -> Any:
 
 def rootfs_image(engine: Any, img: Any, *, note: Callable[[str], None] | None = None) -> str:
     """The image's root file system as an ext4 file, built once per image id."""
-    from cove.syscalls import flocked
+    from cove.sys.syscalls import flocked
 
     cache = os.path.join(engine.root, "vmroot")
     os.makedirs(cache, mode=0o700, exist_ok=True)
@@ -210,7 +210,7 @@ class VMRun:
             return self._create()
 
     def _create(self) -> str:
-        from cove import container as ctr
+        from cove import bundle as ctr
         from cove.containers import lifecycle
         from cove.containers.engine import container_name, docker_config, log_config
         from cove.containers.lifecycle import self_ids
@@ -683,7 +683,7 @@ PUNCH = 4 << 20  # bytes of relayed output after which their blocks are freed
 def _punch(fd: int, length: int) -> None:
     """Free the first ``length`` bytes' blocks: the output files stay sparse however long
     a run talks. Best effort (a file system without hole punching keeps them)."""
-    from cove import syscalls as sc
+    from cove.sys import syscalls as sc
 
     with contextlib.suppress(OSError):
         sc.fallocate(fd, sc.FALLOC_FL_PUNCH_HOLE | sc.FALLOC_FL_KEEP_SIZE, 0, length)

@@ -51,7 +51,7 @@ def test_list_verbs_templates(cove: CoveRunner, alpine: str) -> None:
     vols = cove("volume", "ls", "--format", "table {{.Name}}\t{{.Driver}}").stdout.splitlines()
     assert vols == ["VOLUME NAME   DRIVER", "listvol       local"]
     # functions and conditionals over a list verb's rows
-    st = "{{if eq .State \"running\"}}{{upper .Names}}{{else}}down{{end}}"
+    st = '{{if eq .State "running"}}{{upper .Names}}{{else}}down{{end}}'
     assert cove("ps", "-a", "--format", st).stdout == "LISTER\n"
     # json: one compact object per line, as Docker's {{json .}}
     row = json.loads(cove("ps", "--format", "json").stdout)

@@ -154,7 +154,7 @@ def test_rmi_and_prune_racing_runs_never_strand_a_container(
         # what a container in the root still uses is all there
         for line in cove("ps", "-aq", "--no-trunc").stdout.split():
             bundle = json.loads((cove_root / "containers" / line / "config.json").read_text())
-            overlay = json.loads(bundle["annotations"]["io.cove.rootfs.overlay"])
+            overlay = json.loads(bundle["annotations"]["io.cove.image.diff.overlay"])
             for layer in overlay["lower"]:
                 assert (cove_root / "layers" / layer).is_dir(), (round_, line, layer)
         ids = cove("ps", "-aq").stdout.split()

@@ -416,7 +416,11 @@ def test_diff_commit_export(cove: CoveRunner, cove_root: Path, alpine: str, clea
 
 
 def test_create_start_attach_wait_rename_pause(
-    cove: CoveRunner, cove_root: Path, alpine: str, clean: None, alpine_tar: Path,
+    cove: CoveRunner,
+    cove_root: Path,
+    alpine: str,
+    clean: None,
+    alpine_tar: Path,
     tmp_path: Path,
 ) -> None:
     cid = cove(

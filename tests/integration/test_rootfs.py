@@ -1,4 +1,4 @@
-"""cove.rootfs against the kernel's overlayfs: whatever the kernel wrote into an upper
+"""cove.image.diff against the kernel's overlayfs: whatever the kernel wrote into an upper
 directory, walking the layers must agree with what the mount showed."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from cove.errors import Conflict, NotFound
+from cove.image.diff import changes, copy_merged, write_layer_tar, write_merged_tar
 from cove.image.layers import OVERLAY_OPAQUE_XATTR, unpack_stream
-from cove.rootfs import changes, copy_merged, write_layer_tar, write_merged_tar
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: mknod whiteouts and overlay mounts"

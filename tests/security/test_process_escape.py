@@ -221,8 +221,10 @@ def _stopped_exec(root: str) -> tuple[int, int]:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         nspid = fields.get("NSpid", "").split()
-        if fields.get("State", "").strip().startswith("T") and len(nspid) == 2 and (
-            b"exec" in cmdline and root.encode() in cmdline
+        if (
+            fields.get("State", "").strip().startswith("T")
+            and len(nspid) == 2
+            and (b"exec" in cmdline and root.encode() in cmdline)
         ):
             return int(entry), int(nspid[1])
     raise LookupError("no exec'd process held at exec-joined")

@@ -170,9 +170,7 @@ def test_nobody_finds_nothing_in_the_root(
     cove("start", "-a", "stopped")
 
 
-def test_an_old_root_is_tightened(
-    public_root: tuple[Path, CoveRunner], alpine_tar: Path
-) -> None:
+def test_an_old_root_is_tightened(public_root: tuple[Path, CoveRunner], alpine_tar: Path) -> None:
     root, cove = public_root
     secret = f"s3cr3t-{secrets.token_hex(8)}"
     suid = _populate(root, cove, alpine_tar, secret)

@@ -1,4 +1,4 @@
-"""cove.container.build_spec: run options and image config to an OCI spec, with Docker's
+"""cove.bundle.build_spec: run options and image config to an OCI spec, with Docker's
 defaults (moby's oci/defaults.go and daemon/oci_linux.go as the reference). No root."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from cove.container import ResolvedUser, RunOptions, build_spec
+from cove.bundle import ResolvedUser, RunOptions, build_spec
 from cove.errors import InvalidSpec
 from cove.spec import runtime as rt
 
@@ -51,8 +51,9 @@ def test_env_defaults_image_and_flags_in_docker_order(tmp_path: Path) -> None:
     assert got["FROM_FILE"] == "1" and got["X"] == "y"
     assert "TERM" not in got
     assert len(s.process.env) == len(got)  # no name twice
-    bare = env(spec(RunOptions(image="img:1", tty=True, hostname="h1"), image={"Cmd": ["x"]},
-                    user=NOBODY))
+    bare = env(
+        spec(RunOptions(image="img:1", tty=True, hostname="h1"), image={"Cmd": ["x"]}, user=NOBODY)
+    )
     assert bare["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert (bare["TERM"], bare["HOSTNAME"], bare["HOME"]) == ("xterm", "h1", "/home/nobody")
 

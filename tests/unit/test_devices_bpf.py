@@ -8,10 +8,10 @@ import struct
 
 import pytest
 
-from cove import syscalls as sc
 from cove.errors import InvalidSpec
 from cove.runtime import devices_bpf as d
 from cove.spec.runtime import DeviceRule
+from cove.sys import syscalls as sc
 
 M, R, W = d.BPF_DEVCG_ACC_MKNOD, d.BPF_DEVCG_ACC_READ, d.BPF_DEVCG_ACC_WRITE
 BLK, CHR = d.BPF_DEVCG_DEV_BLOCK, d.BPF_DEVCG_DEV_CHAR
@@ -165,7 +165,7 @@ def test_the_kernel_verifier_accepts(rules: list[DeviceRule]) -> None:
 
 
 def test_device_flag_parsing() -> None:
-    from cove.container import _device
+    from cove.bundle import _device
 
     node, perms = _device("/dev/null")
     assert (node.path, node.type, node.major, node.minor, perms) == ("/dev/null", "c", 1, 3, "rwm")

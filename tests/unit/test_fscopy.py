@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cove.errors import Conflict, InvalidSpec, NotFound
-from cove.fscopy import copy_in, copy_out
+from cove.sys.fscopy import copy_in, copy_out
 
 CONTAINER_SHADOW = b"container shadow marker\n"
 CONTAINER_PASSWD = b"container passwd marker\n"

@@ -72,8 +72,8 @@ def test_fields(template: str, expected: str) -> None:
         ("{{range 3}}{{.}}{{end}}", "012"),
         # $ is the data, inside range too
         ("{{range .Config.Cmd}}{{$.Id}}{{end}}", "abc123abc123abc123"),
-        ("{{range .Config.Cmd}}{{if eq . \"-c\"}}{{break}}{{end}}{{.}}{{end}}", "sh"),
-        ("{{range .Config.Cmd}}{{if eq . \"-c\"}}{{continue}}{{end}}{{.}}{{end}}", "shecho hi"),
+        ('{{range .Config.Cmd}}{{if eq . "-c"}}{{break}}{{end}}{{.}}{{end}}', "sh"),
+        ('{{range .Config.Cmd}}{{if eq . "-c"}}{{continue}}{{end}}{{.}}{{end}}', "shecho hi"),
     ],
 )
 def test_range(template: str, expected: str) -> None:
@@ -106,12 +106,12 @@ def test_conditionals(template: str, expected: str) -> None:
         ("{{.Id | upper}}", "ABC123"),
         ("{{.Config.Cmd | len}}", "3"),
         # the piped value is the last argument: strings.Split(",", "a,b") is [","]
-        ("{{\"a,b\" | split \",\" | len}}", "1"),
+        ('{{"a,b" | split "," | len}}', "1"),
         ("{{.Id | index}}", "abc123"),
         ("{{.Id | .Name}}", "<error>"),
-        ("{{split \"a,b\" \",\" | len}}", "2"),
-        ("{{(index .Config.Cmd 0) | printf \"%s!\"}}", "sh!"),
-        ("{{(index .NetworkSettings.Networks \"net2\").IPAddress}}", "10.2.0.5"),
+        ('{{split "a,b" "," | len}}', "2"),
+        ('{{(index .Config.Cmd 0) | printf "%s!"}}', "sh!"),
+        ('{{(index .NetworkSettings.Networks "net2").IPAddress}}', "10.2.0.5"),
     ],
 )
 def test_variables_and_pipelines(template: str, expected: str) -> None:
@@ -126,23 +126,23 @@ def test_variables_and_pipelines(template: str, expected: str) -> None:
     ("template", "expected"),
     [
         ("{{index .Config.Cmd 0}}", "sh"),
-        ("{{index .Config.Labels \"mid\"}}", "m"),
-        ("{{index .Config.Labels \"nope\"}}", "<no value>"),
+        ('{{index .Config.Labels "mid"}}', "m"),
+        ('{{index .Config.Labels "nope"}}', "<no value>"),
         ("{{index .NetworkSettings.Networks.net2.Aliases 1}}", "a"),
         ("{{len .Config.Labels}} {{len .Id}}", "3 6"),
         ("{{json .Config.Cmd}}", '["sh","-c","echo hi"]'),
         ("{{json .Nothing}}", "null"),
-        ("{{json \"<a&b>\"}}", '"<a&b>"'),  # Docker turns HTML escaping off
+        ('{{json "<a&b>"}}', '"<a&b>"'),  # Docker turns HTML escaping off
         ("{{json .NetworkSettings.Networks.bridge}}", '{"IPAddress":"10.1.0.2","Aliases":null}'),
-        ("{{join .Config.Cmd \"+\"}}", "sh+-c+echo hi"),
-        ("{{split \"a:b:c\" \":\"}}", "[a b c]"),
-        ("{{lower \"AbC\"}} {{upper \"AbC\"}}", "abc ABC"),
-        ("{{title \"hello wide-world foo_bar\"}}", "Hello Wide-World Foo_bar"),
+        ('{{join .Config.Cmd "+"}}', "sh+-c+echo hi"),
+        ('{{split "a:b:c" ":"}}', "[a b c]"),
+        ('{{lower "AbC"}} {{upper "AbC"}}', "abc ABC"),
+        ('{{title "hello wide-world foo_bar"}}', "Hello Wide-World Foo_bar"),
         ("{{println .Id .Count}}", "abc123 3\n"),
-        ("{{print .Count .Ratio \"x\" 1}}", "3 0.5x1"),
-        ("{{eq .Count 3}} {{ne .Count 3}} {{eq .Id \"x\" \"abc123\"}}", "true false true"),
+        ('{{print .Count .Ratio "x" 1}}', "3 0.5x1"),
+        ('{{eq .Count 3}} {{ne .Count 3}} {{eq .Id "x" "abc123"}}', "true false true"),
         ("{{lt 1 2}} {{le 2 2}} {{gt 1 2}} {{ge 2 3}}", "true true false false"),
-        ("{{lt \"a\" \"b\"}} {{gt 1.5 0.5}}", "true true"),
+        ('{{lt "a" "b"}} {{gt 1.5 0.5}}', "true true"),
         ("{{and .Running .Id}} {{and .Empty .Id}}|{{or .Empty .Id}}", "abc123 |abc123"),
         ("{{not .Running}} {{not .Empty}}", "false true"),
         ("{{pad .Id 1 2}}|{{truncate .Id 3}}", " abc123  |abc"),
@@ -156,7 +156,7 @@ def test_functions(template: str, expected: str) -> None:
 @pytest.mark.parametrize(
     ("fmt_", "args", "expected"),
     [
-        ("%s|%d|%v|%q", ("a", 7, "v", "q\"t"), 'a|7|v|"q\\"t"'),
+        ("%s|%d|%v|%q", ("a", 7, "v", 'q"t'), 'a|7|v|"q\\"t"'),
         ("%5s|%-5s|%05d|%-4d|%+d", ("ab", "ab", 42, 7, 3), "   ab|ab   |00042|7   |+3"),
         ("%v %v", (["a", "b"], {"k": "v", "a": 1}), "[a b] map[a:1 k:v]"),
         ("%v", ([["x"], {"n": None}],), "[[x] map[n:<nil>]]"),
@@ -189,9 +189,9 @@ def test_printf_in_template() -> None:
         ("{{range .Config.Cmd -}}\n  {{.}}\n{{- end}}", "sh-cecho hi"),
         ("a{{/* a comment */}}b", "ab"),
         ("a {{- /* trimmed comment */ -}} b", "ab"),
-        ("{{\"}}\"}}", "}}"),
+        ('{{"}}"}}', "}}"),
         ("{{`raw\\n`}}", "raw\\n"),
-        ("{{\"tab\\there\"}}", "tab\there"),
+        ('{{"tab\\there"}}', "tab\there"),
         ("{{-3}} {{- 3}}", "-33"),
     ],
 )

@@ -1,4 +1,4 @@
-"""cove.imagefiles: one file of the merged layer view, symlinks resolved inside the image."""
+"""cove.image.files: one file of the merged layer view, symlinks resolved inside the image."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cove import imagefiles
 from cove.errors import InvalidSpec
-from cove.imagefiles import read_image_file
+from cove.image import files as imagefiles
+from cove.image.files import read_image_file
 
 
 def _layers(tmp_path: Path, n: int) -> list[Path]:

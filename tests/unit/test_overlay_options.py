@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cove import syscalls as sc
 from cove.errors import Unsupported
 from cove.sys import overlay
+from cove.sys import syscalls as sc
 
 
 def test_legacy_options_writable_and_read_only() -> None:
@@ -27,7 +27,8 @@ def test_fsconfig_steps_one_lowerdir_plus_per_layer_top_first() -> None:
         (sc.FSCONFIG_SET_FLAG, "userxattr", None),
     ]
     assert [k for _, k, _ in overlay.fsconfig_steps(["a", "b"], None, None, False)] == [
-        "lowerdir+", "lowerdir+"
+        "lowerdir+",
+        "lowerdir+",
     ]
 
 

@@ -36,9 +36,7 @@ def test_legal_transition(old: Status, new: Status) -> None:
     check_transition("c" * 64, old, new)
 
 
-@pytest.mark.parametrize(
-    ("old", "new"), sorted(set(PAIRS) - LEGAL), ids=lambda s: str(s)
-)
+@pytest.mark.parametrize(("old", "new"), sorted(set(PAIRS) - LEGAL), ids=lambda s: str(s))
 def test_illegal_transition_names_the_container_and_both_states(old: Status, new: Status) -> None:
     with pytest.raises(StateError) as err:
         check_transition("0123456789abcdef" * 4, old, new)

@@ -39,7 +39,7 @@ from cove.image.layers import (
     WHITEOUT_OPAQUE,
     WHITEOUT_PREFIX,
 )
-from cove.syscalls import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+from cove.sys.syscalls import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 # overlayfs's own bookkeeping: meaningless (or harmful) anywhere but in this overlay

@@ -27,7 +27,7 @@ import stat
 from collections import deque
 
 from cove.errors import InvalidSpec
-from cove.syscalls import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+from cove.sys.syscalls import RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
 
 # nothing found in a layer is ever followed by the kernel: symlinks are read and resolved here
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS

@@ -35,8 +35,8 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 from cove.errors import Conflict, CoveError, InvalidSpec, NotFound
-from cove.safepath import IN_ROOT
-from cove.syscalls import openat2
+from cove.sys.safepath import IN_ROOT
+from cove.sys.syscalls import openat2
 
 _AT_FDCWD = -100
 _CHUNK = 1 << 23

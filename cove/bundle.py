@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cove.errors import InvalidSpec
-from cove.imagefiles import read_image_file
+from cove.image.files import read_image_file
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
 
