@@ -8,7 +8,7 @@ hierarchy, veths, netns, chains, leases, monitors, container and QEMU processes)
 
 Run as root: ``bench/soak.py --seconds 300``. Prints the cycle and kill counts and what was
 found; exits 1 if anything was left. The same code as tests/integration/test_soak.py
-(tests/hostile.py), with a registry on 127.0.0.1 (tests/registries.py).
+(tests/helpers.py), with a registry on 127.0.0.1 (tests/registries.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests")]
 
-from conftest import ALPINE_TAR, cove_argv  # noqa: E402
-from hostile import (  # noqa: E402
+from helpers import ALPINE_TAR, cove_argv  # noqa: E402
+from helpers import (  # noqa: E402
     host_leaks,
     host_snapshot,
     records_against_kernel,

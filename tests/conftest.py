@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import ALPINE_DIR, ALPINE_TAR, CoveRunner, _verified, cove_argv
 
 pytest_plugins = ["registries"]  # registry fixtures (tests/registries.py)
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("COVE_SHARED", REPO.parent / "shared"))
-ALPINE_DIR = SHARED / "images" / "alpine-3.20"
-ALPINE_TAR = ALPINE_DIR / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
-
-CoveRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -35,10 +27,6 @@ def cove_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     root.mkdir()
     return root
-
-
-def cove_argv(root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "cove", "--root", str(root), *args]
 
 
 @pytest.fixture
@@ -74,15 +62,6 @@ def cove(cove_root: Path) -> Iterator[CoveRunner]:
     if (cove_root / "state.db").exists():
         subprocess.run(cove_argv(cove_root, "system", "reset", "-f"), capture_output=True,
                        timeout=300)  # fmt: skip
-
-
-def _verified(path: Path, sums: Path) -> Path:
-    want = {
-        line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if line.strip()
-    }[path.name]
-    got = hashlib.sha512(path.read_bytes()).hexdigest()
-    assert got == want, f"{path} does not match {sums}"
-    return path
 
 
 @pytest.fixture(scope="session")

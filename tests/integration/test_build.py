@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ALPINE_DIR, CoveRunner, cove_argv
+from helpers import ALPINE_DIR, CoveRunner, cove_argv
 
 
 def build(cove: CoveRunner, ctx: Path | str, *flags: str, check: bool = True,

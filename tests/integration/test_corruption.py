@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 NAMES = ("web", "done", "fresh", "halted")
 STATE_KEYS = ("Status", "Running", "Pid", "ExitCode", "StartedAt", "FinishedAt")

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import host_submount
+from helpers import CoveRunner, cove_argv, host_submount
 from registries import Registry
 
 

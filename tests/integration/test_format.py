@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 
 def test_inspect_templates_on_a_user_network(cove: CoveRunner, alpine: str) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 
 def store_listing(root: Path) -> set[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 RELEASE = "3.20.3"
 

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import alpine_variant, monitors
+from helpers import CoveRunner, alpine_variant, cove_argv, monitors
 
 LOOP = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
 
@@ -350,7 +349,7 @@ def test_named_and_anonymous_volumes(
 
 
 def _alpine_tar() -> Path:
-    from conftest import ALPINE_TAR
+    from helpers import ALPINE_TAR
 
     return ALPINE_TAR
 

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 import vmguest
-from conftest import CoveRunner, cove_argv
-from tarmaker import TarBuilder, oci_layout
+from helpers import CoveRunner, TarBuilder, cove_argv, oci_layout
 
 from cove.errors import CoveError
 from cove.sys import overlay

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 BB = ["-v", "/bin/busybox:/opt/bb/busybox:ro"]
 HTTPD = (

@@ -10,8 +10,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import CoveRunner
-from hostile import monitors
+from helpers import CoveRunner, monitors
 
 UP = "echo up; exec sleep 600"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALPINE_DIR, CoveRunner, cove_argv
+from helpers import ALPINE_DIR, CoveRunner, cove_argv
 from registries import Registry, TokenServer, make_oci_layout, skopeo
 
 

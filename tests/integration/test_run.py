@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CoveRunner, cove_argv
+from helpers import REPO, CoveRunner, cove_argv
 
 PROBE = REPO / "tests" / "probe.sh"
 

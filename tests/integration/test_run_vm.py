@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import vmguest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 
 @pytest.fixture

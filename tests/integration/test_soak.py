@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import (
+from helpers import (
+    CoveRunner,
+    cove_argv,
     host_leaks,
     host_snapshot,
     records_against_kernel,

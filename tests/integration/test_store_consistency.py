@@ -11,7 +11,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 from cove.image.layers import unpack_stream
 

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
-from tarmaker import TarBuilder, oci_layout
+from helpers import CoveRunner, TarBuilder, oci_layout
 
 
 @pytest.fixture

@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, CoveRunner, cove_argv
-from hostile import monitors
+from helpers import REPO, CoveRunner, cove_argv, monitors
 
 GO = "while [ ! -e /go ]; do sleep 0.1; done; exit 3"
 

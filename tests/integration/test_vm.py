@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import vmguest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 
 BOOT = 120.0  # seconds a TCG boot may take on a loaded 2-core machine
 

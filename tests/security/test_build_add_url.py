@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 from cove.runtime import devices_bpf
 from cove.runtime.cgroups import read_layout

@@ -21,8 +21,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import in_chroot_argv
+from helpers import CoveRunner, cove_argv, in_chroot_argv
 
 # pid 1 of the container: a command no host process runs
 MARK = "31536017"

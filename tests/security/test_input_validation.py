@@ -9,7 +9,7 @@ Each must be refused with a one-line error, exit 125, and leave no container beh
 from __future__ import annotations
 
 import pytest
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 EVIL_HOST = "10.1.2.3\n10.6.6.6\tbank.example"
 EVIL_DNS = "10.1.2.3\nnameserver 10.6.6.6"

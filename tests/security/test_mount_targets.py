@@ -13,9 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
-from hostile import alpine_variant
-from tarmaker import TarBuilder
+from helpers import CoveRunner, TarBuilder, alpine_variant
 
 # Docker's default capabilities: the bounding set every default container must have
 DOCKER_DEFAULT_BOUNDING = "00000000a80425fb"

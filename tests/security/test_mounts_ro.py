@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import vmguest
-from conftest import CoveRunner, cove_argv
-from hostile import host_submount
+from helpers import CoveRunner, cove_argv, host_submount
 
 EROFS = "Read-only file system"
 

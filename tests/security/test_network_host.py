@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
+from helpers import CoveRunner
 
 BB = ["-v", "/bin/busybox:/opt/bb/busybox:ro"]
 WEB = (

@@ -26,9 +26,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import add_host_program, alpine_variant, host_interpreter
-from tarmaker import TarBuilder
+from helpers import (
+    CoveRunner,
+    TarBuilder,
+    add_host_program,
+    alpine_variant,
+    cove_argv,
+    host_interpreter,
+)
 
 SELF_V = b"#!/proc/self/exe -V\n"
 # with -I -S the host Python needs only its encodings (carried in the image) to run this

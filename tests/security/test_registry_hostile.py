@@ -3,7 +3,7 @@ belong (an upload ``Location`` on another port, a plain-HTTP token realm), unbou
 responses (a 100 MiB manifest, config or token), digests cove cannot verify.
 
 Every registry here is on 127.0.0.1: a small ``http.server`` the test scripts
-(tests/hostile.py) or Debian's docker-registry (tests/registries.py)."""
+(tests/helpers.py) or Debian's docker-registry (tests/registries.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-import hostile
+import helpers as hostile
 import pytest
-from conftest import CoveRunner
-from hostile import FakeServer, Reply, reply, serve_image, stream, tiny_image
+from helpers import CoveRunner, FakeServer, Reply, reply, serve_image, stream, tiny_image
 from registries import ProcessCleanup, Registry, TokenServer, require_registry, start_token
 
 USER, PASSWORD = "tester", "s3cret-pw"

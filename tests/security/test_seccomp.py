@@ -1,6 +1,6 @@
 """The default seccomp profile is an allowlist: hostile raw syscalls from inside a container.
 
-Each probe is a hand-assembled static program (tests/hostile.py ``syscall_probe``) that makes
+Each probe is a hand-assembled static program (tests/helpers.py ``syscall_probe``) that makes
 one syscall and exits with the errno it got, so the container's exit code is the verdict.
 Under the old denylist, ``personality(PER_LINUX32_3GB)`` and a syscall number no kernel has
 yet went through to the kernel; under the allowlist both fail with EPERM, as with Docker.
@@ -12,9 +12,7 @@ import errno
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
-from hostile import alpine_variant, syscall_probe
-from tarmaker import TarBuilder
+from helpers import CoveRunner, TarBuilder, alpine_variant, syscall_probe
 
 DOCKER_JSON = Path("/usr/share/gocode/src/github.com/docker/docker/profiles/seccomp/default.json")
 

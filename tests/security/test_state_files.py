@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import as_user
+from helpers import CoveRunner, as_user, cove_argv
 
 # the host's (static) busybox: a setuid copy planted in an upper dir runs on the host
 HOST_BUSYBOX = shutil.which("busybox") or "/bin/busybox"

@@ -20,15 +20,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner, cove_argv
-from hostile import (
+from helpers import (
     STI_OPENED_TTY,
     STI_TTY_ENXIO,
     STI_VIA_FD0,
     STI_VIA_FD1,
     STI_VIA_FD2,
     STI_VIA_TTY,
+    CoveRunner,
     alpine_variant,
+    cove_argv,
     tiocsti_probe,
 )
 
@@ -40,7 +41,7 @@ LIMIT = 240.0  # a hung cove is killed and the test fails; no assertion is timed
 
 @pytest.fixture
 def probe(cove: CoveRunner, alpine_tar: Path, alpine: str, tmp_path: Path) -> str:
-    """Alpine with /sti, the TIOCSTI probe (tests/hostile.py), and alpine:3.20 itself."""
+    """Alpine with /sti, the TIOCSTI probe (tests/helpers.py), and alpine:3.20 itself."""
     payload = tiocsti_probe(INJECTED)
     return alpine_variant(
         cove, alpine_tar, IMAGE, tmp_path, add=lambda t: t.file("sti", payload, mode=0o755)

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CoveRunner
-from hostile import alpine_variant
-from tarmaker import TarBuilder
+from helpers import CoveRunner, TarBuilder, alpine_variant
 
 PASSWD = "leak:x:4242:4242:leak:/leak:/bin/sh\n"
 GROUP = "leakgrp:x:4343:leak\n"

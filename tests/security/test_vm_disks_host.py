@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import vmguest
-from conftest import CoveRunner, cove_argv
+from helpers import CoveRunner, cove_argv
 from integration.test_vm import create, inspect, wait_log
 
 from cove.spec.vm import VMSpec

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tarmaker import TarBuilder
+from helpers import TarBuilder
 
 from cove.errors import CorruptContent, UnsafeArchive
 from cove.image.layers import clean_name, unpack_stream
