@@ -18,6 +18,7 @@ packages=(
     grub-pc-bin grub-common xorriso mtools  # the VM tests build a bootable ISO
     golang-github-docker-docker-dev  # Docker's published default seccomp profile (compared)
     git              # test_upgrade.py starts a monitor from the commit before the package move
+    docker.io        # cove serve's peer: dockerd 20.10 + CLI 20.10 (tests start their own dockerd)
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -26,8 +27,26 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # dockerd/containerd must never run as services here: the tests start their own dockerd
+    # (own --data-root, --exec-root, socket) and stop it. Masked units stop systemd from
+    # starting them; a policy-rc.d held only for this install stops invoke-rc.d (sysvinit, chroots).
+    for u in docker.service docker.socket containerd.service; do
+        [ -e "/etc/systemd/system/$u" ] || { mkdir -p /etc/systemd/system; ln -s /dev/null "/etc/systemd/system/$u"; }
+    done
+    policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod 755 "$policy"
+    fi
+    rc=0
+    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
+    [ -z "$policy" ] || rm -f "$policy"
+    [ $rc = 0 ] || exit $rc
 fi
+# and never at boot (sysvinit links): the packages' own start scripts stay disabled
+for s in docker containerd; do
+    [ ! -e "/etc/init.d/$s" ] || update-rc.d "$s" disable >/dev/null 2>&1 || true
+done
 if [ -x "$venv/bin/python" ]; then
     # the test tools: pytest, ruff, mypy (the user's install has only cove and its chart extra)
     "$venv/bin/python" -m pip install -q -e "$here[test,chart]" \
