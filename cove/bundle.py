@@ -16,24 +16,38 @@ from cove.errors import InvalidSpec
 from cove.image.files import read_image_file
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
+from cove.spec.flags import (
+    SIZES,
+    MountRequest,
+    parse_duration,
+    parse_mapping,
+    parse_restart,
+    parse_signal,
+    parse_size,
+    parse_tmpfs,
+    parse_ulimits,
+    parse_volume,
+)
+
+# The pure flag parsers live in cove.spec.flags; callers of this module may still take them
+# from here.
+__all__ = [
+    "SIZES",
+    "MountRequest",
+    "parse_duration",
+    "parse_mapping",
+    "parse_restart",
+    "parse_signal",
+    "parse_size",
+    "parse_tmpfs",
+    "parse_ulimits",
+    "parse_volume",
+]
+
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_PATH = "/sbin/cove-init"
 TINI_CANDIDATES = ("/usr/bin/tini-static", "/usr/bin/tini")
-SIZES = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_size(text: str, what: str) -> int:
-    t = text.strip().lower().removesuffix("b") or "0"
-    unit = t[-1] if t[-1] in SIZES else "b"
-    num = t[:-1] if t[-1] in SIZES else t
-    try:
-        value = int(float(num) * SIZES[unit])
-    except ValueError as e:
-        raise InvalidSpec(f"invalid {what} {text!r}") from e
-    if value < 0:
-        raise InvalidSpec(f"invalid {what} {text!r}")
-    return value
 
 
 @dataclass
@@ -216,48 +230,6 @@ def process_args(opts: RunOptions, image_cfg: dict[str, Any]) -> list[str]:
     return args
 
 
-def _mapping(text: str, what: str) -> rt.IDMapping:
-    try:
-        c, h, n = (int(x) for x in text.split(":"))
-    except ValueError as e:
-        raise InvalidSpec(f"invalid {what} {text!r}: want CONTAINER_ID:HOST_ID:SIZE") from e
-    return rt.IDMapping(c, h, n)
-
-
-@dataclass
-class MountRequest:
-    """One of -v, --mount, --tmpfs, --volumes-from or an image VOLUME, before resolution."""
-
-    type: str  # bind | volume | tmpfs
-    source: str  # host path, volume name, or "" for a new anonymous volume
-    target: str
-    readonly: bool = False
-    options: list[str] = field(default_factory=list)
-
-
-def parse_volume(text: str) -> MountRequest:
-    """``-v``: HOST:CTR[:ro], NAME:CTR[:ro] or CTR (an anonymous volume), as Docker."""
-    parts = text.split(":")
-    if len(parts) == 1:
-        if not text.startswith("/"):
-            raise InvalidSpec(f"invalid volume {text!r}: the container path must be absolute")
-        return MountRequest("volume", "", text)
-    if len(parts) > 3 or not parts[0] or not parts[1]:
-        raise InvalidSpec(f"invalid volume {text!r}: want HOST:CONTAINER[:ro|rw]")
-    src, dest = parts[0], parts[1]
-    mode = parts[2].split(",") if len(parts) == 3 else []
-    if not dest.startswith("/"):
-        raise InvalidSpec(f"invalid volume {text!r}: the container path must be absolute")
-    bad = [m for m in mode if m not in ("ro", "rw", "z", "Z")]
-    if bad:
-        raise InvalidSpec(f"invalid volume {text!r}: unknown mode {bad[0]!r}")
-    if src.startswith("/"):
-        return MountRequest("bind", os.path.abspath(src), dest, "ro" in mode)
-    if src.startswith("."):
-        raise InvalidSpec(f"invalid volume {text!r}: a host path must be absolute")
-    return MountRequest("volume", src, dest, "ro" in mode)
-
-
 def parse_mount(text: str) -> MountRequest:
     """``--mount type=bind|volume|tmpfs,src=...,dst=...[,readonly]`` as Docker's CSV."""
     fields: dict[str, str] = {}
@@ -299,14 +271,6 @@ def parse_mount(text: str) -> MountRequest:
     if kind == "tmpfs" and src:
         raise InvalidSpec(f"invalid --mount {text!r}: tmpfs takes no source")
     return MountRequest(kind, src, dst, ro, options)
-
-
-def parse_tmpfs(text: str) -> rt.Mount:
-    dest, _, opts = text.partition(":")
-    if not dest.startswith("/"):
-        raise InvalidSpec(f"invalid tmpfs {text!r}: the path must be absolute")
-    options = ["nosuid", "nodev", *(opts.split(",") if opts else ["mode=1777"])]
-    return rt.Mount(dest, "tmpfs", "tmpfs", options)
 
 
 def _resources(opts: RunOptions) -> rt.Resources | None:
@@ -376,20 +340,6 @@ def _device(text: str) -> tuple[rt.Device, str]:
     return node, perms
 
 
-def _rlimits(ulimits: list[str]) -> list[rt.Rlimit]:
-    out = []
-    for u in ulimits:
-        name, _, values = u.partition("=")
-        soft, _, hard = values.partition(":")
-        try:
-            s = int(soft)
-            h = int(hard) if hard else s
-        except ValueError as e:
-            raise InvalidSpec(f"invalid ulimit {u!r}: want NAME=SOFT[:HARD]") from e
-        out.append(rt.Rlimit("RLIMIT_" + name.upper(), h, s))
-    return out
-
-
 def _capabilities(opts: RunOptions) -> list[str]:
     if opts.privileged:
         return [c for i, c in enumerate(capmod.CAPS) if i <= capmod.last_cap()]
@@ -441,7 +391,7 @@ def build_spec(
             inheritable=[],
             ambient=[],
         ),
-        rlimits=_rlimits(opts.ulimits),
+        rlimits=parse_ulimits(opts.ulimits),
         no_new_privileges="no-new-privileges" in opts.security_opt
         or "no-new-privileges:true" in opts.security_opt,
     )
@@ -461,8 +411,8 @@ def build_spec(
     if opts.userns.startswith("auto") or opts.uidmap:
         linux.namespaces.append(rt.Namespace("user"))
         if opts.uidmap:
-            linux.uid_mappings = [_mapping(m, "--uidmap") for m in opts.uidmap]
-            linux.gid_mappings = [_mapping(m, "--gidmap") for m in opts.gidmap or opts.uidmap]
+            linux.uid_mappings = [parse_mapping(m, "--uidmap") for m in opts.uidmap]
+            linux.gid_mappings = [parse_mapping(m, "--gidmap") for m in opts.gidmap or opts.uidmap]
         else:
             base = 100_000 + (int(container_id[:6], 16) % 1000) * 65536
             linux.uid_mappings = [rt.IDMapping(0, base, 65536)]
@@ -613,53 +563,6 @@ def overlay_annotation(layers_dir: str, lower_top_first: list[str], upper: str, 
     check_depth(len(lower_top_first), "the image")  # at create, not as a mount error at start
     rel = [os.path.relpath(p, layers_dir) for p in lower_top_first]
     return json.dumps({"layers_dir": layers_dir, "lower": rel, "upper": upper, "work": work})
-
-
-_DURATION = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str, what: str) -> float:
-    """A Go duration (``30s``, ``1m30s``, ``500ms``) in seconds; a bare number is seconds."""
-    import re
-
-    t = text.strip()
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", t)
-    if not parts or "".join(n + u for n, u in parts) != t:
-        raise InvalidSpec(f"invalid {what} {text!r}: want a duration such as 30s or 1m30s")
-    return sum(float(n) * _DURATION[u] for n, u in parts)
-
-
-def parse_restart(text: str) -> dict[str, Any]:
-    """``--restart``: Docker's RestartPolicy document."""
-    name, _, count = text.partition(":")
-    if name not in ("no", "always", "unless-stopped", "on-failure"):
-        raise InvalidSpec(f"invalid restart policy {text!r}")
-    if count and name != "on-failure":
-        raise InvalidSpec(f"invalid restart policy {text!r}: only on-failure takes a count")
-    try:
-        n = int(count) if count else 0
-    except ValueError as e:
-        raise InvalidSpec(f"invalid restart policy {text!r}: bad count") from e
-    if n < 0:
-        raise InvalidSpec(f"invalid restart policy {text!r}: negative count")
-    return {"Name": "" if name == "no" else name, "MaximumRetryCount": n}
-
-
-def parse_signal(text: str) -> int:
-    import signal
-
-    t = text.strip().upper()
-    if t.isdigit():
-        return int(t)
-    name = t if t.startswith("SIG") else "SIG" + t
-    try:
-        return int(signal.Signals[name])
-    except KeyError as e:
-        raise InvalidSpec(f"invalid signal: {text}") from e
 
 
 def healthcheck(opts: RunOptions, image_cfg: dict[str, Any]) -> dict[str, Any] | None:
