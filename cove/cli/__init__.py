@@ -56,6 +56,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         vm.register(sub)
         vm.register_compare(sub)
+        from cove.cli import serve
+
+        serve.register(sub)
     if command is None or command in container_verbs:
         containers.register(sub, command)
     return parser
