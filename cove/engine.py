@@ -142,7 +142,7 @@ class Engine:
                 "Data": {"LowerDir": ":".join(p for p in lower if os.path.isdir(p))},
             },
             "RootFS": {"Type": "layers", "Layers": cfg.diff_ids},
-            "Metadata": {"LastTagTime": ""},
+            "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},  # Go's zero time: never tagged
             "Descriptor": {
                 "mediaType": img.manifest.media_type,
                 "digest": img.manifest_digest,

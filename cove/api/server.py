@@ -375,9 +375,9 @@ Route = tuple[str, str, Handler]
 def _routes() -> list[tuple[str, re.Pattern[str], Handler]]:
     """The routing table: every face module's ``ROUTES``. A new module (images, networks,
     volumes, events, build, system) is added to ``modules`` here and nowhere else."""
-    from cove.api import daemon
+    from cove.api import build, daemon, images, networks, volumes
 
-    modules: list[Any] = [daemon]
+    modules: list[Any] = [daemon, images, build, networks, volumes]
     table = []
     for mod in modules:
         for method, pattern, fn in mod.ROUTES:

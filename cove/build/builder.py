@@ -345,14 +345,25 @@ class Builder:
         return str(img.id)
 
 
-def build(ce: runsteps.Containers, opts: BuildOptions, stdin: BinaryIO | None = None) -> str:
-    """Build ``opts``; the new image's id."""
+def build(
+    ce: runsteps.Containers,
+    opts: BuildOptions,
+    stdin: BinaryIO | None = None,
+    progress: Progress | None = None,
+) -> str:
+    """Build ``opts``; the new image's id. ``progress``: where steps are reported (a face's
+    own, e.g. ``cove serve``'s JSON stream); default stderr as ``opts`` say."""
+    import threading
+
     from cove.build import context
 
-    progress = Progress("quiet" if opts.quiet else opts.progress)
+    progress = progress or Progress("quiet" if opts.quiet else opts.progress)
     ce.engine.images.ensure()
+    # signal handlers can only be set from the main thread; a server's request thread
+    # ends a build through its own clean-up paths instead
+    main = threading.current_thread() is threading.main_thread()
     with (
-        interrupts_as_keyboard(),
+        interrupts_as_keyboard() if main else contextlib.nullcontext(),
         context.load(
             opts.context, opts.dockerfile, stdin or sys.stdin.buffer, ce.engine.images.tmpdir
         ) as ctx,

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from cove.errors import Conflict, InvalidSpec, NotFound
@@ -109,11 +110,16 @@ class Volumes:
         self.store.remove_volume(name)
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
 
-    def prune(self, *, all_volumes: bool = False) -> tuple[list[str], int]:
-        """Unused anonymous volumes (all unused ones with ``all_volumes``), as Docker 23+."""
+    def prune(
+        self, *, all_volumes: bool = False, only: Callable[[Volume], bool] | None = None
+    ) -> tuple[list[str], int]:
+        """Unused anonymous volumes (all unused ones with ``all_volumes``), as Docker 23+;
+        ``only``: those it accepts too (the API's label filters)."""
         removed: list[str] = []
         freed = 0
         for v in self.all():
+            if only is not None and not only(v):
+                continue
             if (v.anonymous or all_volumes) and not self.users(v.name):
                 freed += _du(self.path(v.name))
                 try:

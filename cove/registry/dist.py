@@ -109,7 +109,10 @@ def _clone(client: Client) -> Client:
 
 
 class Progress:
-    """Per-blob lines: a bar that redraws on a TTY, one line per event otherwise."""
+    """Per-blob lines: a bar that redraws on a TTY, one line per event otherwise.
+
+    Faces that report elsewhere (``cove serve``'s Docker progress JSON) subclass it; the
+    pull and push code only calls these methods."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -122,6 +125,20 @@ class Progress:
         with self.lock:
             sys.stderr.write(f"{digest.removeprefix('sha256:')[:12]}: {text}\n")
             sys.stderr.flush()
+
+    def queued(self, digest: str) -> None:
+        """A blob this pull or push will transfer (before any of them starts)."""
+
+    def summary(self, text: str) -> None:
+        """The closing lines: ``Digest: ...``/``Status: ...`` or ``TAG: digest: ...``."""
+        if not self.quiet:
+            sys.stderr.write(text)
+
+    def pulled(self, ref: refs.Reference, digest: str, fresh: bool) -> None:
+        self.summary(f"Digest: {digest}\nStatus: downloaded {ref}\n")
+
+    def pushed(self, tag: str, digest: str, size: int) -> None:
+        self.summary(f"{tag}: digest: {digest} size: {size}\n")
 
     def bar(self, digest: str, done: int, total: int) -> None:
         if not self.tty or not total:
@@ -308,6 +325,7 @@ def pull(
     platform: str | None = None,
     quiet: bool = False,
     tls_verify: bool = True,
+    progress: Progress | None = None,
 ) -> str:
     """``cove pull``: returns the image id."""
     ref = refs.parse(text)
@@ -321,7 +339,7 @@ def pull(
         for domain in [*conf.mirrors.get(cand.domain, []), cand.domain]:
             try:
                 return _pull_one(engine, cand, domain, platform=platform, quiet=quiet,
-                                 tls_verify=tls_verify)  # fmt: skip
+                                 tls_verify=tls_verify, progress=progress)  # fmt: skip
             except (RegistryError, NotFound) as e:
                 if isinstance(e, AuthError) and len(candidates) == 1:
                     raise
@@ -338,12 +356,13 @@ def _pull_one(
     platform: str | None,
     quiet: bool,
     tls_verify: bool,
+    progress: Progress | None = None,
 ) -> str:
     """Pull ``ref`` from ``domain`` (the reference's own registry or one of its mirrors)."""
     store = engine.images
     store.ensure()
     client = connect(engine.root, domain, tls_verify=tls_verify)
-    progress = Progress(quiet)
+    progress = progress or Progress(quiet)
     repo = ref.path
     scope = f"repository:{repo}:pull"
     try:
@@ -372,6 +391,8 @@ def _pull_one(
                     progress.say(desc.digest, "already exists")
                 else:
                     todo.append((desc, diff_id))
+                    progress.queued(desc.digest)
+            fresh = bool(todo) or not store.blobs.has(digest)
             errors: list[BaseException] = []
             if todo:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=min(3, len(todo))) as ex:
@@ -395,8 +416,7 @@ def _pull_one(
         raise
     finally:
         client.close()
-    if not quiet:
-        sys.stderr.write(f"Digest: {digest}\nStatus: downloaded {ref}\n")
+    progress.pulled(ref, digest, fresh)
     return str(config_digest(store, digest))
 
 
@@ -412,6 +432,7 @@ def push(
     *,
     quiet: bool = False,
     tls_verify: bool = True,
+    progress: Progress | None = None,
 ) -> str:
     """``cove push``: returns the manifest digest."""
     img = engine.image(source)
@@ -421,11 +442,13 @@ def push(
     tag = ref.tag or refs.DEFAULT_TAG
     store = engine.images
     client = connect(engine.root, ref.domain, tls_verify=tls_verify)
-    progress = Progress(quiet)
+    progress = progress or Progress(quiet)
     repo = ref.path
     others = sorted({n.path for n in img.names if n.domain == ref.domain and n.path != repo})
     scope = f"repository:{repo}:pull,push"
     try:
+        for desc in img.manifest.layers:
+            progress.queued(desc.digest)
         for desc in [*img.manifest.layers, img.manifest.config]:
             _push_blob(client, store, repo, desc, scope, others, progress)
         data = store.blobs.read(img.manifest_digest)
@@ -441,8 +464,7 @@ def push(
         client.discard(resp)
     finally:
         client.close()
-    if not quiet:
-        sys.stderr.write(f"{tag}: digest: {img.manifest_digest} size: {len(data)}\n")
+    progress.pushed(tag, img.manifest_digest, len(data))
     return str(img.manifest_digest)
 
 
