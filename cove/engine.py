@@ -16,6 +16,7 @@ from cove.errors import Conflict, CorruptContent, InvalidSpec, NotFound
 from cove.image.store import Image, ImageStore, IndexEntry
 from cove.spec import image as spec
 from cove.spec import reference as refs
+from cove.sys import events as log  # the events log (`docker events`)
 from cove.sys.private import DEFAULT_ROOT
 
 _RUNNING = ("running", "paused", "restarting")  # Docker's IsRunning; the rest are stopped
@@ -164,6 +165,7 @@ class Engine:
             self.images.blobs.size(img.manifest_digest),
         )
         self.images.add_image(desc, [*img.names, ref])
+        log.emit(self.root, "image", "tag", img.id, {"name": ref.familiar()})
 
     def remove_image(self, name: str, *, force: bool = False) -> list[tuple[str, str]]:
         """Docker's rmi: untag a name; delete the image when no name is left and no
@@ -221,6 +223,9 @@ class Engine:
             if events and events[-1][0] == "Deleted":
                 self.images.collect(held=True)
                 self._drop_vm_roots()
+        for what, value in events:
+            action = "untag" if what == "Untagged" else "delete"
+            log.emit(self.root, "image", action, img.id, {"name": value})
         return events
 
     def _users(self, image_id: str) -> list[Any]:

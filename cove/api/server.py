@@ -375,9 +375,9 @@ Route = tuple[str, str, Handler]
 def _routes() -> list[tuple[str, re.Pattern[str], Handler]]:
     """The routing table: every face module's ``ROUTES``. A new module (images, networks,
     volumes, events, build, system) is added to ``modules`` here and nowhere else."""
-    from cove.api import build, daemon, images, networks, volumes
+    from cove.api import build, daemon, images, networks, system, volumes
 
-    modules: list[Any] = [daemon, images, build, networks, volumes]
+    modules: list[Any] = [daemon, images, build, networks, volumes, system]
     table = []
     for mod in modules:
         for method, pattern, fn in mod.ROUTES:

@@ -20,6 +20,7 @@ from typing import Any
 
 from cove.errors import Conflict
 from cove.state import OP_REMOVE, OP_START, Record, Status, Store, now
+from cove.sys import events
 
 # -- process identity ----------------------------------------------------------------------
 
@@ -50,9 +51,20 @@ def crash_point(name: str) -> None:
 # -- create ----------------------------------------------------------------------------------
 
 
+def _event(store: Store, cid: str, action: str, **attrs: str) -> None:
+    """The transition in the events log (``docker events``): best effort, never fails it."""
+    try:
+        rec = store.get(cid)
+    except Exception:
+        return
+    events.emit(store.root, "container", action, rec.id,
+                {"image": rec.image, "name": rec.name, **attrs})  # fmt: skip
+
+
 def add(store: Store, rec: Record) -> None:
     """A new row (in ``create``, marked with its op), or one rebuilt by ``system check``."""
     store.add(rec)
+    _event(store, rec.id, "create")
 
 
 def created(store: Store, cid: str, config: dict[str, Any], *, keep_op: bool) -> None:
@@ -67,6 +79,7 @@ def created(store: Store, cid: str, config: dict[str, Any], *, keep_op: bool) ->
 
 def delete(store: Store, cid: str) -> None:
     """The row goes last, after every trace it names (processes, cgroups, files)."""
+    _event(store, cid, "destroy")
     store.remove(cid)
 
 
@@ -130,6 +143,7 @@ def started(
         oom_killed=False,
         health=health,
     )
+    _event(store, cid, "start")
 
 
 def start_failed(store: Store, rec: Record, code: int, error: str) -> None:
@@ -194,6 +208,7 @@ def exited(
     store.update(
         cid, status=Status.EXITED, exit_code=code, finished_at=now(), monitor_pid=0, **fields
     )
+    _event(store, cid, "die", exitCode=str(code))
 
 
 def run_failed(store: Store, cid: str, code: int, error: str) -> None:

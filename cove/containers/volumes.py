@@ -17,7 +17,7 @@ from typing import Any
 
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.state import Store, Volume, now
-from cove.sys import private
+from cove.sys import events, private
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
@@ -61,6 +61,8 @@ class Volumes:
             private.make_dir(self.path(name), 0o755, parents=False)
         vol = Volume(name, now(), anonymous, dict(labels or {}), dict(options or {}))
         made = self.store.add_volume(vol)
+        if made:
+            events.emit(os.path.dirname(self.dir), "volume", "create", name, {"driver": "local"})
         return (vol if made else self.store.get_volume(name)), made
 
     def get(self, name: str) -> Volume:
@@ -109,6 +111,7 @@ class Volumes:
             raise Conflict(f"remove {name}: volume is in use - [{ids}]")
         self.store.remove_volume(name)
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+        events.emit(os.path.dirname(self.dir), "volume", "destroy", name, {"driver": "local"})
 
     def prune(
         self, *, all_volumes: bool = False, only: Callable[[Volume], bool] | None = None

@@ -24,6 +24,7 @@ from typing import Any
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.network import firewall, ipam, links
 from cove.network.store import Lease, Network, NetworkStore, Port
+from cove.sys import events
 from cove.sys.private import DEFAULT_ROOT
 
 DEFAULT = "bridge"
@@ -132,6 +133,7 @@ class NetworkManager:
             self.store.remove(n.id)
             links.delete(n.bridge)
             raise
+        events.emit(self.root, "network", "create", n.id, {"name": n.name, "type": "bridge"})
         return n
 
     def _default_bridge(self) -> str:
@@ -236,6 +238,7 @@ class NetworkManager:
 
             shutil.rmtree(os.path.join(self.dir, n.id))
         self.sync()
+        events.emit(self.root, "network", "destroy", n.id, {"name": n.name, "type": "bridge"})
         return n
 
     def inspect(self, n: Network, containers: dict[str, str]) -> dict[str, Any]:
