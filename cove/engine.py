@@ -77,13 +77,18 @@ class Engine:
         plat = spec.Platform.parse(platform) if platform else spec.Platform.host()
         with self._collect_on_failure():
             image_id, _ = import_rootfs(self.images, path, names, changes or [], plat, message)
+        log.emit(self.root, "image", "import", image_id, {"name": name or image_id})
         return image_id
 
     def load(self, path: str) -> list[Any]:
         from cove.image.archive import load
 
         with self._collect_on_failure():
-            return load(self.images, path)
+            loaded = load(self.images, path)
+        for x in loaded:
+            for label in [n.familiar() for n in x.names] or [x.image_id]:
+                log.emit(self.root, "image", "load", x.image_id, {"name": label})
+        return loaded
 
     @contextlib.contextmanager
     def _collect_on_failure(self) -> Iterator[None]:
@@ -282,6 +287,9 @@ class Engine:
                 events.append(("deleted", digest))
             _, freed = self.images.collect(held=True)
             freed += self._drop_vm_roots()
+        for what, value in events:
+            log.emit(self.root, "image", "untag" if what == "untagged" else "delete", value,
+                     {"name": value})  # fmt: skip
         return events, freed
 
     def drop_vm_roots(self) -> int:

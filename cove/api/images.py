@@ -96,7 +96,9 @@ class JsonProgress(Progress):
         self.header: dict[str, Any] | None = header
         self.layers: set[str] = set()
         self.last: dict[str, float] = {}
-        self.aux: dict[str, Any] | None = None
+        # "Already exists" lines wait for the first layer to fetch: dockerd names no
+        # layer when the image is up to date
+        self.present: list[str] = []
 
     def _head(self) -> None:
         if self.header is not None:
@@ -108,16 +110,25 @@ class JsonProgress(Progress):
         self.out.send({"status": status, "progressDetail": extra.pop("detail", {}),
                        "id": short(digest), **extra})  # fmt: skip
 
+    def _flush_present(self) -> None:
+        for digest in self.present:
+            self._layer(digest, "Layer already exists" if self.push else "Already exists")
+        self.present.clear()
+
     def queued(self, digest: str) -> None:
         self.layers.add(digest)
+        self._flush_present()
         self._layer(digest, "Preparing" if self.push else "Pulling fs layer")
 
     def say(self, digest: str, text: str) -> None:
         if text.startswith("resuming"):
             return
         if text == "already exists":
-            self.layers.add(digest)
-            self._layer(digest, "Layer already exists" if self.push else "Already exists")
+            if digest not in self.layers:  # before the downloads: held back (above)
+                self.layers.add(digest)
+                self.present.append(digest)
+            else:
+                self._layer(digest, "Layer already exists" if self.push else "Already exists")
         elif digest in self.layers:  # never the config blob: Docker shows layers only
             if text == "pull complete":
                 self._layer(digest, "Download complete")
@@ -141,12 +152,15 @@ class JsonProgress(Progress):
 
     def pulled(self, ref: refs.Reference, digest: str, fresh: bool) -> None:
         self._head()
+        if fresh:
+            self._flush_present()
         self.out.send({"status": f"Digest: {digest}"})
         how = "Downloaded newer image for" if fresh else "Image is up to date for"
         self.out.send({"status": f"Status: {how} {ref.familiar()}"})
 
     def pushed(self, tag: str, digest: str, size: int) -> None:
         self._head()
+        self._flush_present()
         self.out.send({"status": f"{tag}: digest: {digest} size: {size}"})
         self.out.send({"progressDetail": {}, "aux": {"Tag": tag, "Digest": digest, "Size": size}})
 
@@ -332,7 +346,9 @@ def create(req: Request) -> Response | None:
 
 
 def _pull_not_found(ref: refs.Reference, err: BaseException) -> str:
-    # dockerd's text for a missing repository or tag; the CLI and clients print it
+    # dockerd's texts for a missing tag and a missing repository; the CLI and clients print it
+    if "MANIFEST_UNKNOWN" in str(err):
+        return f"manifest for {ref.familiar()} not found: manifest unknown: manifest unknown"
     name = ref.familiar_repository
     return (
         f"pull access denied for {name}, repository does not exist or may require "

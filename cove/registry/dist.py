@@ -417,7 +417,11 @@ def _pull_one(
     finally:
         client.close()
     progress.pulled(ref, digest, fresh)
-    return str(config_digest(store, digest))
+    image_id = str(config_digest(store, digest))
+    from cove.sys import events
+
+    events.emit(engine.root, "image", "pull", str(ref), {"name": str(ref)})
+    return image_id
 
 
 def config_digest(store: Any, manifest_digest: str) -> str:
@@ -465,6 +469,9 @@ def push(
     finally:
         client.close()
     progress.pushed(tag, img.manifest_digest, len(data))
+    from cove.sys import events
+
+    events.emit(engine.root, "image", "push", str(ref), {"name": str(ref)})
     return str(img.manifest_digest)
 
 
