@@ -23,7 +23,12 @@ _RUNNING = ("running", "paused", "restarting")  # Docker's IsRunning; the rest a
 
 
 def default_root() -> str:
-    return os.environ.get("COVE_ROOT") or DEFAULT_ROOT
+    if os.environ.get("COVE_ROOT"):
+        return os.environ["COVE_ROOT"]
+    from cove.sys import userns
+
+    # rootless: the user's own root, as Podman's ~/.local/share/containers
+    return userns.data_dir() if userns.rootless() else DEFAULT_ROOT
 
 
 @dataclass(frozen=True)

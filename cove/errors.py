@@ -60,3 +60,10 @@ class HostToolFailed(CoveError):
 
 class CorruptState(CoveError):
     """The state database cannot be read (damaged file): ``cove system check --repair``."""
+
+
+class RootlessUnavailable(CoveError):
+    """A non-root user cannot get the user namespace rootless cove runs in (no subordinate
+    ids in /etc/subuid or /etc/subgid, no newuidmap): cove's own failure, as Docker's 125."""
+
+    exit_code = 125

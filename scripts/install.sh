@@ -26,6 +26,8 @@ packages=(
     iptables         # NAT, published ports, network isolation (iptables-restore)
     qemu-system-x86 qemu-utils  # the VMM of cove vm, qemu-img for disks
     cpio             # the demo and run --vm build initramfs images
+    uidmap           # rootless: newuidmap/newgidmap map a user's /etc/subuid range
+    slirp4netns      # rootless: user-mode networking and published ports
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -36,6 +38,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# rootless: slirp4netns opens /dev/net/tun in the user's own network namespace; udev makes
+# it 0666 on a standard system (a tun device still needs CAP_NET_ADMIN in its namespace),
+# a host without udev (containers, microVMs) leaves it 0600
+[ -c /dev/net/tun ] && chmod 0666 /dev/net/tun
 
 # The Python package, in its own venv (Debian's python3 is externally managed), built on the
 # distribution's interpreter whatever PATH says: a private build ahead on PATH (pyenv under

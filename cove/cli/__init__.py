@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     register(VM())  # the verbs find a vm run's driver here (containers never import vm)
     try:
+        if os.geteuid() != 0:  # rootless: join the user's namespace (before any thread)
+            from cove.sys import userns
+
+            userns.enter()
         engine = Engine(args.root)
         ensure_private(engine.root)
         rc: int = args.func(engine, args)

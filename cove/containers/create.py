@@ -1,11 +1,10 @@
 """``docker create``: the record, the bundle (OCI spec, overlay layers, etc files) and the
-volumes; no process yet. Also the names: generated, checked, renamed.
+volumes; no process yet. Names are in ``names``, the network options' checks in ``netopts``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import sys
@@ -14,60 +13,17 @@ from typing import TYPE_CHECKING, Any
 from cove.containers import lifecycle
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.mounts import resolve_mounts
+from cove.containers.names import check_name, container_name
+from cove.containers.netopts import network_opts
 from cove.containers.reconcile import purge
 from cove.containers.record import docker_config, log_config
-from cove.errors import Conflict, InvalidSpec, NotFound
+from cove.errors import InvalidSpec, NotFound
 from cove.spec import image as spec
-from cove.state import OP_CREATE, Record, Status, now
+from cove.state import OP_CREATE, Record, now
 from cove.sys import private
 
 if TYPE_CHECKING:
     from cove.containers.engine import ContainerEngine
-
-_ADJECTIVES = (
-    "agile",
-    "brave",
-    "calm",
-    "eager",
-    "fond",
-    "gentle",
-    "happy",
-    "keen",
-    "lucid",
-    "merry",
-    "nifty",
-    "proud",
-    "quiet",
-    "sharp",
-    "tender",
-    "vivid",
-    "witty",
-    "zen",
-)
-_NAMES = (
-    "babbage",
-    "curie",
-    "darwin",
-    "euler",
-    "fermi",
-    "gauss",
-    "hopper",
-    "kepler",
-    "lovelace",
-    "meitner",
-    "noether",
-    "pascal",
-    "ritchie",
-    "shannon",
-    "thompson",
-    "turing",
-    "wirth",
-)
-
-
-def container_name(cid: str) -> str:
-    n = int(cid[:8], 16)
-    return f"{_ADJECTIVES[n % len(_ADJECTIVES)]}_{_NAMES[(n >> 8) % len(_NAMES)]}_{cid[:4]}"
 
 
 def create(ce: ContainerEngine, opts: Any, *, op: str = "", image: Any = None) -> str:
@@ -101,7 +57,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
     if restart["Name"] and opts.rm:
         raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
     log_cfg = log_config(opts.log_opts)
-    opts, port_bindings = _network_opts(ce, opts)
+    opts, port_bindings = network_opts(ce, opts)
     stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
     ctr.parse_signal(stop_signal)
     cid = secrets.token_hex(32)
@@ -118,11 +74,8 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
         op_pid=me,
         op_start=me_start,
     )
-    if opts.name is not None and not _valid_name(opts.name):
-        raise InvalidSpec(
-            f"invalid container name {json.dumps(opts.name)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] "
-            "are allowed"
-        )
+    if opts.name is not None:
+        check_name(opts.name)
     ctr.check_etc_inputs(opts)  # before the row: a refused value leaves nothing behind
     lifecycle.add(ce.store, rec)
     crash_point("create-row")
@@ -220,39 +173,6 @@ def image_for_run(ce: ContainerEngine, opts: Any) -> Any:
     return ce.engine.images.resolve(opts.image)
 
 
-def _network_opts(ce: ContainerEngine, opts: Any) -> tuple[Any, dict[str, Any]]:
-    """Check --network and -p; ``container:NAME`` becomes that container's netns path."""
-    import dataclasses
-
-    mode = opts.network or "bridge"
-    bindings: dict[str, Any] = {}
-    if mode.startswith("container:"):
-        other = ce.get(mode.partition(":")[2])
-        if other.status != Status.RUNNING:
-            raise Conflict(f"cannot join network of a non running container: {other.name}")
-        opts = dataclasses.replace(opts, network=f"container:/proc/{other.pid}/ns/net")
-    elif mode not in ("none", "host"):
-        from cove.network.manager import DEFAULT, NetworkManager, parse_publish
-
-        if mode != DEFAULT:
-            NetworkManager(ce.root, ce.store.db).store.get(mode)
-        for text in opts.publish:
-            for p in parse_publish(text):
-                host_port = str(p.host_port or "")
-                if p.host_port_end:
-                    host_port += f"-{p.host_port_end}"
-                bindings.setdefault(f"{p.container_port}/{p.proto}", []).append(
-                    {"HostIp": p.host_ip, "HostPort": host_port}
-                )
-    bridged = mode not in ("none", "host") and not mode.startswith("container:")
-    if (opts.publish or opts.publish_all or opts.network_aliases or opts.ip) and not bridged:
-        raise InvalidSpec(
-            f"conflicting options: port publishing, aliases and --ip need a bridge "
-            f"network, not {mode}"
-        )
-    return opts, bindings
-
-
 def _prepare_userns(ce: ContainerEngine, cdir: str, oci: Any) -> None:
     """The mapped root must own its upper layer and reach the bundle by path."""
     from cove.runtime.api import host_root_ids
@@ -286,28 +206,3 @@ def _seccomp(ce: ContainerEngine, opts: Any, caps: list[str]) -> Any:
         except OSError as e:
             raise InvalidSpec(f"cannot read seccomp profile {value}: {e.strerror}") from e
     return seccomp.default_profile(caps)
-
-
-# -- start ------------------------------------------------------------------
-
-
-def rename(ce: ContainerEngine, ref: str, new: str) -> None:
-    rec = ce.get(ref)
-    new = new.removeprefix("/")
-    if not _valid_name(new):
-        raise InvalidSpec(
-            f"invalid container name {json.dumps(new)}, only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        )
-    if new == rec.name:
-        raise InvalidSpec("renaming a container with the same name as its current name")
-    lifecycle.rename(ce.store, rec.id, new)
-    if rec.status in (Status.RUNNING, Status.PAUSED):
-        with contextlib.suppress(Exception):
-            ce.networks().rename(rec.id, new)
-
-
-def _valid_name(name: str) -> bool:
-    import re
-
-    # fullmatch: "$" alone also matches before a trailing newline ("name\n")
-    return bool(re.fullmatch(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]+", name))

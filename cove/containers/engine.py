@@ -14,6 +14,7 @@ from typing import Any
 
 from cove.containers import create as _create
 from cove.containers import inspect as _inspect
+from cove.containers import names as _names
 from cove.containers import network as _network
 from cove.containers import reconcile as _reconcile
 from cove.containers import remove as _remove
@@ -23,8 +24,8 @@ from cove.containers import stop as _stop
 
 # names that callers import from here (the CLI, vm/run, check); their homes are the verbs
 from cove.containers.attach import attach_stream, connect_attach, forward_signals_to
-from cove.containers.create import container_name
 from cove.containers.isolation import container_only
+from cove.containers.names import container_name
 from cove.containers.record import docker_config, log_config
 from cove.engine import Engine
 from cove.state import OP_START, Record, Store
@@ -88,7 +89,7 @@ class ContainerEngine:
         return _create.image_for_run(self, opts)
 
     def rename(self, ref: str, new: str) -> None:
-        _create.rename(self, ref, new)
+        _names.rename(self, ref, new)
 
     def start(self, ref: str, *, attach_fd: int = -1, op: str = OP_START) -> Record:
         return _start.start(self, ref, attach_fd=attach_fd, op=op)

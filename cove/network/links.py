@@ -9,7 +9,7 @@ the start path ever needs it.
 
 from __future__ import annotations
 
-import os
+import socket
 import subprocess
 
 from cove.errors import CoveError, HostToolFailed
@@ -30,7 +30,13 @@ def _batch(commands: list[str], netns_pid: int | None = None) -> None:
 
 
 def exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    # by index in our own network namespace: /sys shows the namespace that mounted it,
+    # which is the host's for rootless cove in its own (cove.network.usermode)
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
 
 
 def _sysctl(path: str, value: str) -> None:

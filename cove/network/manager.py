@@ -26,6 +26,7 @@ from cove.network import firewall, ipam, links
 from cove.network.store import Lease, Network, NetworkStore, Port
 from cove.sys import events
 from cove.sys.private import DEFAULT_ROOT
+from cove.sys.userns import rootless
 
 DEFAULT = "bridge"
 DEFAULT_BRIDGE = "cove0"
@@ -91,6 +92,10 @@ class NetworkManager:
         self.root = root
         self.dir = os.path.join(root, "networks")
         self.store = NetworkStore(db)
+        if rootless():  # rootless: every bridge, veth and rule lives in the user's netns
+            from cove.network import usermode
+
+            usermode.join()
 
     # -- networks -------------------------------------------------------------
 
@@ -349,6 +354,10 @@ class NetworkManager:
 
     def _sync_locked(self) -> None:
         nets = self.store.networks()
+        if rootless():  # published ports reach the user's netns through slirp4netns
+            from cove.network import usermode
+
+            usermode.sync_forwards((p.proto, p.host_ip, p.host_port) for p in self.store.ports())
         tag = self._default_bridge().removeprefix(DEFAULT_BRIDGE)
         if not nets:
             firewall.remove_all(tag)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from cove.errors import InvalidSpec, Unsupported
 from cove.runtime import devices_bpf
 from cove.spec.runtime import Resources
+from cove.sys.userns import rootless
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 CFS_PERIOD = 100_000
@@ -48,6 +49,10 @@ def read_layout(mountinfo: str = "/proc/self/mountinfo") -> Layout:
                 for opt in opts.split(","):
                     if opt in V1_CONTROLLERS or opt.startswith("name="):
                         layout.v1.setdefault(opt, mountpoint)
+    if mountinfo == "/proc/self/mountinfo" and rootless():
+        from cove.runtime.rootless import delegated_layout
+
+        return delegated_layout(layout)  # only what the host delegated to the user
     return layout
 
 
@@ -104,6 +109,10 @@ class Cgroups:
         if self.layout.pure_v2:
             self._enable_v2_controllers()
         for ctrl, d in self.dirs().items():
+        if not self.dirs():  # rootless without a delegated cgroup v2 tree: nothing to write
+            from cove.runtime.rootless import ignored_limits
+
+            return ignored_limits(resources)
             if ctrl == "cpuset":
                 self._init_cpuset(d)
             os.makedirs(d, exist_ok=True)

@@ -31,6 +31,7 @@ from cove.sys import syscalls as sc
 from cove.sys.overlay import Layers
 from cove.sys.overlay import mount as overlay_mount
 from cove.sys.private import CONTAINER_UMASK
+from cove.sys.userns import rootless
 
 NS_FLAGS = {
     "pid": sc.CLONE_NEWPID,
@@ -454,7 +455,7 @@ def _mount_cgroups(ctx: InitContext, rootfd: int, dest: str, flags: int) -> None
         sc.mount("cgroup2", _target(rootfd, dest, is_dir=True, strict="cgroup2"), "cgroup2", flags)
         return
     # cgroup v1 cannot be mounted inside a user namespace: bind our own directories instead
-    in_userns = ctx.spec.namespace("user") is not None
+    in_userns = ctx.spec.namespace("user") is not None or rootless()
     sc.mount(
         "tmpfs",
         _target(rootfd, dest, is_dir=True, strict="tmpfs"),
@@ -498,8 +499,10 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
             lowers = idmapped_lower_dirs(cfg)
         else:
             lowers = [os.path.join(cfg["layers_dir"], rel) for rel in cfg["lower"]]
-        # one fsconfig("lowerdir+") per layer: no page limit, so all 127 layers fit
-        overlay_mount(Layers(lowers, cfg["upper"], cfg["work"], userxattr=userns), rootfs)
+        # one fsconfig("lowerdir+") per layer: no page limit, so all 127 layers fit; in
+        # any user namespace but the initial one (rootless too) overlay reads user.overlay.*
+        xattrs = userns or rootless()
+        overlay_mount(Layers(lowers, cfg["upper"], cfg["work"], userxattr=xattrs), rootfs)
     else:
         sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
     rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -533,7 +536,7 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
 
 def _make_devices(ctx: InitContext, rootfd: int) -> None:
     """Device nodes in the container's /dev tmpfs, and the standard symlinks."""
-    in_userns = ctx.spec.namespace("user") is not None
+    in_userns = ctx.spec.namespace("user") is not None or rootless()
     devfd = safepath.open_dir(rootfd, "dev", create=True)
     try:
         devices = [(p, t, ma, mi, 0o666, 0, 0) for p, (t, ma, mi) in DEFAULT_DEVICES.items()]
