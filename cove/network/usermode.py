@@ -170,8 +170,8 @@ def sync_forwards(ports: Iterable[tuple[str, str, int]]) -> None:
     want = {(proto, ip or "0.0.0.0", port) for proto, ip, port in ports}
     have: dict[tuple[str, str, int], int] = {}
     listed = _api({"execute": "list_hostfwd"})
-    entries = listed.get("return", {})
-    for e in entries.get("entries", []) if isinstance(entries, dict) else []:
+    found = listed.get("entries", [])  # slirp4netns answers {"entries": [...]}, no "return"
+    for e in found if isinstance(found, list) else []:
         have[(e["proto"], e["host_addr"], int(e["host_port"]))] = int(e["id"])
     for key, fid in have.items():
         if key not in want:
