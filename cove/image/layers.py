@@ -26,6 +26,7 @@ from typing import Any
 from cove.errors import CorruptContent, UnsafeArchive, Unsupported
 from cove.sys import safepath
 from cove.sys.syscalls import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, openat2
+from cove.sys.userns import rootless
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -81,6 +82,9 @@ class LayerWriter:
         # files there, as Docker extracts them
         self.whiteouts = whiteouts
         self.privileged = os.geteuid() == 0 if privileged is None else privileged
+        # rootless (root of the user's namespace): chown works within the mapped range, but
+        # trusted.* xattrs and device nodes are the initial namespace's alone
+        self.rootless = rootless()
         self.rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.stats = LayerStats()
         self._dirs: dict[str, _DirMeta] = {}
@@ -249,6 +253,11 @@ class LayerWriter:
             os.mkfifo(base, 0o600, dir_fd=pfd)
         elif not self.privileged:
             return  # unprivileged users cannot make device nodes; rootless mode skips them
+        elif self.rootless:
+            # no mknod in a user namespace: an empty regular file keeps the name (Podman's
+            # placeholder); never a 0/0 device, which overlayfs would take for a whiteout
+            os.close(os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=pfd))  # fmt: skip
         else:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
@@ -291,6 +300,8 @@ class LayerWriter:
                         os.fchown(fd, meta.uid, meta.gid)
                     os.fchmod(fd, meta.mode & 0o7777)
                 for key, value in meta.xattrs.items():
+                    if key == OVERLAY_OPAQUE_XATTR and self.rootless:
+                        continue  # overlay mounted with userxattr reads user.overlay.opaque
                     if key == OVERLAY_OPAQUE_XATTR and not self.privileged:
                         raise Unsupported("opaque whiteouts need root (trusted.* xattrs)")
                     os.setxattr(fd, key, value)
