@@ -18,6 +18,8 @@ packages=(
     grub-pc-bin grub-common xorriso mtools  # the VM tests build a bootable ISO
     golang-github-docker-docker-dev  # Docker's published default seccomp profile (compared)
     git              # test_upgrade.py starts a monitor from the commit before the package move
+    qemu-user-static # other CPU architectures (test_crossarch.py): user-mode emulators
+    qemu-system-arm qemu-efi-aarch64  # aarch64 guests (test_crossarch.py, bench/crossarch.py)
     docker.io        # cove serve's peer: dockerd 20.10 + CLI 20.10 (tests start their own dockerd)
 )
 missing=()

@@ -735,6 +735,12 @@ def cmd_commit(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+    from cove.sys import binfmt
+
+    try:  # the emulators this root registered (others' registrations are never touched)
+        binfmt.remove_own(engine.root)
+    except CoveError as e:
+        failed.append(str(e))
 def cmd_rename(engine: Engine, args: argparse.Namespace) -> int:
     _ce(engine).rename(args.container, args.new_name)
     return 0

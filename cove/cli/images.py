@@ -54,6 +54,7 @@ def _image_obj(row: ImageRow) -> dict[str, Any]:
         "CreatedSince": fmt.ago(created),
         "Size": fmt.human_size(row.size),
         "VirtualSize": fmt.human_size(row.size),
+        "Platform": str(row.image.config.platform),
     }
 
 
@@ -82,11 +83,12 @@ def cmd_images(engine: Engine, args: argparse.Namespace) -> int:
         for o, r in zip(objs, rows, strict=True):
             o["ID"] = r.image.id
     headers = ["REPOSITORY", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID",
-               "CREATED", "SIZE"]  # fmt: skip
+               "CREATED", "SIZE", "PLATFORM"]  # fmt: skip
 
     def to_row(o: dict[str, Any]) -> list[str]:
         digest = [o["Digest"]] if args.digests else []
-        return [o["Repository"], o["Tag"], *digest, o["ID"], o["CreatedSince"], o["Size"]]
+        return [o["Repository"], o["Tag"], *digest, o["ID"], o["CreatedSince"], o["Size"],
+                o["Platform"]]  # fmt: skip
 
     out = fmt.format_rows(args.format, headers, objs, to_row, kind="image")
     if out:

@@ -10,7 +10,7 @@ import secrets
 import sys
 from typing import TYPE_CHECKING, Any
 
-from cove.containers import lifecycle
+from cove.containers import lifecycle, platforms
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.mounts import resolve_mounts
 from cove.containers.names import check_name, container_name
@@ -18,7 +18,6 @@ from cove.containers.netopts import network_opts
 from cove.containers.reconcile import purge
 from cove.containers.record import docker_config, log_config
 from cove.errors import InvalidSpec, NotFound
-from cove.spec import image as spec
 from cove.state import OP_CREATE, Record, now
 from cove.sys import private
 
@@ -46,13 +45,14 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
 
     img = image if image is not None else image_for_run(ce, opts)
     crash_point("create-image")  # resolved, not yet recorded: the window pin() covers
-    host = spec.Platform.host()
-    want = spec.Platform.parse(opts.platform) if opts.platform else None
-    have = img.config.platform
-    if want and (want.os, want.architecture) != (have.os, have.architecture):
-        raise InvalidSpec(f"image {opts.image} is {have}, not the requested {want}")
-    if (have.os, have.architecture) != (host.os, host.architecture):
-        raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+    # another CPU architecture runs through QEMU (binfmt_misc), registered here if missing;
+    # a build's intermediate image (``image``) was asked for by its --platform: no warning
+    if platforms.check(ce.engine.root, opts.image, img.config.platform, opts.platform,
+                       warn=image is None):  # fmt: skip
+        # an emulated pid 1 cannot die of a signal: QEMU re-raises the guest's fatal signals
+        # at itself, and pid 1 of a namespace ignores those it has no handler for (it hangs);
+        # a native init (tini, static) is pid 1 instead and reports the child's end
+        opts.init = True
     restart = ctr.parse_restart(opts.restart or "no")
     if restart["Name"] and opts.rm:
         raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")

@@ -25,8 +25,9 @@ def blobs(root: Path) -> set[str]:
 def test_alpine_import_lists_and_unpacks(cove: CoveRunner, alpine: str) -> None:
     assert alpine.startswith("sha256:") and len(alpine) == 71
     out = cove("images").stdout.splitlines()
-    assert out[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert out[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE", "PLATFORM"]
     assert out[1].split()[:3] == ["alpine", "3.20", alpine[7:19]]
+    assert out[1].split()[-1] == "linux/amd64"
     [layer] = cove("image", "unpack", "alpine:3.20").stdout.split()
     assert (Path(layer) / "etc" / "alpine-release").read_text().strip() == RELEASE
     assert Path(layer, "bin", "busybox").stat().st_mode & 0o111

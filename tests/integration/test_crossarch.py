@@ -1,0 +1,159 @@
+"""Other CPU architectures (issue 19): foreign images run through QEMU user-mode emulation
+registered in binfmt_misc, with the shared aarch64 Alpine minirootfs.
+
+binfmt_misc is host-wide: every test snapshots the registrations first and checks that
+``system reset`` (the ``cove`` fixture's clean-up, run here explicitly) leaves them as found.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import ALPINE_DIR, CoveRunner, _verified, cove_argv
+
+from cove.sys import binfmt
+
+ALPINE_ARM64_TAR = ALPINE_DIR / "alpine-minirootfs-3.20.3-aarch64.tar.gz"
+ARM64 = "alpine-arm64:3.20"
+
+
+def registrations() -> dict[str, str]:
+    """Every binfmt_misc entry and what it says (empty when binfmt_misc is not mounted)."""
+    base = Path(binfmt.BINFMT_MISC)
+    if not (base / "register").exists():
+        return {}
+    return {
+        p.name: p.read_text()
+        for p in sorted(base.iterdir())
+        if p.name not in ("register", "status")
+    }
+
+
+@pytest.fixture
+def arm64(cove: CoveRunner) -> Iterator[str]:
+    """The aarch64 Alpine imported as linux/arm64; the registrations as they were before."""
+    tar = _verified(ALPINE_ARM64_TAR, ALPINE_DIR / "SHA512SUMS")
+    cove("import", "--platform", "linux/arm64", "--change", 'CMD ["/bin/sh"]', str(tar), ARM64)
+    yield ARM64
+
+
+def test_run_arm64_uname_and_apk_arch(cove: CoveRunner, arm64: str, alpine: str) -> None:
+    before = registrations()
+    had_handler = binfmt.handler_for("arm64") is not None if before else False
+    proc = cove("run", "--rm", "--platform", "linux/arm64", arm64, "uname", "-m")
+    assert proc.stdout == "aarch64\n"
+    assert "WARNING" not in proc.stderr  # asked for by --platform: no warning
+    assert cove("run", "--rm", "--platform", "linux/arm64", arm64, "cat", "/etc/apk/arch").stdout \
+        == "aarch64\n"  # fmt: skip
+    # the positive control beside it: the host's own image runs natively
+    assert cove("run", "--rm", "alpine:3.20", "uname", "-m").stdout == "x86_64\n"
+    # cove registered exactly what was missing, with the F flag
+    made = set(registrations()) - set(before)
+    assert made == (set() if had_handler else {"cove-qemu-aarch64"})
+    entry = binfmt.handler_for("arm64")
+    assert entry is not None and "F" in entry.flags
+    cove("system", "reset", "-f")
+    assert registrations() == before
+
+
+def test_foreign_image_without_platform_warns_and_runs(cove: CoveRunner, arm64: str) -> None:
+    proc = cove("run", "--rm", arm64, "uname", "-m")
+    assert proc.stdout == "aarch64\n"
+    assert proc.stderr.strip() == (
+        "WARNING: The requested image's platform (linux/arm64) does not match the detected "
+        "host platform (linux/amd64) and no specific platform was requested"
+    )
+    # a --platform the image is not is refused, as before
+    bad = cove("run", "--rm", "--platform", "linux/s390x", arm64, "true", check=False)
+    assert bad.returncode == 125 and "is linux/arm64, not the requested linux/s390x" in bad.stderr
+
+
+def test_exit_codes_and_signals_pass_through(cove: CoveRunner, arm64: str) -> None:
+    run = ("run", "--rm", "--platform", "linux/arm64", arm64)
+    assert cove(*run, "sh", "-c", "exit 7", check=False).returncode == 7
+    assert cove(*run, "true").returncode == 0
+    # a process killed by a signal: 128 + N (an emulated pid 1 would hang here instead)
+    assert cove(*run, "sh", "-c", "kill -KILL $$", check=False, timeout=60).returncode == 137
+    assert cove(*run, "sh", "-c", "kill -TERM $$", check=False, timeout=60).returncode == 143
+    # a signal sent to the container reaches the emulated program's handler
+    cid = cove(
+        "run", "-d", "--platform", "linux/arm64", arm64, "sh", "-c",
+        "trap 'echo caught; exit 3' USR1; echo ready; while :; do sleep 0.1; done",
+    ).stdout.strip()  # fmt: skip
+    for _ in range(600):
+        if "ready" in cove("logs", cid).stdout:
+            break
+    else:
+        raise AssertionError("the emulated shell never became ready")
+    cove("kill", "-s", "USR1", cid)
+    assert cove("wait", cid, timeout=60).stdout.strip() == "3"
+    assert cove("logs", cid).stdout.splitlines() == ["ready", "caught"]
+
+
+def test_images_and_inspect_show_the_platform(cove: CoveRunner, arm64: str, alpine: str) -> None:
+    out = cove("images", "--format", "{{.Repository}} {{.Platform}}").stdout.splitlines()
+    assert sorted(out) == ["alpine linux/amd64", "alpine-arm64 linux/arm64"]
+    fmt = "{{.Os}}/{{.Architecture}}"
+    assert cove("image", "inspect", "-f", fmt, arm64).stdout == "linux/arm64\n"
+    assert cove("image", "inspect", "-f", fmt, "alpine:3.20").stdout == "linux/amd64\n"
+
+
+def test_registration_of_others_is_used_and_left_alone(cove: CoveRunner, arm64: str) -> None:
+    """An entry someone else made (as Debian's systemd-binfmt does) is used, never changed."""
+    before = registrations()
+    if binfmt.handler_for("arm64") is not None:
+        pytest.fail(f"an aarch64 handler is registered already: {sorted(before)}")
+    name = "test-crossarch-aarch64"
+    h = binfmt.HANDLERS["arm64"]
+    line = (
+        f":{name}:M:0:{binfmt._escape(h.magic)}:{binfmt._escape(h.mask)}:"
+        f"{h.interpreter(binfmt.EMULATOR_DIR)}:OPF"
+    )
+    mounted = bool(before)
+    if not mounted:
+        subprocess.run(
+            ["mount", "-t", "binfmt_misc", "binfmt_misc", binfmt.BINFMT_MISC], check=True
+        )
+    Path(binfmt.BINFMT_MISC, "register").write_text(line)
+    try:
+        ours = registrations()[name]
+        assert cove("run", "--rm", "--platform", "linux/arm64", arm64, "uname", "-m").stdout \
+            == "aarch64\n"  # fmt: skip
+        assert set(registrations()) == set(before) | {name}  # nothing of cove's added
+        cove("system", "reset", "-f")
+        assert registrations()[name] == ours  # unchanged
+    finally:
+        Path(binfmt.BINFMT_MISC, name).write_text("-1")
+        if not mounted:
+            subprocess.run(["umount", binfmt.BINFMT_MISC], check=True)
+    assert registrations() == before
+
+
+def test_missing_emulator_is_a_clear_error(cove: CoveRunner, cove_root: Path) -> None:
+    """The package's emulator absent (a missing path): one line naming the package."""
+    if binfmt.handler_for("s390x") is not None:
+        pytest.fail("an s390x handler is registered already: cannot simulate its absence")
+    before = registrations()
+    tar = _verified(ALPINE_ARM64_TAR, ALPINE_DIR / "SHA512SUMS")
+    # an image that says s390x (its files are aarch64: only the registration matters here)
+    cove("import", "--platform", "linux/s390x", str(tar), "s390x:lie")
+    env = {**os.environ, binfmt.EMULATOR_DIR_ENV: "/nonexistent/qemu-binfmt"}
+    proc = subprocess.run(cove_argv(cove_root, "run", "--rm", "s390x:lie", "true"),
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert proc.returncode == 125
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Error: cannot run linux/s390x binaries: the emulator "
+        "/nonexistent/qemu-binfmt/s390x-binfmt-P is missing (install Debian's qemu-user-static)"
+    )
+    assert "cove-qemu-s390x" not in registrations()
+    # the positive control: with the package's path the entry is made (the aarch64 files
+    # then fail to exec as s390x, which is the kernel's answer, not cove's refusal)
+    ok = cove("run", "--rm", "s390x:lie", "true", check=False)
+    assert "cannot run linux/s390x" not in ok.stderr
+    assert "cove-qemu-s390x" in registrations()
+    cove("system", "reset", "-f")
+    assert registrations() == before
