@@ -21,6 +21,9 @@ import json
 import os
 import subprocess
 import sys
+import signal
+import socket
+import struct
 import tarfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -881,3 +884,241 @@ def monitors(root: Path) -> list[int]:
         if b"cove.monitor" in b" ".join(cmd) and f"root={root}".encode() in cmd:
             out.append(int(p.name))
     return out
+
+
+# -- the Docker Engine API 1.41 swagger (cove serve's response bodies are checked against it)
+
+SWAGGER_141 = Path("/usr/share/gocode/src/github.com/docker/docker/api/swagger.yaml")
+
+
+def _nullable(node: Any) -> Any:
+    """Swagger 2.0's ``x-nullable: true`` as JSON Schema: the type also admits null."""
+    if isinstance(node, dict):
+        out = {str(k): _nullable(v) for k, v in node.items()}
+        if out.get("x-nullable") is True and "type" in out:
+            t = out["type"]
+            out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
+        return out
+    if isinstance(node, list):
+        return [_nullable(v) for v in node]
+    return node
+
+
+@functools.cache
+def _swagger_registry() -> Any:
+    """The whole 1.41 document (Debian's golang-github-docker-docker-dev 20.10, installed by
+    scripts/test-deps.sh) as one resource: ``$ref``s resolve within it."""
+    import yaml
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    if not SWAGGER_141.exists():
+        raise AssertionError(f"{SWAGGER_141} missing: scripts/test-deps.sh installs it")
+    doc = _nullable(yaml.safe_load(SWAGGER_141.read_text()))  # str keys: YAML reads 200: as int
+    assert doc["info"]["version"] == "1.41", doc["info"]["version"]
+    return Registry().with_resource("urn:docker", Resource.from_contents(doc, DRAFT4))
+
+
+def swagger_errors(body: Any, path: str, method: str, status: int = 200) -> list[str]:
+    """Where ``body`` breaks the 1.41 swagger's response schema of ``method path`` (path as
+    the swagger spells it, e.g. ``/images/{name}/json``): [] when it validates."""
+    from jsonschema import Draft4Validator
+
+    ptr = path.replace("~", "~0").replace("/", "~1")
+    ref = f"urn:docker#/paths/{ptr}/{method.lower()}/responses/{status}/schema"
+    validator = Draft4Validator({"$ref": ref}, registry=_swagger_registry())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+            validator.iter_errors(body)]  # fmt: skip
+
+
+# -- cove serve on a temporary socket, driven by the docker CLI 20.10 and raw requests
+
+DOCKER_20 = "/usr/bin/docker"  # Debian docker.io 20.10 (scripts/test-deps.sh)
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.sock_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(120)
+        s.connect(self.sock_path)
+        self.sock = s
+
+
+@dataclass
+class Served:
+    """A ``cove serve`` on a temporary socket over the test's root."""
+
+    root: Path
+    sock: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def docker(self, *args: str, check: bool = True, input: bytes | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run([DOCKER_20, *args], env=self.env, capture_output=True,
+                              input=input.decode() if input else None, text=True,
+                              timeout=timeout)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout: {proc.stdout}\nstderr: {proc.stderr}\n"
+                                 f"server log tail: {self.log.read_text()[-3000:]}")  # fmt: skip
+        return proc
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request straight to the socket; the status and the decoded JSON body."""
+        conn = _UnixHTTP(self.sock)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, f"/v1.41{path}", body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            if "json" not in (resp.getheader("Content-Type") or "") or not raw.strip():
+                return resp.status, raw.decode(errors="replace") or None
+            return resp.status, json.loads(raw)
+        finally:
+            conn.close()
+
+    def checked(self, method: str, path: str, spec_path: str, status: int = 200,
+                body: Any = None) -> Any:  # fmt: skip
+        """``api`` plus: the status is ``status`` and the body validates against the 1.41
+        swagger's schema for ``spec_path``."""
+        got, doc = self.api(method, path, body)
+        assert got == status, (method, path, got, doc)
+        errors = swagger_errors(doc, spec_path, method, status)
+        assert errors == [], (method, path, errors, doc)
+        return doc
+
+
+def start_serve(root: Path, where: Path) -> Served:
+    where.mkdir(parents=True, exist_ok=True)
+    sock = where / "cove.sock"
+    log = where / "serve.log"
+    home = where / "home"
+    (home / ".docker").mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cove_argv(root, "serve", "-H", f"unix://{sock}"),
+                                stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "DOCKER_CONFIG": str(home / ".docker"),
+        "DOCKER_HOST": f"unix://{sock}",
+        "DOCKER_BUILDKIT": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    served = Served(root, str(sock), home, proc, log, env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if served.api("GET", "/_ping")[0] == 200:
+                return served
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_serve(served)
+            raise AssertionError(f"cove serve did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def stop_serve(served: Served) -> None:
+    if served.proc.poll() is None:
+        os.killpg(served.proc.pid, signal.SIGTERM)
+        try:
+            served.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(served.proc.pid, signal.SIGKILL)
+            served.proc.wait()
+
+
+# --------------------------------------------------------------------------------------------
+# cove-runc (issue 18): the console script of the venv that runs the tests, OCI bundles made
+# from the shared Alpine rootfs, and the cgroup trees a test's containers were put under.
+
+COVE_RUNC = Path(sys.executable).parent / "cove-runc"
+
+
+def alpine_bundle(path: Path, args: list[str], cgroups_path: str, **extra: Any) -> Path:
+    """An OCI bundle at ``path``: the Alpine rootfs and ``cove-runc spec``'s config with
+    ``args`` (no terminal, writable root) and ``extra`` merged into its top level."""
+    rootfs = path / "rootfs"
+    rootfs.mkdir(parents=True)
+    with tarfile.open(ALPINE_TAR) as tar:
+        tar.extractall(rootfs)  # the shared tarball, checked by the alpine_tar fixture
+    subprocess.run([str(COVE_RUNC), "spec", "--bundle", str(path)], check=True)
+    config = json.loads((path / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["root"]["readonly"] = False
+    config["linux"]["cgroupsPath"] = cgroups_path
+    config.update(extra)
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
+def remove_cgroup_tree(name: str) -> list[str]:
+    """Remove ``name`` (a top-level cgroup) from every hierarchy, children first; returns the
+    directories that were still there (a test that cleaned up leaves none)."""
+    found = []
+    for mnt in _cgroup_mounts():
+        top = Path(mnt) / name
+        if not top.is_dir():
+            continue
+        found.append(str(top))
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+    return found
+
+
+# -- foreign executables (other CPU architectures) ------------------------------------------
+
+TINY_EXIT = 42
+# e_machine, ELF class bits, byte order, e_flags, and the code: exit(TINY_EXIT) through the
+# architecture's Linux system call (instruction words in the ELF's byte order, or raw bytes)
+_TINY_CODE: dict[str, tuple[int, int, str, int, list[str]]] = {
+    # movz x0,#42; movz x8,#93 (exit); svc #0
+    "arm64": (183, 64, "<", 0, ["d2800540", "d2800ba8", "d4000001"]),
+    # mov r0,#42; mov r7,#1 (exit); svc #0 (EABI5)
+    "arm": (40, 32, "<", 0x05000000, ["e3a0002a", "e3a07001", "ef000000"]),
+    # addi a0,zero,42; addi a7,zero,93 (exit); ecall
+    "riscv64": (243, 64, "<", 0, ["02a00513", "05d00893", "00000073"]),
+    # li r3,42; li r0,1 (exit); sc (ELFv2)
+    "ppc64le": (21, 64, "<", 2, ["3860002a", "38000001", "44000002"]),
+    # lghi %r2,42; svc 1 (exit)
+    "s390x": (22, 64, ">", 0, ["a729002a", "0a01"]),
+}
+TINY_ARCHES = tuple(_TINY_CODE)
+
+
+def tiny_elf(goarch: str) -> bytes:
+    """A static ELF executable of ``goarch`` (GOARCH name) that exits with TINY_EXIT: one
+    program header loading the file at 0x400000, the code right after the headers."""
+    machine, bits, order, flags, words = _TINY_CODE[goarch]
+    code = b"".join(
+        struct.pack(order + "I", int(w, 16)) if len(w) == 8 else bytes.fromhex(w) for w in words
+    )
+    base = 0x400000
+    ident = b"\x7fELF" + bytes([bits // 32, 1 if order == "<" else 2, 1]) + bytes(9)
+    if bits == 64:
+        ehsize, phsize = 64, 56
+        total = ehsize + phsize + len(code)
+        eh = ident + struct.pack(order + "HHIQQQIHHHHHH", 2, machine, 1, base + ehsize + phsize,
+                                 ehsize, 0, flags, ehsize, phsize, 1, 0, 0, 0)  # fmt: skip
+        ph = struct.pack(order + "IIQQQQQQ", 1, 5, 0, base, base, total, total, 0x1000)
+    else:
+        ehsize, phsize = 52, 32
+        total = ehsize + phsize + len(code)
+        eh = ident + struct.pack(order + "HHIIIIIHHHHHH", 2, machine, 1, base + ehsize + phsize,
+                                 ehsize, 0, flags, ehsize, phsize, 1, 0, 0, 0)  # fmt: skip
+        ph = struct.pack(order + "IIIIIIII", 1, 0, base, base, total, total, 5, 0x1000)
+    return eh + ph + code

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ALPINE_DIR, CoveRunner, _verified, cove_argv
+from helpers import (
+    ALPINE_DIR,
+    TINY_EXIT,
+    CoveRunner,
+    TarBuilder,
+    _verified,
+    cove_argv,
+    tiny_elf,
+)
 
 from cove.sys import binfmt
 
@@ -155,5 +163,25 @@ def test_missing_emulator_is_a_clear_error(cove: CoveRunner, cove_root: Path) ->
     ok = cove("run", "--rm", "s390x:lie", "true", check=False)
     assert "cannot run linux/s390x" not in ok.stderr
     assert "cove-qemu-s390x" in registrations()
+    cove("system", "reset", "-f")
+    assert registrations() == before
+
+
+@pytest.mark.parametrize(
+    ("platform", "goarch"),
+    [("linux/arm64", "arm64"), ("linux/arm/v7", "arm"), ("linux/ppc64le", "ppc64le"),
+     ("linux/s390x", "s390x"), ("linux/riscv64", "riscv64")],
+)  # fmt: skip
+def test_each_architecture_runs(
+    cove: CoveRunner, tmp_path: Path, platform: str, goarch: str
+) -> None:
+    """A static program of each architecture Debian's qemu-user-static emulates exits with
+    its own code through the emulator (the image holds nothing else)."""
+    before = registrations()
+    tar = TarBuilder().file("exit", tiny_elf(goarch), mode=0o755).write(tmp_path / "x.tar")
+    cove("import", "--platform", platform, "--change", 'CMD ["/exit"]', str(tar), "tiny:1")
+    assert cove("image", "inspect", "-f", "{{.Architecture}}", "tiny:1").stdout == f"{goarch}\n"
+    proc = cove("run", "--rm", "--platform", platform, "tiny:1", check=False, timeout=60)
+    assert (proc.returncode, proc.stderr) == (TINY_EXIT, "")
     cove("system", "reset", "-f")
     assert registrations() == before
