@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+from cove.errors import NotFound
 from cove.spec.units import human_size
 from cove.state import Record, Status
 
@@ -44,7 +45,7 @@ def _mem_total() -> int:
 
 
 def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> list[dict[str, str]]:
-    from cove.runtime.cgroups import Cgroups
+    from cove.runtime import control
 
     recs: list[Record]
     if refs:
@@ -52,10 +53,18 @@ def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> lis
     else:
         recs = [r for r in ce.all() if all_containers or r.status == Status.RUNNING]
     live = [r for r in recs if r.status in (Status.RUNNING, Status.PAUSED)]
-    groups = {r.id: Cgroups(f"cove/{r.id}") for r in live}
-    before = {cid: g.stats()["cpu_ns"] for cid, g in groups.items()}
+    state_dir = ce.runtime().state_dir
+
+    def sample(cid: str) -> dict[str, Any] | None:
+        try:
+            return control.stats(state_dir, cid)
+        except NotFound:  # a vm run, or gone since the listing: zeros, as before
+            return None
+
+    first = {r.id: sample(r.id) for r in live}
+    before = {cid: s["cpu"]["usage"]["total"] for cid, s in first.items() if s is not None}
     sys_before = _system_ns()
-    if groups:
+    if before:
         time.sleep(0.5)
     sys_after = _system_ns()
     ncpu = os.cpu_count() or 1
@@ -73,8 +82,9 @@ def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> lis
             "BlockIO": "0B / 0B",
             "PIDs": "0",
         }
-        if r.id in groups:
-            s = groups[r.id].stats()
+        doc = sample(r.id) if r.id in before else None
+        if doc is not None:
+            s = _counters(doc)
             d_cpu = s["cpu_ns"] - before[r.id]
             d_sys = sys_after - sys_before
             cpu = (d_cpu / d_sys) * ncpu * 100 if d_sys > 0 else 0.0
@@ -90,6 +100,19 @@ def sample_all(ce: Any, refs: list[str], *, all_containers: bool = False) -> lis
             )
         rows.append(row)
     return rows
+
+
+def _counters(doc: dict[str, Any]) -> dict[str, int]:
+    """runc's stats document as the counters ``docker stats`` prints."""
+    blkio = {e["op"]: e["value"] for e in doc["blkio"]["ioServiceBytesRecursive"]}
+    return {
+        "cpu_ns": doc["cpu"]["usage"]["total"],
+        "mem_usage": doc["memory"]["usage"]["usage"],
+        "mem_limit": doc["memory"]["usage"]["limit"],
+        "io_read": blkio.get("Read", 0),
+        "io_write": blkio.get("Write", 0),
+        "pids": doc["pids"]["current"],
+    }
 
 
 def _bin(n: float) -> str:

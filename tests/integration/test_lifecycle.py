@@ -130,6 +130,7 @@ def test_detached_lifecycle(cove: CoveRunner, cove_root: Path, alpine: str, clea
     assert "PID" in top.splitlines()[0] and "while true" in top
     stats = cove("stats", "--no-stream", "loop").stdout.splitlines()
     assert stats[0].split()[:3] == ["CONTAINER", "ID", "NAME"] and "loop" in stats[1]
+    assert stats[1].split()[-1] != "0"  # PIDS: read from the container's cgroups
 
     # sh as pid 1 ignores SIGTERM: stop waits the grace period, then kills
     start = time.monotonic()
