@@ -114,6 +114,10 @@ class RunOptions:
     publish: list[str] = field(default_factory=list)
     pull: str = "missing"
     tls_verify: bool = True
+    # the isolation driver (``--isolation``/``--vm``: "" is namespaces) and, for a vm, the
+    # guest kernel to boot (``--kernel``; its size comes from --memory and --cpus)
+    isolation: str = ""
+    kernel: str | None = None
 
 
 # -- user lookup in the image ------------------------------------------------

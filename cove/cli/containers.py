@@ -137,19 +137,6 @@ def _start_errors(fn: Callable[[], int]) -> int:
         return 125
 
 
-def _vm_opts(args: argparse.Namespace) -> Any:
-    import math
-
-    from cove.spec.vm import parse_bytes
-    from cove.vm.run import VMRunOptions
-
-    return VMRunOptions(
-        memory_mib=parse_bytes(args.memory, default_unit="m") >> 20 if args.memory else 512,
-        cpus=max(1, math.ceil(float(args.cpus))) if args.cpus else 1,
-        kernel=args.kernel,
-    )
-
-
 def _stdin_tty_refused(attach_stdin: bool, tty: bool) -> bool:
     """Docker's CheckTty: attaching stdin to a container TTY (``run/exec -it`` without
     ``-d``, ``attach`` to a TTY container) needs a terminal on our own stdin; say so and
@@ -172,17 +159,8 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
     opts = _opts(args)
     ce = _ce(engine)
     if getattr(args, "vm", False) or getattr(args, "isolation", "container") == "vm":
-        from cove.vm import run as vmrun
-
-        def go_vm() -> int:
-            vm = _vm_opts(args)
-            if opts.detach:
-                print(vmrun.run_detached(ce, opts, vm))
-                return 0
-            return vmrun.run_foreground(ce, opts, vm)
-
-        return _start_errors(go_vm)
-    if args.kernel:
+        opts.isolation, opts.kernel = "vm", args.kernel
+    elif args.kernel:
         sys.stderr.write("Error: --kernel needs --vm\n")
         return 125
 
@@ -190,9 +168,7 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
         if opts.detach:
             print(ce.run_detached(opts))
             return 0
-        if (opts.restart or "no") != "no" or args.health_cmd or args.log_opt:
-            return int(ce.run_attached(opts))
-        return int(ce.run_foreground(opts))
+        return int(ce.run(opts))
 
     return _start_errors(go)
 
@@ -609,9 +585,7 @@ def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
 
     ce = _ce(engine)
     rec = ce.get(args.container)
-    from cove.containers.engine import container_only
-
-    container_only(rec, "top")
+    ce.processes(rec)  # refused for a vm run: its processes are the guest's
     if rec.status.value not in ("running", "paused"):
         sys.stderr.write(f"Error: container {rec.id} is not running\n")
         return 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cove.containers import isolation
 from cove.errors import InvalidSpec
 from cove.state import Record
 
@@ -42,7 +43,7 @@ def policy_of(rec: Record) -> str:
 
 def wanted(rec: Record, policies: set[str] | None) -> bool:
     """``rec`` (reconciled) is one ``start --all`` with these filters brings up."""
-    if not rec.status.can_start() or rec.config.get("HostConfig", {}).get("Isolation") == "vm":
+    if not rec.status.can_start() or not isolation.supports(rec, "start"):
         return False
     if policies is None:
         return True  # Podman: start --all starts every container that is not running

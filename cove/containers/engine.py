@@ -24,8 +24,9 @@ from cove.containers import stop as _stop
 
 # names that callers import from here (the CLI, vm/run, check); their homes are the verbs
 from cove.containers.attach import attach_stream, connect_attach, forward_signals_to
-from cove.containers.isolation import container_only
+from cove.containers.isolation import driver, for_options, register
 from cove.containers.names import container_name
+from cove.containers.namespaces import Namespaces
 from cove.containers.record import docker_config, log_config
 from cove.engine import Engine
 from cove.state import OP_START, Record, Store
@@ -35,11 +36,13 @@ __all__ = [
     "attach_stream",
     "connect_attach",
     "container_name",
-    "container_only",
     "docker_config",
     "forward_signals_to",
     "log_config",
 ]
+
+
+register(Namespaces())  # the default driver; faces register the VM one (containers never import vm)
 
 
 class ContainerEngine:
@@ -77,15 +80,17 @@ class ContainerEngine:
     def reconcile(self, rec: Record, *, settle: float = 2.0) -> Record:
         return _reconcile.reconcile(self, rec, settle=settle)
 
-    def _purge(self, rec: Record) -> None:
+    def purge(self, rec: Record) -> None:
+        """Every trace of a container, whatever its state (a run's own failure path)."""
         _reconcile.purge(self, rec)
 
     # -- the verbs ------------------------------------------------------------
 
     def create(self, opts: Any, *, op: str = "", image: Any = None) -> str:
-        return _create.create(self, opts, op=op, image=image)
+        return for_options(opts).create(self, opts, op=op, image=image)
 
-    def _image_for_run(self, opts: Any) -> Any:
+    def image_for_run(self, opts: Any) -> Any:
+        """The image ``opts`` names, pulled as ``--pull`` says (the caller holds the pin)."""
         return _create.image_for_run(self, opts)
 
     def rename(self, ref: str, new: str) -> None:
@@ -93,6 +98,10 @@ class ContainerEngine:
 
     def start(self, ref: str, *, attach_fd: int = -1, op: str = OP_START) -> Record:
         return _start.start(self, ref, attach_fd=attach_fd, op=op)
+
+    def run(self, opts: Any) -> int:
+        """``docker run`` without -d, through the driver ``opts`` names; the exit code."""
+        return _run.run(self, opts)
 
     def run_foreground(self, opts: Any) -> int:
         return _run.run_foreground(self, opts)
@@ -144,6 +153,13 @@ class ContainerEngine:
 
     def network_users(self) -> dict[str, str]:
         return _network.network_users(self)
+
+    def processes(self, rec: Record) -> list[int]:
+        """The host pids of every process in the container (``top``); none once it ended."""
+        from cove.runtime.cgroups import Cgroups
+
+        driver(rec, "top")  # a vm's processes are the guest's: refused
+        return Cgroups(f"cove/{rec.id}").pids()
 
     def inspect(self, ref: str) -> dict[str, Any]:
         return _inspect.inspect(self, ref)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.containers.isolation import require
+from cove.containers.isolation import driver
 from cove.errors import Conflict
 from cove.state import Record, Status
 
@@ -61,7 +61,7 @@ def _process(ce: Any, rec: Record, o: ExecOptions) -> tuple[Any, bool]:
 
 
 def _check_running(rec: Record) -> None:
-    require(rec, "exec")
+    driver(rec, "exec")  # refused unless the driver supports it
     if rec.status == Status.PAUSED:
         raise Conflict(f"container {rec.id} is paused, unpause the container before exec")
     if rec.status != Status.RUNNING:

@@ -72,9 +72,9 @@ def copy(
     ref = src_ctr or dst_ctr
     assert ref is not None
     rec = ce.get(ref)
-    from cove.containers.isolation import require
+    from cove.containers.isolation import driver
 
-    require(rec, "cp")
+    driver(rec, "cp")  # refused unless the driver supports it
     if src_ctr is not None:
         _in_root(ce, rec, lambda fd: fscopy.copy_out(fd, src, dst, follow_link=follow_link))
     else:
@@ -90,9 +90,9 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
     from cove.image.diff import changes
 
     rec = ce.get(ref)
-    from cove.containers.isolation import require
+    from cove.containers.isolation import driver
 
-    require(rec, "diff")
+    driver(rec, "diff")  # refused unless the driver supports it
     layers = ce.layers_top_first(rec)
     result: list[tuple[str, str]] = changes(layers[0], layers[1:])
     return result
@@ -102,9 +102,9 @@ def export(ce: Any, ref: str, output: str | None) -> None:
     from cove.image.diff import write_merged_tar
 
     rec = ce.get(ref)
-    from cove.containers.isolation import require
+    from cove.containers.isolation import driver
 
-    require(rec, "export")
+    driver(rec, "export")  # refused unless the driver supports it
     layers = ce.layers_top_first(rec)
     uid, gid = ce.id_shift(rec)
     if output:
@@ -152,9 +152,9 @@ def commit(
     from cove.spec import reference as refs
 
     rec = ce.get(ref)
-    from cove.containers.isolation import require
+    from cove.containers.isolation import driver
 
-    require(rec, "commit")
+    driver(rec, "commit")  # refused unless the driver supports it
     names = [refs.parse(repository)] if repository else []
     if repository and not names[0].tag and not names[0].digest:
         names = [refs.parse(repository + ":latest")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cove.containers import lifecycle
-from cove.containers.isolation import require
+from cove.containers.isolation import driver
 from cove.errors import Conflict
 from cove.state import Status
 
@@ -32,7 +32,7 @@ def connect(
     for alias in aliases:  # written into the network's hosts file, one line per name
         ctr.check_etc_value("--alias", alias)
     rec = ce.get(ref)
-    require(rec, "network connect")
+    driver(rec, "network connect")  # refused unless the driver supports it
     mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
     if mode in ("none", "host") or mode.startswith("container:"):
         raise Conflict(f"container {rec.name} uses network mode {mode}: cannot connect it")
@@ -62,7 +62,7 @@ def connect(
 
 def disconnect(ce: ContainerEngine, net_ref: str, ref: str) -> None:
     rec = ce.get(ref)
-    require(rec, "network disconnect")
+    driver(rec, "network disconnect")  # refused unless the driver supports it
     nm = ce.networks()
     n = nm.get(net_ref)
     cfg = rec.config

@@ -11,8 +11,8 @@ import time
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
+from cove.containers.isolation import driver_for
 from cove.containers.lifecycle import alive
-from cove.containers.netattach import network_down
 from cove.errors import NotFound
 from cove.state import OP_CREATE, OP_REMOVE, OP_START, Record, Status
 
@@ -32,11 +32,8 @@ def reconcile(ce: ContainerEngine, rec: Record, *, settle: float = 2.0) -> Recor
             purge(ce, rec)
             raise NotFound(f"no such container: {rec.id}")
         if rec.op == OP_START:
-            from cove.containers.sweep import destroy_runtime
-
-            with contextlib.suppress(Exception):  # also a create killed before state.json
-                destroy_runtime(ce.root, rec.id)
-            network_down(ce.root, ce.store.db, rec.id)
+            # also a create killed before state.json: the driver's cleanup is best effort
+            driver_for(rec).cleanup(ce, rec)
             lifecycle.rollback_start(ce.store, rec)
             return ce.store.get(rec.id)
     if rec.op or not rec.status.can_kill():
@@ -55,15 +52,9 @@ def reconcile(ce: ContainerEngine, rec: Record, *, settle: float = 2.0) -> Recor
             time.sleep(0.02)
         return ce.store.get(rec.id)
     # the monitor died: no one reads the output, reaps, restarts or records any more.
-    # A container is never left in that state: it is stopped and reported
-    with contextlib.suppress(Exception):
-        ce.runtime().delete(rec.id, force=True)
-    network_down(ce.root, ce.store.db, rec.id)
-    if running:
-        from cove.runtime.cgroups import Cgroups
-
-        with contextlib.suppress(Exception):
-            Cgroups(f"cove/{rec.id}").destroy()
+    # A container is never left in that state: it is stopped (its driver releases what
+    # its sandbox held: runtime state, cgroups with what runs in them, networks) and reported
+    driver_for(rec).cleanup(ce, rec)
     code = 137 if running else (rec.exit_code if rec.status == Status.RESTARTING else 255)
     lifecycle.monitor_died(ce.store, rec, code)
     return ce.store.get(rec.id)
@@ -83,19 +74,15 @@ def purge(ce: ContainerEngine, rec: Record) -> None:
     """Remove every trace of a container: processes, cgroups, files, the row."""
     import shutil
 
-    from cove.containers.sweep import destroy_runtime
-
     if alive(rec.monitor_pid, rec.monitor_start):
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec.monitor_pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):  # a failure keeps runtime/<id>: a sweep retries
-        destroy_runtime(ce.root, rec.id)
+    drv = driver_for(rec)
+    drv.cleanup(ce, rec)
     if alive(rec.pid, rec.start_time):
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec.pid, signal.SIGKILL)
-    network_down(ce.root, ce.store.db, rec.id)
     shutil.rmtree(ce.cdir(rec.id), ignore_errors=True)
-    shutil.rmtree(f"/run/cove-vm/{rec.id[:20]}", ignore_errors=True)  # a vm run's sockets
     lifecycle.delete(ce.store, rec.id)
 
 

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
+from cove.containers.isolation import driver_for
 from cove.containers.lifecycle import alive, crash_point, self_ids
 from cove.containers.reconcile import purge
 from cove.containers.stop import freeze, signal_monitor
@@ -37,7 +38,7 @@ def remove(ce: ContainerEngine, ref: str, *, force: bool = False, volumes: bool 
     crash_point("remove-marked")
     if running:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signal.SIGKILL)
+            driver_for(rec).signal(rec, signal.SIGKILL)
         if rec.status == Status.PAUSED:
             with contextlib.suppress(OSError):
                 freeze(ce, rec, False)

@@ -1,5 +1,6 @@
-"""``docker run``: the foreground paths (this process the container's parent), the
-captured path of a build's RUN step, and run -d / attached runs through a monitor.
+"""``docker run``: ``run`` and ``run -d`` through the driver the options name; the
+namespaces driver's foreground paths (this process the container's parent), the captured
+path of a build's RUN step, and attached runs through a monitor.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cove.containers import lifecycle
+from cove.containers import isolation, lifecycle
 from cove.containers.attach import attach_stream, forward_signals_to
 from cove.containers.jsonlog import Log
 from cove.containers.netattach import network_down, network_up
@@ -145,12 +146,20 @@ def run_captured(ce: ContainerEngine, cid: str, echo: Callable[[int, bytes], Non
         network_down(ce.root, ce.store.db, cid)
 
 
+def run(ce: ContainerEngine, opts: Any) -> int:
+    """``docker run`` without -d, through the driver the options name; the exit code."""
+    return isolation.for_options(opts).run(ce, opts)
+
+
 def run_detached(ce: ContainerEngine, opts: Any) -> str:
+    """``docker run -d``: the driver creates the container (its create's op marker kept)
+    and starts it under a supervisor of its own."""
     from cove.runtime.api import ContainerStartError
 
-    cid = ce.create(opts, op=OP_CREATE)
+    drv = isolation.for_options(opts)
+    cid = drv.create(ce, opts, op=OP_CREATE)
     try:
-        ce.start(cid, op=OP_CREATE)
+        drv.start(ce, ce.store.get(cid), op=OP_CREATE)
     except ContainerStartError:
         if opts.rm:
             with contextlib.suppress(Exception):

@@ -8,8 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from cove.containers import lifecycle
-from cove.containers.isolation import require
+from cove.containers import isolation, lifecycle
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.startup import prefork_start
 from cove.errors import Conflict, StateError
@@ -20,15 +19,10 @@ if TYPE_CHECKING:
 
 
 def start(ce: ContainerEngine, ref: str, *, attach_fd: int = -1, op: str = OP_START) -> Record:
-    """Hand the container to a new monitor and wait until its process runs.
-
-    ``attach_fd`` (one end of a socketpair) is registered with the monitor before the
-    process starts, so an attached client sees all of its output.
-    """
-    from cove.runtime.api import ContainerStartError, proc_start_time
-
+    """Start a created or exited container (Docker's rules) through its driver; with ``op``
+    other than OP_START the caller holds that op marker (``run -d`` holds its create's)."""
     rec = ce.get(ref) if op == OP_START else ce.store.get(ref)
-    require(rec, "start")
+    drv = isolation.driver(rec, "start")
     if op == OP_START:
         if rec.status == Status.PAUSED:
             raise Conflict(f"cannot start a paused container {rec.name}, try unpause instead")
@@ -38,6 +32,18 @@ def start(ce: ContainerEngine, ref: str, *, attach_fd: int = -1, op: str = OP_ST
             raise StateError(f"container {rec.name} is {rec.status}: cannot start it")
         me, me_start = self_ids()
         lifecycle.begin_start(ce.store, rec, me, me_start)
+    return drv.start(ce, rec, attach_fd=attach_fd, op=op)
+
+
+def hand_off(ce: ContainerEngine, rec: Record, *, attach_fd: int = -1) -> Record:
+    """The namespaces driver's start: hand the container to a new monitor and wait until
+    its process runs.
+
+    ``attach_fd`` (one end of a socketpair) is registered with the monitor before the
+    process starts, so an attached client sees all of its output.
+    """
+    from cove.runtime.api import ContainerStartError, proc_start_time
+
     cfg = rec.config
     hc = cfg.get("Config", {}).get("Healthcheck") or {}
     interval = hc.get("Interval") or 30_000_000_000

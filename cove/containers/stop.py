@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
-from cove.containers.isolation import driver_for, require
+from cove.containers.isolation import driver, driver_for
 from cove.containers.lifecycle import alive
 from cove.errors import Conflict, NotFound
 from cove.state import Record, Status
@@ -45,14 +45,13 @@ def stop(
     pidfd = _pidfd(rec.pid)
     try:
         with contextlib.suppress(ProcessLookupError):
-            # the driver knows the command's process (a vm run's supervisor passes the
-            # signal on to the command in the guest)
+            # the driver knows where the command's signal goes
             driver_for(rec).signal(rec, sig)
         if rec.status == Status.PAUSED:
             freeze(ce, rec, False)
         if pidfd is not None and not _wait_fd(pidfd, timeout):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
+                driver_for(rec).signal(rec, signal.SIGKILL)
             _wait_fd(pidfd, 10)
     finally:
         if pidfd is not None:
@@ -91,7 +90,6 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
     stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
     if sig in (signal.SIGKILL, stop_sig):
         lifecycle.stop_requested(ce.store, rec.id)
-    # a vm run: SIGKILL ends its QEMU; other signals go to the command through the monitor
     driver_for(rec).signal(rec, sig)
     if sig == signal.SIGKILL:
         if rec.status == Status.PAUSED:
@@ -118,7 +116,7 @@ def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0) -> int:
 
 
 def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> Record:
-    require(ce.get(ref), "restart")
+    driver(ce.get(ref), "restart")  # refused before anything is stopped
     rec = ce.get(ref)
     if rec.status.can_kill():
         ce.stop(rec.id, timeout=timeout)
@@ -131,22 +129,22 @@ def freeze(ce: ContainerEngine, rec: Record, frozen: bool) -> None:
 
 def pause(ce: ContainerEngine, ref: str) -> Record:
     rec = ce.get(ref)
-    require(rec, "pause")
+    drv = driver(rec, "pause")
     if rec.status == Status.PAUSED:
         raise Conflict(f"container {rec.id} is already paused")
     if not rec.status.can_pause():
         raise Conflict(f"container {rec.id} is not running")
-    freeze(ce, rec, True)
+    drv.pause(rec, True)
     lifecycle.paused(ce.store, rec.id, True)
     return ce.store.get(rec.id)
 
 
 def unpause(ce: ContainerEngine, ref: str) -> Record:
     rec = ce.get(ref)
-    require(rec, "unpause")
+    drv = driver(rec, "unpause")
     if not rec.status.can_unpause():
         raise Conflict(f"container {rec.id} is not paused")
-    freeze(ce, rec, False)
+    drv.pause(rec, False)
     lifecycle.paused(ce.store, rec.id, False)
     return ce.store.get(rec.id)
 

@@ -52,6 +52,19 @@ class VMRunOptions:
     cpus: int = 1
     kernel: str | None = None
 
+    @classmethod
+    def of(cls, opts: Any) -> VMRunOptions:
+        """A vm's size and kernel from run options (``--memory``, ``--cpus``, ``--kernel``)."""
+        import math
+
+        from cove.spec.vm import parse_bytes
+
+        return cls(
+            memory_mib=parse_bytes(opts.memory, default_unit="m") >> 20 if opts.memory else 512,
+            cpus=max(1, math.ceil(float(opts.cpus))) if opts.cpus else 1,
+            kernel=opts.kernel,
+        )
+
 
 def _readonly_source(host: str) -> Callable[[], None]:
     """virtiofsd of a ``:ro`` volume sees its source read-only: a bind remounted read-only in
@@ -236,7 +249,7 @@ class VMRun:
         if ignored:
             raise InvalidSpec(f"{', '.join(ignored)}: not supported with --vm")
         ce = self.ce
-        img = ce._image_for_run(opts)
+        img = ce.image_for_run(opts)
         host = spec.Platform.host()
         have = img.config.platform
         if (have.os, have.architecture) != (host.os, host.architecture):
@@ -310,7 +323,7 @@ class VMRun:
 
                 from cove.network.manager import NetworkManager
 
-                self.tap = "ctap" + cid[:10]
+                self.tap = tap_name(cid)
                 nets = NetworkManager(ce.engine.root, ce.store.db)
                 n, lease = nets.lease_vm(cid, name, opts.network, self.tap)
                 prefix = ipaddress.IPv4Network(n.subnet).prefixlen
@@ -541,23 +554,109 @@ class VMRun:
         return t
 
     def cleanup(self, *, remove: bool) -> None:
-        from cove.network import links
-
+        """End QEMU and virtiofsd, release the tap, sockets and lease (a vm run is never
+        started again), and with ``remove`` every trace of the run."""
         for p in ([self.qemu] if self.qemu else []) + self.procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
-        if self.tap:
-            links.delete(self.tap)
         if self.cid:
-            shutil.rmtree(os.path.join(RUN_DIR, self.cid[:20]), ignore_errors=True)
-            with contextlib.suppress(Exception):  # a vm run is never started again
-                from cove.network.manager import NetworkManager
-
-                NetworkManager(self.ce.engine.root, self.ce.store.db).detach(self.cid)
+            release(self.ce, self.cid, self.tap)
             if remove:
                 with contextlib.suppress(Exception):
-                    self.ce._purge(self.ce.store.get(self.cid))
+                    self.ce.purge(self.ce.store.get(self.cid))
+
+    # -- the two ways to run: this process the supervisor, or a daemon forked from it ----------
+
+    def foreground(self) -> int:
+        """Launch and supervise the created run here, its output to our stdout and stderr;
+        the command's exit code."""
+        ce, opts = self.ce, self.opts
+        code = 125
+        log: Any = None
+        try:
+            log = _log(ce, self.cid)
+            self.launch()
+            assert self.qemu is not None
+            _record_start(ce, self.cid, self.qemu.pid)
+
+            def echo(stream: int, data: bytes) -> None:
+                with contextlib.suppress(BrokenPipeError):
+                    os.write(1 + stream, data)
+
+            code = self.supervise(echo, log, _timings_reporter())
+            if code == 255 and not _exit_reported(self):
+                tail = _tail(self.files.console_log)
+                raise CoveError(f"the vm ended without the command's exit code{tail}")
+            return code
+        finally:
+            if log is not None:
+                os.close(log.fd)
+            _record_exit(ce, self, code)
+            self.cleanup(remove=opts.rm)
+
+    def detach(self) -> None:
+        """Fork a supervisor daemon that runs the created run and writes the json-file log;
+        return once QEMU runs."""
+        ce, opts, cid = self.ce, self.opts, self.cid
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the daemon reports through the pipe
+            os.close(r)
+            code = 125
+            try:
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                ce.store.db.close()  # the parent's connection is not the daemon's
+                from cove.state import Store
+
+                ce.store = Store(ce.engine.root)
+                log = _log(ce, cid)
+                self.launch()
+                assert self.qemu is not None
+                _record_start(ce, cid, self.qemu.pid)
+                os.write(w, b"ok")
+                os.close(w)
+                code = self.supervise(None, log)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    os.write(w, f"error {e}".encode()[:2000])
+            finally:
+                _record_exit(ce, self, code)
+                self.cleanup(remove=opts.rm)
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            msg = f.read().decode(errors="replace")
+        os.waitpid(pid, 0)
+        if msg != "ok":
+            raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
+
+
+def release(ce: Any, cid: str, tap: str | None = None) -> None:
+    """What a vm run holds outside its directory and row: its tap, its sockets under
+    RUN_DIR and its network lease. Idempotent (the supervisor's exit, ``rm`` and
+    reconciliation of a dead supervisor all call it)."""
+    from cove.network import links
+
+    if tap is None:
+        mode = ce.store.get(cid).config.get("HostConfig", {}).get("NetworkMode") or "user"
+        tap = "" if mode in ("user", "none") else tap_name(cid)
+    if tap:
+        links.delete(tap)
+    shutil.rmtree(os.path.join(RUN_DIR, cid[:20]), ignore_errors=True)
+    with contextlib.suppress(Exception):
+        from cove.network.manager import NetworkManager
+
+        NetworkManager(ce.engine.root, ce.store.db).detach(cid)
+
+
+def tap_name(cid: str) -> str:
+    return "ctap" + cid[:10]
 
 
 def _record_start(ce: Any, cid: str, qemu: int) -> None:
@@ -583,33 +682,6 @@ def _log(ce: Any, cid: str) -> Any:
     return Log(ce.log_path(cid), int(cfg.get("MaxSize", 0)), int(cfg.get("MaxFile", 1)))
 
 
-def run_foreground(ce: Any, opts: Any, vm: VMRunOptions) -> int:
-    run = VMRun(ce, opts, vm)
-    run.create()
-    code = 125
-    log: Any = None
-    try:
-        log = _log(ce, run.cid)
-        run.launch()
-        assert run.qemu is not None
-        _record_start(ce, run.cid, run.qemu.pid)
-
-        def echo(stream: int, data: bytes) -> None:
-            with contextlib.suppress(BrokenPipeError):
-                os.write(1 + stream, data)
-
-        code = run.supervise(echo, log, _timings_reporter())
-        if code == 255 and not _exit_reported(run):
-            tail = _tail(run.files.console_log)
-            raise CoveError(f"the vm ended without the command's exit code{tail}")
-        return code
-    finally:
-        if log is not None:
-            os.close(log.fd)
-        _record_exit(ce, run, code)
-        run.cleanup(remove=opts.rm)
-
-
 TIMINGS_FD = "COVE_TIMINGS_FD"
 
 
@@ -631,50 +703,6 @@ def _timings_reporter() -> Callable[[str], None] | None:
             os.write(fd, f"{name} {time.monotonic():.6f}\n".encode())
 
     return report
-
-
-def run_detached(ce: Any, opts: Any, vm: VMRunOptions) -> str:
-    """Fork a supervisor daemon that runs the VM and writes the json-file log; return once
-    QEMU runs."""
-    run = VMRun(ce, opts, vm)
-    cid = run.create()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the daemon reports through the pipe
-        os.close(r)
-        code = 125
-        try:
-            os.setsid()
-            if os.fork():
-                os._exit(0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
-            ce.store.db.close()
-            from cove.state import Store
-
-            ce.store = Store(ce.engine.root)
-            log = _log(ce, cid)
-            run.launch()
-            assert run.qemu is not None
-            _record_start(ce, cid, run.qemu.pid)
-            os.write(w, b"ok")
-            os.close(w)
-            code = run.supervise(None, log)
-        except BaseException as e:
-            with contextlib.suppress(OSError):
-                os.write(w, f"error {e}".encode()[:2000])
-        finally:
-            _record_exit(ce, run, code)
-            run.cleanup(remove=opts.rm)
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        msg = f.read().decode(errors="replace")
-    os.waitpid(pid, 0)
-    if msg != "ok":
-        raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
-    return cid
 
 
 PUNCH = 4 << 20  # bytes of relayed output after which their blocks are freed
@@ -716,9 +744,4 @@ def _tail(path: str) -> str:
     return f"; the console's last line: {lines[-1]}" if lines else ""
 
 
-def is_vm(rec: Any) -> bool:
-    return bool(rec.config.get("HostConfig", {}).get("Isolation") == "vm")
-
-
-__all__ = ["VMRunOptions", "guest_kernel", "is_vm", "rootfs_image", "run_detached",
-           "run_foreground"]  # fmt: skip
+__all__ = ["RUN_DIR", "VMRun", "VMRunOptions", "guest_kernel", "release", "rootfs_image"]
