@@ -14,18 +14,23 @@ their own, used as they are.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -882,6 +887,158 @@ def monitors(root: Path) -> list[int]:
         if b"cove.monitor" in b" ".join(cmd) and f"root={root}".encode() in cmd:
             out.append(int(p.name))
     return out
+
+
+# -- the Docker Engine API 1.41 swagger (cove serve's response bodies are checked against it)
+
+SWAGGER_141 = Path("/usr/share/gocode/src/github.com/docker/docker/api/swagger.yaml")
+
+
+def _nullable(node: Any) -> Any:
+    """Swagger 2.0's ``x-nullable: true`` as JSON Schema: the type also admits null."""
+    if isinstance(node, dict):
+        out = {str(k): _nullable(v) for k, v in node.items()}
+        if out.get("x-nullable") is True and "type" in out:
+            t = out["type"]
+            out["type"] = [*t, "null"] if isinstance(t, list) else [t, "null"]
+        return out
+    if isinstance(node, list):
+        return [_nullable(v) for v in node]
+    return node
+
+
+@functools.cache
+def _swagger_registry() -> Any:
+    """The whole 1.41 document (Debian's golang-github-docker-docker-dev 20.10, installed by
+    scripts/test-deps.sh) as one resource: ``$ref``s resolve within it."""
+    import yaml
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT4
+
+    if not SWAGGER_141.exists():
+        raise AssertionError(f"{SWAGGER_141} missing: scripts/test-deps.sh installs it")
+    doc = _nullable(yaml.safe_load(SWAGGER_141.read_text()))  # str keys: YAML reads 200: as int
+    assert doc["info"]["version"] == "1.41", doc["info"]["version"]
+    return Registry().with_resource("urn:docker", Resource.from_contents(doc, DRAFT4))
+
+
+def swagger_errors(body: Any, path: str, method: str, status: int = 200) -> list[str]:
+    """Where ``body`` breaks the 1.41 swagger's response schema of ``method path`` (path as
+    the swagger spells it, e.g. ``/images/{name}/json``): [] when it validates."""
+    from jsonschema import Draft4Validator
+
+    ptr = path.replace("~", "~0").replace("/", "~1")
+    ref = f"urn:docker#/paths/{ptr}/{method.lower()}/responses/{status}/schema"
+    validator = Draft4Validator({"$ref": ref}, registry=_swagger_registry())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in
+            validator.iter_errors(body)]  # fmt: skip
+
+
+# -- cove serve on a temporary socket, driven by the docker CLI 20.10 and raw requests
+
+DOCKER_20 = "/usr/bin/docker"  # Debian docker.io 20.10 (scripts/test-deps.sh)
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=120)
+        self.sock_path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(120)
+        s.connect(self.sock_path)
+        self.sock = s
+
+
+@dataclass
+class Served:
+    """A ``cove serve`` on a temporary socket over the test's root."""
+
+    root: Path
+    sock: str
+    home: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def docker(self, *args: str, check: bool = True, input: bytes | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run([DOCKER_20, *args], env=self.env, capture_output=True,
+                              input=input.decode() if input else None, text=True,
+                              timeout=timeout)  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}\n"
+                                 f"stdout: {proc.stdout}\nstderr: {proc.stderr}\n"
+                                 f"server log tail: {self.log.read_text()[-3000:]}")  # fmt: skip
+        return proc
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One request straight to the socket; the status and the decoded JSON body."""
+        conn = _UnixHTTP(self.sock)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
+            conn.request(method, f"/v1.41{path}", body=data, headers=headers)
+            resp = conn.getresponse()
+            raw = resp.read()
+            if "json" not in (resp.getheader("Content-Type") or "") or not raw.strip():
+                return resp.status, raw.decode(errors="replace") or None
+            return resp.status, json.loads(raw)
+        finally:
+            conn.close()
+
+    def checked(self, method: str, path: str, spec_path: str, status: int = 200,
+                body: Any = None) -> Any:  # fmt: skip
+        """``api`` plus: the status is ``status`` and the body validates against the 1.41
+        swagger's schema for ``spec_path``."""
+        got, doc = self.api(method, path, body)
+        assert got == status, (method, path, got, doc)
+        errors = swagger_errors(doc, spec_path, method, status)
+        assert errors == [], (method, path, errors, doc)
+        return doc
+
+
+def start_serve(root: Path, where: Path) -> Served:
+    where.mkdir(parents=True, exist_ok=True)
+    sock = where / "cove.sock"
+    log = where / "serve.log"
+    home = where / "home"
+    (home / ".docker").mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cove_argv(root, "serve", "-H", f"unix://{sock}"),
+                                stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "DOCKER_CONFIG": str(home / ".docker"),
+        "DOCKER_HOST": f"unix://{sock}",
+        "DOCKER_BUILDKIT": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    served = Served(root, str(sock), home, proc, log, env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if served.api("GET", "/_ping")[0] == 200:
+                return served
+        except (OSError, ValueError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_serve(served)
+            raise AssertionError(f"cove serve did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
+def stop_serve(served: Served) -> None:
+    if served.proc.poll() is None:
+        os.killpg(served.proc.pid, signal.SIGTERM)
+        try:
+            served.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(served.proc.pid, signal.SIGKILL)
+            served.proc.wait()
 
 
 # -- foreign executables (other CPU architectures) ------------------------------------------

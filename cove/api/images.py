@@ -220,6 +220,8 @@ def summary(engine: Engine, rows: list[ImageRow]) -> list[dict[str, Any]]:
             }
         if r.name is not None:
             doc["RepoTags"].append(r.name.familiar())
+    for doc in by_id.values():
+        doc["RepoTags"].sort(key=lambda t: str(refs.parse(t)))  # as inspect_doc
     return list(by_id.values())
 
 
@@ -266,6 +268,9 @@ def inspect_doc(engine: Engine, name: str) -> dict[str, Any]:
         doc = engine.inspect_image(name)
     except NotFound as e:
         raise _no_such_image(name, e) from e
+    # dockerd lists a reference store's names in the order of their full strings
+    # (docker.io/example/... before docker.io/library/...)
+    doc["RepoTags"] = sorted(doc["RepoTags"], key=lambda t: str(refs.parse(t)))
     doc.setdefault("Container", "")
     doc.setdefault("ContainerConfig", {})
     doc["VirtualSize"] = doc["Size"]

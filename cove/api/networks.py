@@ -21,7 +21,7 @@ def _builtin(name: str) -> dict[str, Any]:
         "Scope": "local",
         "Driver": "null" if name == "none" else name,
         "EnableIPv6": False,
-        "IPAM": {"Driver": "default", "Options": None, "Config": []},
+        "IPAM": {"Driver": "default", "Options": {}, "Config": []},
         "Internal": False,
         "Attachable": False,
         "Ingress": False,
