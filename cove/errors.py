@@ -7,6 +7,23 @@ exit with ``err.exit_code``; they never print tracebacks for these.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def best_effort(what: str, logger: str = "cove") -> Iterator[None]:
+    """A cleanup step whose failure must not mask the outcome it follows (the error being
+    raised, the exit code being returned): the failure is swallowed but logged at debug
+    level on ``logger`` (``cove --debug`` prints it), never lost. Expected misses (a file
+    or process already gone) are the caller's to suppress silently, narrowly."""
+    try:
+        yield
+    except Exception as e:
+        import logging  # only on a failure: the start path never pays for it
+
+        logging.getLogger(logger).debug("cleanup failed: %s: %s", what, e, exc_info=True)
+
 
 class CoveError(Exception):
     """Base of all errors cove reports to a user."""
@@ -42,6 +59,16 @@ class UnsafeArchive(CoveError):
 
 class StateError(CoveError):
     """An illegal lifecycle transition was asked for."""
+
+
+class StartFailed(CoveError):
+    """A container's (or an exec's) process could not be set up or its command not exec'd:
+    ``exit_code`` is Docker's, set by whoever saw the cause (126 cannot invoke, 127 not
+    found, 125 cove's own failure before the exec); callers read it, never the message."""
+
+    def __init__(self, message: str, exit_code: int = 125) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class Unsupported(CoveError):

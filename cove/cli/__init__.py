@@ -74,12 +74,26 @@ def _stdio_open() -> None:
             os.open(os.devnull, os.O_RDWR)  # the lowest free fd: this one
 
 
+def _debug_log() -> None:
+    """``--debug``: cove's debug records (a cleanup that failed and was passed over, see
+    ``errors.best_effort``) to stderr; logging is imported only then."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("DEBUG: %(name)s: %(message)s"))
+    log = logging.getLogger("cove")
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     _stdio_open()
     set_private_umask()  # everything made under the state root is private unless chmodded
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
+    if args.debug:
+        _debug_log()
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 125

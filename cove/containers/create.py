@@ -4,7 +4,6 @@ volumes; no process yet. Names are in ``names``, the network options' checks in 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import sys
@@ -17,7 +16,7 @@ from cove.containers.names import check_name, container_name
 from cove.containers.netopts import network_opts
 from cove.containers.reconcile import purge
 from cove.containers.record import docker_config, log_config
-from cove.errors import InvalidSpec, NotFound
+from cove.errors import InvalidSpec, NotFound, best_effort
 from cove.state import OP_CREATE, Record, now
 from cove.sys import private
 
@@ -147,7 +146,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
         config["LogPath"] = ce.log_path(cid)
         lifecycle.created(ce.store, cid, config, keep_op=bool(op))
     except BaseException:
-        with contextlib.suppress(Exception):
+        with best_effort(f"remove the half-made container {cid}", __name__):
             purge(ce, ce.store.get(cid))
         raise
     return cid

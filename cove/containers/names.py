@@ -3,13 +3,12 @@ against Docker's grammar, and changed (``docker rename``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from typing import TYPE_CHECKING
 
 from cove.containers import lifecycle
-from cove.errors import InvalidSpec
+from cove.errors import InvalidSpec, best_effort
 from cove.state import Status
 
 if TYPE_CHECKING:
@@ -81,5 +80,5 @@ def rename(ce: ContainerEngine, ref: str, new: str) -> None:
         raise InvalidSpec("renaming a container with the same name as its current name")
     lifecycle.rename(ce.store, rec.id, new)
     if rec.status in (Status.RUNNING, Status.PAUSED):
-        with contextlib.suppress(Exception):
+        with best_effort(f"rename container {rec.id} on its networks", __name__):
             ce.networks().rename(rec.id, new)

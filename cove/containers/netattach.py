@@ -7,9 +7,10 @@ and ``host`` runs (and the exit path of a container that never had one) stay lea
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING, Any
+
+from cove.errors import best_effort
 
 if TYPE_CHECKING:
     import sqlite3
@@ -87,5 +88,5 @@ def network_down(root: str, db: sqlite3.Connection, cid: str) -> None:
         return  # fmt: skip
     from cove.network.manager import NetworkManager
 
-    with contextlib.suppress(Exception):
+    with best_effort(f"detach container {cid} from its networks", __name__):
         NetworkManager(root, db).detach(cid)

@@ -15,6 +15,7 @@ from cove.containers.attach import attach_stream, forward_signals_to
 from cove.containers.jsonlog import Log
 from cove.containers.netattach import network_down, network_up
 from cove.containers.reconcile import purge
+from cove.errors import StartFailed, best_effort
 from cove.state import OP_CREATE
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def run_foreground(ce: ContainerEngine, opts: Any) -> int:
     """``docker run`` without -d: this process is the container's parent and monitor
     (the lean path: no monitor process, output straight to our stdio)."""
-    from cove.runtime.api import ContainerStartError, exit_status
+    from cove.runtime.api import exit_status
     from cove.sys.terminal import forward_signals, proxy_tty, pump
 
     cid = ce.create(opts)
@@ -77,8 +78,8 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
         lifecycle.exited(ce.store, cid, code, oom=oom)
         return code
     except BaseException as e:
-        code = e.exit_code if isinstance(e, ContainerStartError) else 125
-        with contextlib.suppress(Exception):
+        code = e.exit_code if isinstance(e, StartFailed) else 125
+        with best_effort(f"record the failed run of {cid}", __name__):
             lifecycle.run_failed(ce.store, cid, code, str(e))
         raise
     finally:
@@ -86,11 +87,11 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
             if fd >= 0:
                 os.close(fd)
         os.close(log.fd)
-        with contextlib.suppress(Exception):
+        with best_effort(f"delete the runtime state of {cid}", __name__):
             runtime.delete(cid, force=True)
         network_down(ce.root, ce.store.db, cid)
         if opts.rm:
-            with contextlib.suppress(Exception):
+            with best_effort(f"remove container {cid} (--rm)", __name__):
                 ce.discard(ce.store.get(cid), volumes=True)
 
 
@@ -141,7 +142,7 @@ def run_captured(ce: ContainerEngine, cid: str, echo: Callable[[int, bytes], Non
     finally:
         for fd in outputs:
             os.close(fd)
-        with contextlib.suppress(Exception):
+        with best_effort(f"delete the runtime state of {cid}", __name__):
             runtime.delete(cid, force=True)
         network_down(ce.root, ce.store.db, cid)
 

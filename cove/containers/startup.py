@@ -8,13 +8,13 @@ helpers), so neither imports the other's layer.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 
 from cove.containers import lifecycle
 from cove.containers.netattach import network_down, network_up
+from cove.errors import StartFailed, StateError, best_effort
 from cove.state import Status, Store
 
 if TYPE_CHECKING:
@@ -31,14 +31,14 @@ def runtime(root: str) -> Runtime:
 
 def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
     """Create and start the container; tell the monitor ``ok PID`` (+ the pty) or the error."""
-    from cove.runtime.api import ContainerStartError, proc_start_time
+    from cove.runtime.api import proc_start_time
 
     sock = socket.socket(fileno=sockfd)
     store = Store(root)
     rec = store.get(cid)
     rt = runtime(root)
-    with contextlib.suppress(Exception):
-        rt.delete(cid, force=True)  # what a previous run of this container left
+    with best_effort(f"delete the runtime state a previous run of {cid} left", __name__):
+        rt.delete(cid, force=True)
     null = os.open(os.devnull, os.O_RDWR)
     fd_in, fd_out, fd_err = (null if fd < 0 else fd for fd in stdio)
     try:
@@ -46,12 +46,12 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
         created = rt.create(cid, bundle, stdio=(fd_in, fd_out, fd_err))
         rec.config["NetworkSettings"] = network_up(root, store.db, rec, created.pid)
         if rec.status == Status.RESTARTING and store.get(cid).manual_stop:
-            raise RuntimeError("stopped during the restart back-off")
+            raise StateError(f"container {cid} was stopped during the restart back-off")
         rt.start(cid)
         rt.wait_exec(created)
     except BaseException as e:
-        code = e.exit_code if isinstance(e, ContainerStartError) else 125
-        with contextlib.suppress(Exception):
+        code = e.exit_code if isinstance(e, StartFailed) else 125
+        with best_effort(f"delete the runtime state of {cid} after a failed start", __name__):
             rt.delete(cid, force=True)
         network_down(root, store.db, cid)
         lifecycle.start_failed(store, rec, code, str(e))

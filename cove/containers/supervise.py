@@ -5,16 +5,15 @@ monitor itself never does.
 
 from __future__ import annotations
 
-import contextlib
-
 from cove.containers import lifecycle
 from cove.containers.engine import ContainerEngine
 from cove.containers.exec import run_check
 from cove.containers.netattach import network_down
 from cove.containers.startup import prefork_start, runtime, start
 from cove.engine import Engine
+from cove.errors import best_effort
+from cove.runtime import control
 from cove.runtime.api import exit_status
-from cove.runtime.cgroups import Cgroups
 from cove.state import Record, Status, Store, now
 
 # start and prefork_start live in cove.startup (the launcher calls them too, and it sits
@@ -39,11 +38,11 @@ def finish(root: str, cid: str, status: str) -> int:
     """Record the exit (code, OOM, time), clean up the runtime, decide about a restart."""
     code = exit_status(int(status))
     oom = False
-    with contextlib.suppress(Exception):
-        oom = Cgroups(f"cove/{cid}").oom_killed()
+    with best_effort(f"read the oom events of {cid}", __name__):
+        oom = control.oom_killed(runtime(root).state_dir, cid)
     if oom:
         code = 137
-    with contextlib.suppress(Exception):
+    with best_effort(f"delete the runtime state of {cid}", __name__):
         runtime(root).delete(cid, force=True)
     store = Store(root)
     network_down(root, store.db, cid)
@@ -55,7 +54,7 @@ def finish(root: str, cid: str, status: str) -> int:
         return RESTART
     lifecycle.exited(store, cid, code, oom=oom)
     if rec.config.get("HostConfig", {}).get("AutoRemove"):
-        with contextlib.suppress(Exception):
+        with best_effort(f"remove container {cid} (--rm)", __name__):
             ContainerEngine(Engine(root)).discard(store.get(cid), volumes=True)
     return 0
 
@@ -71,7 +70,7 @@ def should_restart(root: str, cid: str) -> int:
 
 def give_up(root: str, cid: str) -> int:
     store = Store(root)
-    with contextlib.suppress(Exception):
+    with best_effort(f"record that container {cid} gave up restarting", __name__):
         lifecycle.gave_up(store, cid)
     return 0
 

@@ -28,6 +28,7 @@ import shutil
 import signal
 from typing import Any
 
+from cove.errors import best_effort
 from cove.state import Store
 
 
@@ -67,13 +68,14 @@ def _kill(pid: int) -> None:
 def destroy_runtime(root: str, cid: str) -> None:
     """The runtime state, process and cgroups of container ``cid`` (also when a killed
     create left no state.json: its cgroups are the runtime's default path ``cove/<id>``)."""
+    from cove.runtime import control
     from cove.runtime.api import Runtime
-    from cove.runtime.cgroups import Cgroups
 
     # the cgroups go first (killing what is in them): while they exist, the runtime dir
     # must stay, as it is their tie to this root that the next sweep follows
-    Cgroups(f"cove/{cid}").destroy()
-    Runtime(os.path.join(root, "runtime"), os.path.join(root, "cache")).delete(cid, force=True)
+    state_dir = os.path.join(root, "runtime")
+    control.destroy_cgroups(state_dir, cid)
+    Runtime(state_dir, os.path.join(root, "cache")).delete(cid, force=True)
 
 
 def sweep(root: str, store: Store, *, everything: bool = False) -> list[str]:
@@ -109,7 +111,7 @@ def _sweep(root: str, store: Store, everything: bool) -> list[str]:
     rdir = os.path.join(root, "runtime")
     for cid in sorted(os.listdir(rdir)) if os.path.isdir(rdir) else []:
         if orphan(cid):
-            with contextlib.suppress(Exception):
+            with best_effort(f"sweep the runtime state of {cid}", __name__):
                 destroy_runtime(root, cid)
                 done.append(f"runtime state of {cid[:12]}")
     done += _sweep_networks(root, store, ids, procs, everything)
@@ -143,7 +145,7 @@ def _sweep_networks(
     cdir = os.path.join(root, "containers")
     for cid in sorted(owners - ids):
         if everything or not os.path.isdir(os.path.join(cdir, cid)):
-            with contextlib.suppress(Exception):
+            with best_effort(f"sweep the leases of {cid}", __name__):
                 nm.detach(cid)
                 done.append(f"leases of {cid[:12]}")
     dns = [(pid, key) for pid, kind, key in procs if kind == "dns"]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cove.errors import Conflict, InvalidSpec, NotFound
+from cove.errors import Conflict, InvalidSpec, NotFound, best_effort
 from cove.network import firewall, ipam, links
 from cove.network.store import Lease, Network, NetworkStore, Port
 from cove.sys import events
@@ -154,7 +154,7 @@ class NetworkManager:
         """Remove every network of this root, the default one too (``system reset``)."""
         for n in self.all():
             for cid in self.users(n):
-                with contextlib.suppress(Exception):
+                with best_effort(f"detach container {cid} from network {n.name}", __name__):
                     self.detach(cid)
             self._stop_dns(n)
             self.store.remove(n.id)
@@ -238,10 +238,11 @@ class NetworkManager:
         self._stop_dns(n)
         self.store.remove(n.id)
         links.delete(n.bridge)
-        with contextlib.suppress(OSError):
+        with best_effort(f"remove the files of network {n.name}", __name__):
             import shutil
 
-            shutil.rmtree(os.path.join(self.dir, n.id))
+            with contextlib.suppress(FileNotFoundError):  # expected: none were made
+                shutil.rmtree(os.path.join(self.dir, n.id))
         self.sync()
         events.emit(self.root, "network", "destroy", n.id, {"name": n.name, "type": "bridge"})
         return n

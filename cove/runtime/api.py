@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cove.errors import Conflict, CoveError, InvalidSpec, NotFound, StateError
+from cove.errors import Conflict, InvalidSpec, NotFound, StartFailed, StateError, best_effort
 from cove.runtime import caps as capmod
 from cove.runtime.cgroups import Cgroups, read_layout
 from cove.spec.runtime import IDMapping, Process, Spec
@@ -32,12 +32,8 @@ from cove.sys.proc import proc_start_time as proc_start_time
 from cove.sys.proc import zombie as _zombie
 
 
-class ContainerStartError(CoveError):
-    """The container's process could not be set up or exec'd; ``exit_code`` as Docker's."""
-
-    def __init__(self, message: str, exit_code: int = 125) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+class ContainerStartError(StartFailed):
+    """The runtime's ``StartFailed`` (the name callers and older monitors import)."""
 
 
 @dataclass
@@ -122,7 +118,7 @@ class Runtime:
         except BaseException:
             if parent_sock is not None:
                 parent_sock.close()
-            with contextlib.suppress(Exception):
+            with best_effort(f"remove the cgroups of the failed create of {cid}", __name__):
                 cgroups.destroy()
             shutil.rmtree(sdir, ignore_errors=True)
             raise
