@@ -10,6 +10,7 @@ machine load is spread over both sides. ``--json`` prints machine-readable resul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import math
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +33,9 @@ TGZ = (
     / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
 )
 REF = "alpine:3.20"
+# podman rootless on a cgroup v1 or hybrid host: no cgroups (as cove rootless there), and runc
+# (crun 1.8 refuses the hybrid layout)
+PODMAN_ROOTLESS = ["--cgroup-manager", "cgroupfs", "--runtime", "runc"]
 
 
 def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -112,10 +117,39 @@ def import_times(cove_args: list[str], top: int = 8) -> list[tuple[int, int, str
     return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
 
 
+@contextlib.contextmanager
+def rootless_sides(cove: list[str]) -> Iterator[dict[str, list[str]]]:
+    """``cove run`` and ``podman run`` as a throwaway user with its own subuid range, each
+    from its own import of the same tarball (both through runuser, so both pay for it)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from rootless import bench_user
+
+    if shutil.which("podman") is None:
+        sys.exit("error: podman not found on PATH (scripts/test-deps.sh installs it)")
+    with bench_user() as user:
+        run(user.argv(*cove, "import", "--change", 'CMD ["/bin/sh"]', str(TGZ), REF), cwd=Path("/"))
+        run(user.argv("podman", "import", str(TGZ), "cove-bench-alpine"), cwd=Path("/"))
+        yield {
+            "cove-rootless": user.argv(*cove, "run", "--rm", "--network", "none", REF, "true"),
+            "podman-rootless": user.argv(
+                "podman",
+                *PODMAN_ROOTLESS,
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "cove-bench-alpine",
+                "true",
+            ),
+        }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=20, help="measured runs per side (default 20)")
     ap.add_argument("--json", action="store_true", help="print machine-readable JSON only")
+    ap.add_argument("--rootless", action="store_true",
+                    help="also time cove and podman run by a throwaway non-root user")  # fmt: skip
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("error: must run as root")
@@ -125,21 +159,29 @@ def main() -> None:
         sys.exit(f"error: rootfs tarball not found: {TGZ}")
     cove, how = cove_command()
     tmp = Path(tempfile.mkdtemp(prefix="cove-bench-start.", dir="/var/tmp"))
+    stack = contextlib.ExitStack()
     try:
         root, bundle = tmp / "root", tmp / "bundle"
         run([*cove, "--root", str(root), "import", "--change", 'CMD ["/bin/sh"]', str(TGZ), REF])
         make_bundle(bundle)
         run_args = ["--root", str(root), "run", "--rm", "--network", "none", REF, "true"]
         times: dict[str, list[float]] = {"cove": [], "runc": []}
+        rootless = stack.enter_context(rootless_sides(cove)) if args.rootless else {}
+        for side in rootless:
+            times[side] = []
         for i in range(2 + args.runs):
             cid = f"bench-{os.getpid()}-{i}"
             c = timed([*cove, *run_args])
             r = timed(["runc", "run", "-b", str(bundle), cid], ["runc", "delete", "-f", cid])
+            more = {side: timed(argv) for side, argv in rootless.items()}
             if i >= 2:
                 times["cove"].append(c)
                 times["runc"].append(r)
+                for side, ms in more.items():
+                    times[side].append(ms)
         imports = import_times(run_args)
     finally:
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
     stats = {side: summary(ms) for side, ms in times.items()}
     ratio = stats["cove"]["median_ms"] / stats["runc"]["median_ms"]
@@ -162,9 +204,9 @@ def main() -> None:
         return
     print(f"cove: {how}")
     print(f"runs: {args.runs} per side, interleaved, after 2 warm-ups each\n")
-    print(f"{'':6}{'median ms':>11}{'min ms':>9}{'p90 ms':>9}")
+    print(f"{'':16}{'median ms':>11}{'min ms':>9}{'p90 ms':>9}")
     for side, st in stats.items():
-        print(f"{side:6}{st['median_ms']:11.1f}{st['min_ms']:9.1f}{st['p90_ms']:9.1f}")
+        print(f"{side:16}{st['median_ms']:11.1f}{st['min_ms']:9.1f}{st['p90_ms']:9.1f}")
     verdict = "met" if ratio <= 1.0 else "NOT met"
     print(f"\nratio cove/runc (median): {ratio:.2f}  (target <= 1.0: {verdict})\n")
     print(f"top {len(imports)} imports by cumulative time (python -X importtime, start path):")
