@@ -77,8 +77,18 @@ elif ! same_base "$venv"; then
     "$python" -m venv --clear "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-# compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
-"$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
+# Other accounts run the same venv (rootless cove). An editable install makes them import this
+# checkout, so it is one only where they can read it; a checkout under /root (0700) is copied
+# into the venv instead.
+if setpriv --reuid=65534 --regid=65534 --clear-groups \
+    "$python" -I -c "import sys; sys.path.insert(0, '$here'); import cove" 2>/dev/null; then
+    # compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
+    "$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
+else
+    echo "install.sh: other accounts cannot read $here: installing a copy of it into $venv"
+    "$venv/bin/python" -m pip uninstall -q -y cove 2>/dev/null || true
+    "$venv/bin/python" -m pip install -q "$here[chart]"
+fi
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 echo "installed: $(/usr/local/bin/cove --version) ($venv, $("$venv/bin/python" -V))"
 # the boot-time restart of --restart always/unless-stopped containers: installed, not enabled
@@ -87,11 +97,11 @@ if [ -d /run/systemd/system ] && [ -d /etc/systemd/system ]; then
     install -m 0644 "$here/scripts/systemd/cove-restart.service" /etc/systemd/system/
     systemctl daemon-reload 2>/dev/null || true
 fi
-# Other accounts run the same venv; the editable install also needs them to reach this checkout.
+# every account runs the installed cove (rootless): check it as nobody
 if ! setpriv --reuid=65534 --regid=65534 --clear-groups \
     "$venv/bin/python" -I -c 'import cove' 2>/dev/null; then
-    echo "install.sh: note: other accounts cannot import cove from $here (a directory on the" \
-        "way is not readable or searchable by them); only root can run cove" >&2
+    echo "install.sh: note: other accounts cannot run $venv (a directory on the way is not" \
+        "searchable by them); only root can run cove" >&2
 fi
 
 if [ $demo = 1 ]; then
