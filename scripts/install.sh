@@ -90,6 +90,9 @@ else
     "$venv/bin/python" -m pip install -q "$here[chart]"
 fi
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
+# the runc-compatible runtime: one executable path, as containerd's BinaryName and podman's
+# --runtime want it
+ln -sf "$venv/bin/cove-runc" /usr/local/bin/cove-runc
 echo "installed: $(/usr/local/bin/cove --version) ($venv, $("$venv/bin/python" -V))"
 # the boot-time restart of --restart always/unless-stopped containers: installed, not enabled
 # (as Podman ships podman-restart.service); `systemctl enable cove-restart.service` turns it on

@@ -21,6 +21,9 @@ packages=(
     qemu-user-static # other CPU architectures (test_crossarch.py): user-mode emulators
     qemu-system-arm qemu-efi-aarch64  # aarch64 guests (test_crossarch.py, bench/crossarch.py)
     docker.io        # cove serve's peer: dockerd 20.10 + CLI 20.10 (tests start their own dockerd)
+    containerd       # cove-runc under containerd 1.6 (ctr, the runc v2 shim; tests start their own)
+    podman           # cove-runc under podman 4.3 (with conmon)
+    crun             # bench/runtime.py's second peer beside runc
 )
 missing=()
 for p in "${packages[@]}"; do

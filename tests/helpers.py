@@ -1041,6 +1041,48 @@ def stop_serve(served: Served) -> None:
             served.proc.wait()
 
 
+# --------------------------------------------------------------------------------------------
+# cove-runc (issue 18): the console script of the venv that runs the tests, OCI bundles made
+# from the shared Alpine rootfs, and the cgroup trees a test's containers were put under.
+
+COVE_RUNC = Path(sys.executable).parent / "cove-runc"
+
+
+def alpine_bundle(path: Path, args: list[str], cgroups_path: str, **extra: Any) -> Path:
+    """An OCI bundle at ``path``: the Alpine rootfs and ``cove-runc spec``'s config with
+    ``args`` (no terminal, writable root) and ``extra`` merged into its top level."""
+    rootfs = path / "rootfs"
+    rootfs.mkdir(parents=True)
+    with tarfile.open(ALPINE_TAR) as tar:
+        tar.extractall(rootfs)  # the shared tarball, checked by the alpine_tar fixture
+    subprocess.run([str(COVE_RUNC), "spec", "--bundle", str(path)], check=True)
+    config = json.loads((path / "config.json").read_text())
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["root"]["readonly"] = False
+    config["linux"]["cgroupsPath"] = cgroups_path
+    config.update(extra)
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
+def remove_cgroup_tree(name: str) -> list[str]:
+    """Remove ``name`` (a top-level cgroup) from every hierarchy, children first; returns the
+    directories that were still there (a test that cleaned up leaves none)."""
+    found = []
+    for mnt in _cgroup_mounts():
+        top = Path(mnt) / name
+        if not top.is_dir():
+            continue
+        found.append(str(top))
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()
+    return found
+
+
 # -- foreign executables (other CPU architectures) ------------------------------------------
 
 TINY_EXIT = 42

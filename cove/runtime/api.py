@@ -64,12 +64,23 @@ class Runtime:
             raise NotFound(f"bundle {bundle} has no config.json") from e
 
     def create(
-        self, cid: str, bundle: str, *, stdio: tuple[int, int, int] | None = None
+        self,
+        cid: str,
+        bundle: str,
+        *,
+        stdio: tuple[int, int, int] | None = None,
+        preserve_fds: int = 0,
+        on_hooks: Callable[[int], None] | None = None,
+        spec: Spec | None = None,
     ) -> Created:
-        """Set the container up to the point of exec; its first process waits for ``start``."""
+        """Set the container up to the point of exec; its first process waits for ``start``.
+
+        ``on_hooks(pid)`` runs the runtime's createRuntime hooks when the init asks (a
+        spec with hooks): namespaces made, mounts done, pivot_root not yet; raising fails
+        the create. ``spec`` replaces the bundle's config.json (cove-runc's adjusted copy)."""
         from cove.runtime import init
 
-        spec = self.load_spec(bundle)
+        spec = spec or self.load_spec(bundle)
         bundle = os.path.abspath(bundle)
         sdir = self._dir(cid)
         # searchable, not listable: a container's mapped root must reach its own exec fifo
@@ -100,8 +111,9 @@ class Runtime:
                     private.make_dir(os.path.dirname(d), 0o755)
                     private.make_dir(d, 0o755)
             parent_sock, pid, pty = self._spawn(
-                spec, bundle, fifo, cgroups, stdio, self._bpf(spec), init.child
-            )
+                spec, bundle, fifo, cgroups, stdio, self._bpf(spec), init.child,
+                cid=cid, preserve_fds=preserve_fds, on_hooks=on_hooks,
+            )  # fmt: skip
             state = {
                 "ociVersion": spec.oci_version,
                 "id": cid,
@@ -206,6 +218,10 @@ class Runtime:
         stdio: tuple[int, int, int] | None,
         bpf: bytes | None,
         entry: Callable[[Any], Any],
+        *,
+        cid: str = "",
+        preserve_fds: int = 0,
+        on_hooks: Callable[[int], None] | None = None,
     ) -> tuple[socket.socket, int, int | None]:
         """Fork the child that runs ``entry(InitContext)`` (create's C or exec's X) and
         take its reports: our end of the socket, the process's pid and its pty master."""
@@ -225,6 +241,8 @@ class Runtime:
             host_unified=layout.unified,
             pure_v2=layout.pure_v2,
             last_cap=capmod.last_cap(),
+            cid=cid,
+            preserve_fds=preserve_fds,
         )
         # invariant: what the child forks is reparented to us when the child exits
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
@@ -234,14 +252,20 @@ class Runtime:
                 parent_sock.close()
                 entry(ctx)
             child_sock.close()
-            pid, pty = self._handshake(parent_sock, child, spec)
+            pid, pty = self._handshake(parent_sock, child, spec, on_hooks)
         except BaseException:
             parent_sock.close()
             child_sock.close()
             raise
         return parent_sock, pid, pty
 
-    def _handshake(self, sock: socket.socket, child: int, spec: Spec) -> tuple[int, int | None]:
+    def _handshake(
+        self,
+        sock: socket.socket,
+        child: int,
+        spec: Spec,
+        on_hooks: Callable[[int], None] | None = None,
+    ) -> tuple[int, int | None]:
         pid: int | None = None
         pty: int | None = None
         created = False
@@ -255,6 +279,10 @@ class Runtime:
                 if kind == "userns":
                     self._write_id_maps(child, spec)
                     self._attach_idmapped_layers(child, spec)
+                    sock.send(b"ok")
+                elif kind == "hooks":
+                    if on_hooks is not None:
+                        on_hooks(int(msg["pid"]))
                     sock.send(b"ok")
                 elif kind == "pid":
                     pid = int(msg["pid"])

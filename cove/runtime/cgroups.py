@@ -79,7 +79,10 @@ class Cgroups:
     """The cgroup directories of one container (``path`` is relative, e.g. ``cove/<id>``)."""
 
     def __init__(self, path: str, layout: Layout | None = None) -> None:
-        if path.startswith("/") or ".." in path.split("/"):
+        # an OCI linux.cgroupsPath may be absolute: relative to each hierarchy's root, which
+        # is where cove puts relative paths too (runc's cgroupfs rule for both)
+        path = path.lstrip("/")
+        if not path or ".." in path.split("/"):
             raise InvalidSpec(f"invalid cgroups path {path!r}")
         self.path = path
         self.layout = layout or read_layout()
@@ -235,6 +238,27 @@ class Cgroups:
                 _write(os.path.join(d, "cpuset.cpus"), res.cpu.cpus)
         if res.pids and res.pids.limit:
             _write(os.path.join(d, "pids.max"), str(res.pids.limit))
+
+    def update(self, res: Resources) -> list[str]:
+        """Write new limits to a live container's cgroups (runc update); returns warnings.
+        The device rules are not part of an update: they stay as create wrote them."""
+        warnings: list[str] = []
+        if self.layout.pure_v2:
+            self._apply_v2(res, warnings)
+        else:
+            self._apply_v1(res, warnings, privileged=True)  # True: skip the device rules
+        return warnings
+
+    def frozen(self) -> bool:
+        """Is the container paused (v1 freezer FROZEN, or v2 cgroup.freeze set)?"""
+        freezer = self._v1("freezer")
+        try:
+            if freezer and not self.layout.pure_v2:
+                return _read(os.path.join(freezer, "freezer.state")) != "THAWED"
+            unified = self.dirs().get("")
+            return bool(unified) and _read(os.path.join(str(unified), "cgroup.freeze")) == "1"
+        except OSError:
+            return False
 
     def oom_killed(self) -> bool:
         if self.layout.pure_v2:

@@ -25,7 +25,7 @@ from typing import NoReturn
 
 from cove.runtime import caps as capmod
 from cove.runtime import execstub
-from cove.spec.runtime import DEFAULT_DEVICES, Mount, Spec
+from cove.spec.runtime import DEFAULT_DEVICES, Hook, Mount, Spec
 from cove.sys import safepath
 from cove.sys import syscalls as sc
 from cove.sys.overlay import Layers
@@ -128,6 +128,10 @@ class InitContext:
     # read by P on the host before any namespace exists: a file inside the container
     # (which the image may supply) is never trusted for it
     last_cap: int = -1
+    # cove-runc: the id hooks see, and runc's --preserve-fds (fds 3..3+N-1 reach the process)
+    cid: str = ""
+    preserve_fds: int = 0
+    host_pid: int = 0  # G's pid on the host, read before pivot_root (for hooks' state)
 
 
 def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = None) -> None:
@@ -256,6 +260,9 @@ def init(ctx: InitContext) -> NoReturn:
         # container (mountpoints, /dev, the working directory) gets Docker's modes
         os.umask(CONTAINER_UMASK)
         spec = ctx.spec
+        if spec.hooks is not None:
+            # the host's procfs is still our /proc: its "self" is our pid on the host
+            ctx.host_pid = int(os.readlink("/proc/self"))
         userns = spec.namespace("user")
         if userns is not None and not userns.path:
             os.setresgid(0, 0, 0)
@@ -524,6 +531,14 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
             os.close(fd)
     fifo_fd = os.open(ctx.fifo, os.O_PATH | os.O_CLOEXEC)
     ctx.fifo = f"/proc/self/fd/{fifo_fd}"
+    if spec.hooks is not None:
+        if spec.hooks.prestart or spec.hooks.create_runtime:
+            # the runtime runs these in its own namespaces now, before createContainer
+            send(ctx.sock, {"type": "hooks", "pid": ctx.host_pid})
+            if ctx.sock.recv(4096) != b"ok":
+                raise InitError("createRuntime hooks failed")
+        if spec.hooks.create_container:
+            _run_hooks(ctx, "createContainer", spec.hooks.create_container, "creating")
     os.chdir(rootfs)
     # pivot_root(".", ".") stacks the old root on top of the new one; detach it from there
     sc.pivot_root(".", ".")
@@ -751,6 +766,8 @@ def _process(ctx: InitContext) -> NoReturn:
         fifo = os.open(ctx.fifo, os.O_WRONLY | os.O_CLOEXEC)
         os.write(fifo, b"0")
         os.close(fifo)
+        if spec.hooks is not None and spec.hooks.start_container:
+            _run_hooks(ctx, "startContainer", spec.hooks.start_container, "created")
     # invariant: no other process of this container exists yet; keep /proc/1 unreadable
     # to it until execve replaces this interpreter (the CVE-2019-5736 class)
     sc.prctl(sc.PR_SET_DUMPABLE, 0)
@@ -766,9 +783,13 @@ def _process(ctx: InitContext) -> NoReturn:
     # fds beyond stdio never reach the container, and none is left to chdir through
     # (the CVE-2024-21626 class): close them before the working directory is entered
     keep = ctx.sock.fileno()
-    if keep > 3:  # closerange(a, a) would close everything from a on, our socket too
-        os.closerange(3, keep)
-    os.closerange(keep + 1, _max_fd())
+    first = 3 + ctx.preserve_fds  # runc's --preserve-fds: the caller's fds 3.. pass through
+    for fd in range(3, first):
+        with contextlib.suppress(OSError):
+            os.set_inheritable(fd, True)
+    if keep > first:  # closerange(a, a) would close everything from a on, our socket too
+        os.closerange(first, keep)
+    os.closerange(max(keep + 1, first), _max_fd())
     _enter_cwd(cwd)
     reset_signals()
     try:
@@ -780,6 +801,19 @@ def _process(ctx: InitContext) -> NoReturn:
         raise InitError(str(e), e.code) from e
     except OSError as e:
         raise InitError(f'exec: "{proc.args[0]}": cannot start the exec stub: {e.strerror}') from e
+
+
+def _run_hooks(ctx: InitContext, kind: str, hooks: list[Hook], status: str) -> None:
+    from cove.runtime import hooks as hookmod
+
+    spec = ctx.spec
+    state = hookmod.state_doc(
+        ctx.cid, status, ctx.host_pid, ctx.bundle, spec.annotations, spec.oci_version
+    )
+    try:
+        hookmod.run(kind, hooks, state)
+    except hookmod.HookError as e:
+        raise InitError(str(e)) from e
 
 
 def _make_cwd(cwd: str) -> None:

@@ -256,6 +256,26 @@ class Linux:
 
 
 @dataclass
+class Hook:
+    path: str
+    args: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    timeout: int | None = None
+
+
+@dataclass
+class Hooks:
+    """runtime-spec lifecycle hooks (``prestart`` is deprecated but still run, as runc)."""
+
+    prestart: list[Hook] = field(default_factory=list)
+    create_runtime: list[Hook] = field(default_factory=list)
+    create_container: list[Hook] = field(default_factory=list)
+    start_container: list[Hook] = field(default_factory=list)
+    poststart: list[Hook] = field(default_factory=list)
+    poststop: list[Hook] = field(default_factory=list)
+
+
+@dataclass
 class Spec:
     oci_version: str = OCI_VERSION
     process: Process = field(default_factory=Process)
@@ -265,6 +285,7 @@ class Spec:
     mounts: list[Mount] = field(default_factory=list)
     linux: Linux = field(default_factory=Linux)
     annotations: dict[str, str] = field(default_factory=dict)
+    hooks: Hooks | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(to_json(self), indent=2).encode() + b"\n"
