@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TGZ = REPO.parent / "shared" / "images" / "alpine-3.20" / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
 DOCKER = "/usr/bin/docker"
-DOCKERD = "/usr/bin/dockerd"
+DOCKERD = "/usr/sbin/dockerd"
 
 
 def _env(sock: Path, home: Path) -> dict[str, str]:
