@@ -178,14 +178,14 @@ class Builder:
             from cove.registry.dist import pull
 
             pull(self.engine, ref, platform=str(want), quiet=True)
-        try:
-            img = self.store.resolve(ref)
+        try:  # a multi-platform base: its manifest for this build's platform
+            img = self.store.resolve(ref, str(want))
         except NotFound:
             from cove.registry.dist import pull
 
             self.progress.note(f"image {ref} is not in the store: pulling it")
             pull(self.engine, ref, platform=str(want), quiet=True)
-            img = self.store.resolve(ref)
+            img = self.store.resolve(ref, str(want))
         have = img.config.platform
         if (have.os, have.architecture) != (want.os, want.architecture):
             raise InvalidSpec(f"image {ref} is {have}, not the requested {want}")
@@ -368,11 +368,53 @@ def build(
             opts.context, opts.dockerfile, stdin or sys.stdin.buffer, ce.engine.images.tmpdir
         ) as ctx,
     ):
+        platforms = [p.strip() for p in (opts.platform or "").split(",") if p.strip()]
+        if len(platforms) > 1:
+            return _build_platforms(ce, opts, ctx, progress, platforms)
         builder = Builder(ce, opts, ctx, progress)
         try:
             return builder.build()
         finally:
             builder.cleanup()
+
+
+def _build_platforms(
+    ce: runsteps.Containers,
+    opts: BuildOptions,
+    ctx: Context,
+    progress: Progress,
+    platforms: list[str],
+) -> str:
+    """BuildKit's ``--platform a,b``: each platform built in turn (a foreign one's RUN steps
+    through QEMU), then one OCI index over their manifests named by the tags. The image id
+    of the default manifest (the host's, else the first) is returned."""
+    from dataclasses import replace
+
+    wanted = [spec.Platform.parse(p) for p in platforms]
+    if len({str(p) for p in wanted}) != len(wanted):
+        raise InvalidSpec(f"--platform {opts.platform!r} names a platform twice")
+    store = ce.engine.images
+    manifests = []
+    for plat in wanted:
+        progress.note(f"building for {plat}")
+        builder = Builder(ce, replace(opts, platform=str(plat), tags=[]), ctx, progress)
+        try:
+            img = store.resolve(builder.build())
+        finally:
+            builder.cleanup()
+        manifests.append(
+            spec.Descriptor(img.manifest.media_type, img.manifest_digest,
+                            store.blobs.size(img.manifest_digest), platform=img.config.platform)
+        )  # fmt: skip
+    names = [dispatch.tag(t) for t in opts.tags]
+    digest = store.add_platforms(manifests, names)
+    progress.line(f"writing image index {digest}")
+    for n in names:
+        progress.line(f"naming to {n}")
+    host = spec.Platform.host()
+    default = next((m for m in manifests if m.platform and m.platform.architecture
+                    == host.architecture), manifests[0])  # fmt: skip
+    return str(store.load_image(default.digest, ()).id)
 
 
 __all__ = ["BuildError", "BuildOptions", "Builder", "Progress", "build", "glob"]

@@ -160,8 +160,8 @@ def image_for_run(ce: ContainerEngine, opts: Any) -> Any:
         from cove.registry.dist import pull
 
         pull(ce.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
-    try:
-        return ce.engine.images.resolve(opts.image)
+    try:  # a multi-platform image: the manifest of the --platform asked for
+        return ce.engine.images.resolve(opts.image, opts.platform)
     except NotFound:
         if opts.pull == "never":
             raise
@@ -169,7 +169,7 @@ def image_for_run(ce: ContainerEngine, opts: Any) -> Any:
 
     sys.stderr.write(f"Unable to find image '{opts.image}' locally\n")
     pull(ce.engine, opts.image, platform=opts.platform, tls_verify=opts.tls_verify)
-    return ce.engine.images.resolve(opts.image)
+    return ce.engine.images.resolve(opts.image, opts.platform)
 
 
 def _prepare_userns(ce: ContainerEngine, cdir: str, oci: Any) -> None:

@@ -211,6 +211,9 @@ class Image:
     manifest: spec.Manifest
     config: spec.ImageConfig
     names: tuple[refs.Reference, ...]
+    # a multi-platform image: the OCI index of every platform's manifest (this one is the
+    # default, the host's where the index has it); None for a single-platform image
+    index_digest: str | None = None
 
     @property
     def id(self) -> str:
@@ -221,6 +224,11 @@ class Image:
 class IndexEntry:
     manifest: spec.Descriptor
     name: refs.Reference | None
+    index: str | None = None  # the multi-platform index this name also stands for
+
+
+# on a store index entry: the digest of the OCI index of every platform of that image
+ANNOTATION_PLATFORM_INDEX = "io.cove.image.platform-index"
 
 
 class ImageStore:
@@ -298,7 +306,8 @@ class ImageStore:
         out = []
         for desc in index.manifests:
             name = desc.annotations.get(spec.ANNOTATION_IMAGE_NAME)
-            out.append(IndexEntry(desc, refs.parse(name) if name else None))
+            multi = desc.annotations.get(ANNOTATION_PLATFORM_INDEX)
+            out.append(IndexEntry(desc, refs.parse(name) if name else None, multi))
         return out
 
     def _write_entries(self, entries: list[IndexEntry]) -> None:
@@ -308,6 +317,8 @@ class ImageStore:
             if e.name:
                 annotations[spec.ANNOTATION_IMAGE_NAME] = str(e.name)
                 annotations[spec.ANNOTATION_REF_NAME] = str(e.name)
+            if e.index:
+                annotations[ANNOTATION_PLATFORM_INDEX] = e.index
             manifests.append(
                 spec.Descriptor(
                     e.manifest.media_type, e.manifest.digest, e.manifest.size, annotations
@@ -333,11 +344,14 @@ class ImageStore:
         orphaned: list[str] = []
         with self.edit_index() as entries:
             keyed = {str(n) for n in names}
+            # a new name of a multi-platform image's manifest (tag) stands for its index too
+            multi = next((e.index for e in entries
+                          if e.index and e.manifest.digest == manifest.digest), None)  # fmt: skip
             moved = [e for e in entries if e.name and str(e.name) in keyed]
             entries[:] = [e for e in entries if e not in moved]
             entries[:] = [e for e in entries if e.manifest.digest != manifest.digest or e.name]
             for n in names:
-                entries.append(IndexEntry(manifest, n))
+                entries.append(IndexEntry(manifest, n, multi))
             if not names and not any(e.manifest.digest == manifest.digest for e in entries):
                 entries.append(IndexEntry(manifest, None))
             for e in moved:
@@ -347,6 +361,60 @@ class ImageStore:
                     entries.append(IndexEntry(e.manifest, None))
                     orphaned.append(e.manifest.digest)
         return orphaned
+
+    def add_platforms(
+        self, manifests: Sequence[spec.Descriptor], names: list[refs.Reference]
+    ) -> str:
+        """Store an OCI index over ``manifests`` (each with its platform, all in the store)
+        and point ``names`` at it: the entries name the default manifest (the host's, else
+        the first) and carry the index, which garbage collection then keeps whole. The
+        children's own unnamed entries go: the index keeps them. Returns the index digest.
+        """
+        host = spec.Platform.host()
+        index = spec.Index(spec.OCI_INDEX, tuple(manifests))
+        digest = self.blobs.put(index.to_bytes())
+        default = next(
+            (m for m in manifests if m.platform and (m.platform.os, m.platform.architecture)
+             == (host.os, host.architecture)), manifests[0],
+        )  # fmt: skip
+        plain = spec.Descriptor(default.media_type, default.digest, default.size)
+        children = {m.digest for m in manifests}
+        with self.edit_index() as entries:
+            keyed = {str(n) for n in names}
+            entries[:] = [
+                e for e in entries
+                if not (e.name and str(e.name) in keyed)
+                and not (e.name is None and e.manifest.digest in children)
+            ]  # fmt: skip
+            for n in names:
+                entries.append(IndexEntry(plain, n, digest))
+            if not names:
+                entries.append(IndexEntry(plain, None, digest))
+        return digest
+
+    def platform_index(self, img: Image) -> spec.Index | None:
+        if not img.index_digest:
+            return None
+        return spec.Index.parse(self.blobs.read(img.index_digest), f"index {img.index_digest}")
+
+    def for_platform(self, img: Image, platform: spec.Platform) -> Image:
+        """The manifest of ``img`` for ``platform`` (a multi-platform image's child); the
+        image itself when it has no index or is that platform already."""
+        have = img.config.platform
+        index = self.platform_index(img)
+        if index is None or (have.os, have.architecture) == (platform.os, platform.architecture):
+            return img
+        for m in index.manifests:
+            p = m.platform
+            if (
+                p
+                and (p.os, p.architecture) == (platform.os, platform.architecture)
+                and (not platform.variant or p.variant == platform.variant)
+            ):
+                child = self.load_image(m.digest, img.names)
+                return Image(child.manifest_digest, child.manifest, child.config, child.names,
+                             img.index_digest)  # fmt: skip
+        return img  # the caller refuses the mismatch with its own message
 
     def put_image(
         self, config: dict[str, Any], layers: Sequence[spec.Descriptor]
@@ -376,14 +444,28 @@ class ImageStore:
     def images(self) -> list[Image]:
         """Every image in the index, each once, names gathered, in index order."""
         grouped: dict[str, list[refs.Reference]] = {}
+        indexes: dict[str, str] = {}
         for e in self.entries():
             names = grouped.setdefault(e.manifest.digest, [])
             if e.name:
                 names.append(e.name)
-        return [self.load_image(d, tuple(n)) for d, n in grouped.items()]
+            if e.index:
+                indexes[e.manifest.digest] = e.index
+        out = []
+        for d, n in grouped.items():
+            img = self.load_image(d, tuple(n))
+            if d in indexes:
+                img = Image(img.manifest_digest, img.manifest, img.config, img.names, indexes[d])
+            out.append(img)
+        return out
 
-    def resolve(self, text: str) -> Image:
-        """Find an image by name, by ``name@digest``, by id, or by a unique id prefix."""
+    def resolve(self, text: str, platform: str | None = None) -> Image:
+        """Find an image by name, by ``name@digest``, by id, or by a unique id prefix; with
+        ``platform``, a multi-platform image's manifest for it."""
+        img = self._resolve(text)
+        return self.for_platform(img, spec.Platform.parse(platform)) if platform else img
+
+    def _resolve(self, text: str) -> Image:
         images = self.images()
         bare = text.removeprefix("sha256:")
         if 0 < len(bare) <= 64 and all(c in "0123456789abcdef" for c in bare):
@@ -558,10 +640,18 @@ class ImageStore:
                     live_layers.update(cfg.diff_ids)
                 except (NotFound, CorruptContent, InvalidSpec):
                     keep_all_layers = True
+            manifests = []
             for e in self.entries():
-                live_blobs.add(e.manifest.digest)
+                manifests.append(e.manifest.digest)
+                if e.index:  # a multi-platform image keeps its index and every platform
+                    live_blobs.add(e.index)
+                    with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
+                        idx = spec.Index.parse(self.blobs.read(e.index), f"index {e.index}")
+                        manifests += [m.digest for m in idx.manifests]
+            for digest in manifests:
+                live_blobs.add(digest)
                 with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
-                    img = self.load_image(e.manifest.digest, ())
+                    img = self.load_image(digest, ())
                     live_blobs.add(img.manifest.config.digest)
                     live_blobs.update(layer.digest for layer in img.manifest.layers)
                     live_layers.update(img.config.diff_ids)

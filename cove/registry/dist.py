@@ -451,12 +451,26 @@ def push(
     others = sorted({n.path for n in img.names if n.domain == ref.domain and n.path != repo})
     scope = f"repository:{repo}:pull,push"
     try:
-        for desc in img.manifest.layers:
-            progress.queued(desc.digest)
-        for desc in [*img.manifest.layers, img.manifest.config]:
-            _push_blob(client, store, repo, desc, scope, others, progress)
-        data = store.blobs.read(img.manifest_digest)
-        mtype = img.manifest.media_type
+        index = store.platform_index(img)
+        # a multi-platform image: every platform's manifest goes up by digest first, then
+        # the index under the tag (a registry refuses an index naming a manifest it lacks)
+        children = [store.load_image(m.digest, ()) for m in index.manifests] if index else [img]
+        for child in children:
+            for desc in child.manifest.layers:
+                progress.queued(desc.digest)
+        for child in children:
+            for desc in [*child.manifest.layers, child.manifest.config]:
+                _push_blob(client, store, repo, desc, scope, others, progress)
+            if index is not None:
+                resp = client.request(
+                    "PUT", f"/v2/{repo}/manifests/{child.manifest_digest}",
+                    headers={"Content-Type": child.manifest.media_type},
+                    body=store.blobs.read(child.manifest_digest), scope=scope, ok=(201, 200),
+                )  # fmt: skip
+                client.discard(resp)
+        digest = img.index_digest if index is not None else img.manifest_digest
+        data = store.blobs.read(digest)
+        mtype = index.media_type if index is not None else img.manifest.media_type
         resp = client.request(
             "PUT",
             f"/v2/{repo}/manifests/{tag}",
@@ -468,11 +482,11 @@ def push(
         client.discard(resp)
     finally:
         client.close()
-    progress.pushed(tag, img.manifest_digest, len(data))
+    progress.pushed(tag, digest, len(data))
     from cove.sys import events
 
     events.emit(engine.root, "image", "push", str(ref), {"name": str(ref)})
-    return str(img.manifest_digest)
+    return str(digest)
 
 
 def _push_blob(

@@ -7,6 +7,7 @@ binfmt_misc is host-wide: every test snapshots the registrations first and check
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from helpers import (
     cove_argv,
     tiny_elf,
 )
+from registries import Registry
 
 from cove.sys import binfmt
 
@@ -185,3 +187,72 @@ def test_each_architecture_runs(
     assert (proc.returncode, proc.stderr) == (TINY_EXIT, "")
     cove("system", "reset", "-f")
     assert registrations() == before
+
+
+def test_build_for_arm64_runs_emulated_steps(
+    cove: CoveRunner, arm64: str, alpine: str, tmp_path: Path
+) -> None:
+    """RUN steps of a linux/arm64 build run through QEMU; a stage FROM $BUILDPLATFORM runs
+    natively, and BuildKit's platform args say which is which."""
+    (tmp_path / "Dockerfile").write_text(
+        "FROM --platform=$BUILDPLATFORM alpine:3.20 AS tool\n"
+        "ARG BUILDPLATFORM TARGETPLATFORM TARGETARCH\n"
+        'RUN echo "$BUILDPLATFORM $TARGETPLATFORM $TARGETARCH $(uname -m)" > /info\n'
+        f"FROM {arm64}\n"
+        "COPY --from=tool /info /info\n"
+        "RUN uname -m > /arch\n"
+    )
+    cove("build", "-q", "--platform", "linux/arm64", "-t", "built:arm64", str(tmp_path))
+    assert cove("image", "inspect", "-f", "{{.Architecture}}", "built:arm64").stdout == "arm64\n"
+    out = cove("run", "--rm", "--platform", "linux/arm64", "built:arm64", "cat", "/arch", "/info")
+    assert out.stdout == "aarch64\nlinux/amd64 linux/arm64 arm64 x86_64\n"
+
+
+def test_two_platform_build_is_one_index(
+    cove: CoveRunner, arm64: str, alpine: str, tmp_path: Path, plain_registry: Registry
+) -> None:
+    """--platform linux/amd64,linux/arm64: one index under the tag; run picks the host's
+    manifest by default and the asked one with --platform; push sends the index."""
+    # one base name for both platforms, as a registry's multi-platform alpine would be
+    base = _ctx(tmp_path / "base", "ARG TARGETARCH\nFROM alpine:3.20 AS amd64\n"
+                "FROM alpine-arm64:3.20 AS arm64\nFROM ${TARGETARCH}\n")  # fmt: skip
+    cove("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", "base:1", str(base))
+    ctx = _ctx(tmp_path / "app", "FROM base:1\nARG TARGETPLATFORM\n"
+                                 'RUN echo "$TARGETPLATFORM $(uname -m)" > /built\n')  # fmt: skip
+    cove("build", "-q", "--platform", "linux/amd64,linux/arm64", "-t", "multi:1", str(ctx))
+    assert cove("run", "--rm", "multi:1", "cat", "/built").stdout == "linux/amd64 x86_64\n"
+    arm = cove("run", "--rm", "--platform", "linux/arm64", "multi:1", "cat", "/built")
+    assert arm.stdout == "linux/arm64 aarch64\n"
+    assert cove("images", "--format", "{{.Repository}} {{.Platform}}", "multi").stdout == (
+        "multi linux/amd64\n"
+    )
+    ref = f"{plain_registry.host}/lib/multi:1"
+    cove("tag", "multi:1", ref)  # the new name stands for the index too
+    digest = cove("push", "-q", "--tls-verify=false", ref).stdout.strip()
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    index = json.loads(raw)
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    assert sorted(f"{m['platform']['os']}/{m['platform']['architecture']}"
+                  for m in index["manifests"]) == ["linux/amd64", "linux/arm64"]  # fmt: skip
+    assert digest.startswith("sha256:")
+    for plat, want in (("arm64", "arm64"), ("amd64", "amd64")):
+        one = subprocess.run(
+            ["skopeo", "--override-arch", plat, "inspect", "--tls-verify=false",
+             f"docker://{ref}"], check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        assert json.loads(one)["Architecture"] == want
+    # pulled back into a fresh name: the platform asked for comes down
+    cove("rmi", "multi:1", ref)
+    cove("pull", "-q", "--tls-verify=false", "--platform", "linux/arm64", ref)
+    assert cove("run", "--rm", "--platform", "linux/arm64", ref, "cat", "/built").stdout == (
+        "linux/arm64 aarch64\n"
+    )
+
+
+def _ctx(path: Path, dockerfile: str) -> Path:
+    path.mkdir()
+    (path / "Dockerfile").write_text(dockerfile)
+    return path
