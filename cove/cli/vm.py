@@ -236,9 +236,14 @@ def cmd_ssh(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_kernel_fetch(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.vm import kernel
+    from cove.vm import arch, debarch, kernel
 
-    k = kernel.fetch(kernel.kernels_dir(engine.root), args.package)
+    if args.arch:  # another architecture's cloud kernel, from its own package lists
+        a = arch.parse(args.arch)
+        k = kernel.fetch(debarch.kernels_dir(engine.root, a), args.package or a.kernel_package,
+                         debarch.apt_options(engine.root, a))  # fmt: skip
+    else:
+        k = kernel.fetch(kernel.kernels_dir(engine.root), args.package or kernel.DEFAULT_PACKAGE)
     print(k.vmlinuz)
     return 0
 
@@ -356,7 +361,8 @@ def register(sub: Any) -> None:
     p = vsub.add_parser("kernel", help="guest kernels for direct boots")
     ksub = p.add_subparsers(dest="kernel_command", metavar="COMMAND", parser_class=type(vm))
     p = ksub.add_parser("fetch", help="download Debian's cloud kernel into the state root")
-    p.add_argument("--package", default="linux-image-cloud-amd64")
+    p.add_argument("--package", help="the kernel package (default linux-image-cloud-ARCH)")
+    p.add_argument("--arch", help="a guest architecture (aarch64/arm64; default the host's)")
     p.set_defaults(func=cmd_kernel_fetch)
     p = ksub.add_parser("ls", help="list fetched kernels")
     p.set_defaults(func=cmd_kernel_ls)

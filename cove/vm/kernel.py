@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cove.errors import CoveError, NotFound
@@ -63,9 +64,10 @@ def _run(cmd: list[str], cwd: str, what: str) -> str:
     return proc.stdout
 
 
-def resolve_package(package: str) -> str:
-    """A metapackage (linux-image-cloud-amd64) to the versioned image package it pulls in."""
-    out = _run(["apt-cache", "depends", package], "/", f"kernel package {package}")
+def resolve_package(package: str, apt: Sequence[str] = ()) -> str:
+    """A metapackage (linux-image-cloud-amd64) to the versioned image package it pulls in.
+    ``apt``: options for apt-cache/apt-get (another architecture's lists, ``cove.vm.debarch``)."""
+    out = _run(["apt-cache", *apt, "depends", package], "/", f"kernel package {package}")
     for line in out.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
@@ -73,10 +75,10 @@ def resolve_package(package: str) -> str:
     return package
 
 
-def fetch(directory: str, package: str = DEFAULT_PACKAGE) -> Kernel:
+def fetch(directory: str, package: str = DEFAULT_PACKAGE, apt: Sequence[str] = ()) -> Kernel:
     """Download and unpack ``package`` into ``directory/<release>``; an existing one is kept."""
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    real = resolve_package(package)
+    real = resolve_package(package, apt)
     release = real.removeprefix("linux-image-")
     have = {k.release: k for k in installed(directory)}
     if release in have:
@@ -84,7 +86,7 @@ def fetch(directory: str, package: str = DEFAULT_PACKAGE) -> Kernel:
     work = tempfile.mkdtemp(dir=directory, prefix=".fetch-")
     try:
         # apt's sandbox user cannot write our private directory: a warning, not an error
-        _run(["apt-get", "download", "-q", real], work, f"download of {real}")
+        _run(["apt-get", *apt, "download", "-q", real], work, f"download of {real}")
         debs = glob.glob(os.path.join(work, "*.deb"))
         if not debs:
             raise NotFound(f"download of {real} produced no package")
