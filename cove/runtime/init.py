@@ -740,7 +740,10 @@ def _process(ctx: InitContext) -> NoReturn:
     for rl in proc.rlimits:
         if rl.type not in _RLIMITS:
             raise InitError(f"unknown rlimit {rl.type}")
-        resource.setrlimit(_RLIMITS[rl.type], (rl.soft, rl.hard))
+        try:
+            resource.setrlimit(_RLIMITS[rl.type], (rl.soft, rl.hard))
+        except (ValueError, OSError) as e:  # EPERM: above the hard limit without CAP_SYS_RESOURCE
+            raise InitError(f"cannot set {rl.type} to {rl.soft}:{rl.hard}: {e}") from e
     if proc.oom_score_adj is not None:
         with open("/proc/self/oom_score_adj", "w") as f:
             f.write(str(proc.oom_score_adj))
