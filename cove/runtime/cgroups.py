@@ -109,13 +109,13 @@ class Cgroups:
     def create(self, resources: Resources | None, *, privileged: bool = False) -> list[str]:
         """Make the directories and write the limits; returns warnings for limits not applied."""
         warnings: list[str] = []
-        if self.layout.pure_v2:
-            self._enable_v2_controllers()
-        for ctrl, d in self.dirs().items():
         if not self.dirs():  # rootless without a delegated cgroup v2 tree: nothing to write
             from cove.runtime.rootless import ignored_limits
 
             return ignored_limits(resources)
+        if self.layout.pure_v2:
+            self._enable_v2_controllers()
+        for ctrl, d in self.dirs().items():
             if ctrl == "cpuset":
                 self._init_cpuset(d)
             os.makedirs(d, exist_ok=True)
