@@ -28,6 +28,15 @@ from cove.spec.flags import (
     parse_ulimits,
     parse_volume,
 )
+from cove.sys.userns import (
+    KeepId,
+    keep_id_map,
+    ns_size,
+    outer_gid,
+    outer_uid,
+    parse_keep_id,
+    rootless,
+)
 
 # The pure flag parsers live in cove.spec.flags; callers of this module may still take them
 # from here.
@@ -410,9 +419,18 @@ def build_spec(
     elif opts.network != "host":
         namespaces.append(rt.Namespace("network"))
     linux = rt.Linux(namespaces=namespaces, cgroups_path=f"cove/{container_id}")
-    if opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
-        raise InvalidSpec(f"invalid --userns {opts.userns!r}: want auto or host")
-    if opts.userns.startswith("auto") or opts.uidmap:
+    keep = keep_id(opts)
+    if keep is not None:
+        # Podman's keep-id in rootless cove's namespace, whose id 0 is the user: that id
+        # appears as keep.uid inside, the rest of the namespace's ids around it
+        linux.namespaces.append(rt.Namespace("user"))
+        linux.uid_mappings = [rt.IDMapping(*r) for r in keep_id_map(keep.uid, ns_size())]
+        linux.gid_mappings = [
+            rt.IDMapping(*r) for r in keep_id_map(keep.gid, ns_size("/proc/self/gid_map"))
+        ]
+    elif opts.userns not in ("", "host", "auto") and not opts.userns.startswith("auto"):
+        raise InvalidSpec(f"invalid --userns {opts.userns!r}: want auto, host or keep-id")
+    elif opts.userns.startswith("auto") or opts.uidmap:
         linux.namespaces.append(rt.Namespace("user"))
         if opts.uidmap:
             linux.uid_mappings = [parse_mapping(m, "--uidmap") for m in opts.uidmap]
@@ -468,6 +486,63 @@ def build_spec(
         linux=linux,
         annotations=annotations,
     )
+
+
+def keep_id(opts: RunOptions) -> KeepId | None:
+    """``--userns=keep-id[:uid=N,gid=N]``, for rootless cove only (as Podman's rootless
+    keep-id: root's own ids need no such map, and Docker has no such mode)."""
+    try:
+        keep = parse_keep_id(opts.userns, (outer_uid(), outer_gid()))
+    except ValueError as e:
+        raise InvalidSpec(str(e)) from e
+    if keep is None:
+        return None
+    if not rootless():
+        raise InvalidSpec("--userns=keep-id is for rootless cove: run it as a non-root user")
+    if opts.uidmap or opts.gidmap:
+        raise InvalidSpec("--userns=keep-id and --uidmap/--gidmap are mutually exclusive")
+    return keep
+
+
+def keep_id_user(keep: KeepId, layers_top_first: list[str]) -> ResolvedUser:
+    """The process user of a keep-id container with no ``--user``: the kept ids, named and
+    homed as the user is on the host (the entry :func:`keep_id_passwd` adds)."""
+    import pwd
+
+    entry = pwd.getpwuid(outer_uid())
+    image = resolve_user(f"{keep.uid}:{keep.gid}", [], layers_top_first)
+    return ResolvedUser(keep.uid, keep.gid, [keep.gid], image.home if image.name
+                        else entry.pw_dir, image.name or entry.pw_name)  # fmt: skip
+
+
+def keep_id_passwd(keep: KeepId, layers_top_first: list[str]) -> dict[str, str]:
+    """/etc/passwd and /etc/group lines a keep-id container lacks: the image's files plus
+    the user's entry (host name, kept ids, host home, /bin/sh) and group, as Podman adds."""
+    import grp
+    import pwd
+
+    entry = pwd.getpwuid(outer_uid())
+    try:
+        group = grp.getgrgid(outer_gid()).gr_name
+    except KeyError:
+        group = entry.pw_name
+    out = {}
+    passwd = _read_in_layers(layers_top_first, "etc/passwd")
+    if passwd is not None and not any(
+        line.split(":")[2:3] == [str(keep.uid)] for line in passwd.splitlines()
+    ):
+        name = check_etc_value("user name", entry.pw_name)
+        home = check_etc_value("home directory", entry.pw_dir)
+        line = f"{name}:*:{keep.uid}:{keep.gid}:{name}:{home}:/bin/sh\n"
+        out["passwd"] = passwd + ("" if passwd.endswith("\n") or not passwd else "\n") + line
+    groups = _read_in_layers(layers_top_first, "etc/group")
+    if groups is not None and not any(
+        line.split(":")[2:3] == [str(keep.gid)] for line in groups.splitlines()
+    ):
+        name = check_etc_value("group name", group)
+        line = f"{name}:x:{keep.gid}:\n"
+        out["group"] = groups + ("" if groups.endswith("\n") or not groups else "\n") + line
+    return out
 
 
 def check_etc_value(what: str, value: str) -> str:

@@ -93,9 +93,19 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
         layers = ce.engine.unpack_image(img)
         top_first = list(reversed(layers))
         image_cfg = img.config.config
-        user = ctr.resolve_user(opts.user or image_cfg.get("User") or "", opts.group_add, top_first)
+        keep = ctr.keep_id(opts)  # rootless --userns=keep-id: the user's ids inside
+        if keep is not None and not opts.user:
+            user = ctr.keep_id_user(keep, top_first)
+        else:
+            user = ctr.resolve_user(
+                opts.user or image_cfg.get("User") or "", opts.group_add, top_first
+            )
         hostname = opts.hostname or cid[:12]
         files = ctr.etc_files(cdir, hostname, opts.network, add_hosts=opts.add_hosts, dns=opts.dns)
+        if keep is not None:
+            from cove.containers import keepid
+
+            files.update(keepid.etc_files(cdir, keep, top_first))
         mounts, docker_mounts, copy_up = resolve_mounts(ce, opts, image_cfg, top_first)
         oci = ctr.build_spec(opts, image_cfg, user, cid, files, None, mounts)
         if copy_up:
@@ -109,12 +119,17 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
             oci.linux.seccomp = _seccomp(ce, opts, oci.process.capabilities.bounding)
         if oci.namespace("user") is not None:
             _prepare_userns(ce, cdir, oci)
-        oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
-            ce.engine.images.layers_dir,
-            top_first,
-            os.path.join(cdir, "upper"),
-            os.path.join(cdir, "work"),
-        )
+        if keep is not None:
+            oci.annotations[ANNOTATION_OVERLAY] = keepid.overlay_annotation(
+                ce, oci, top_first, cdir
+            )
+        else:
+            oci.annotations[ANNOTATION_OVERLAY] = ctr.overlay_annotation(
+                ce.engine.images.layers_dir,
+                top_first,
+                os.path.join(cdir, "upper"),
+                os.path.join(cdir, "work"),
+            )
         if opts.tty:
             from cove.sys.terminal import terminal_size
 
@@ -182,12 +197,23 @@ def _prepare_userns(ce: ContainerEngine, cdir: str, oci: Any) -> None:
     private.own_dir(cdir, gid)  # 0710: the mapped root's group may traverse, no one else
     path = os.path.dirname(cdir)
     while path != "/":
-        if not os.stat(path).st_mode & 0o001:
+        st = os.stat(path)
+        # a directory whose owner and group the map holds is the container root's to
+        # search with CAP_DAC_READ_SEARCH (capabilities of a user namespace reach inodes
+        # with mapped ids): rootless keep-id's, in the user's own home
+        mapped = _maps(oci.linux.uid_mappings, st.st_uid) and _maps(
+            oci.linux.gid_mappings, st.st_gid
+        )
+        if not st.st_mode & 0o001 and not mapped:
             raise InvalidSpec(
                 f"a user namespace needs every directory above the bundle searchable by "
                 f"others: {path} is not (chmod o+x, or use a state root elsewhere)"
             )
         path = os.path.dirname(path)
+
+
+def _maps(maps: list[Any], host_id: int) -> bool:
+    return any(m.host_id <= host_id < m.host_id + m.size for m in maps)
 
 
 def _seccomp(ce: ContainerEngine, opts: Any, caps: list[str]) -> Any:

@@ -671,11 +671,22 @@ class ImageStore:
                         os.unlink(path)
                     else:
                         _remove_tree(path, self.tmpdir)
+            # rootless keep-id's copies of layers with shifted owners (cove.image.idshift)
+            # go with the layer they copy
+            idmapped = os.path.join(os.path.dirname(self.layers_dir), IDMAPPED)
+            with contextlib.suppress(FileNotFoundError):
+                for key in os.listdir(idmapped):
+                    for name in os.listdir(os.path.join(idmapped, key)):
+                        if not keep_all_layers and name not in live_hex:
+                            _remove_tree(os.path.join(idmapped, key, name), self.tmpdir)
             # nothing is being ingested while the exclusive lock is held: all temp is stale
             with contextlib.suppress(FileNotFoundError):
                 for name in os.listdir(self.tmpdir):
                     _remove_tree(os.path.join(self.tmpdir, name), None)
         return removed, freed
+
+
+IDMAPPED = "idmapped"  # <store>/idmapped/<map key>/<layer hex>: cove.image.idshift
 
 
 def layer_figures(path: str) -> list[int]:

@@ -322,6 +322,8 @@ class Runtime:
         if not overlay:
             return
         cfg = json.loads(overlay)
+        if cfg.get("shifted"):
+            return  # copies already owned through the map (rootless keep-id: cove.image.idshift)
         targets = idmapped_lower_dirs(cfg)
         userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         mntns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)

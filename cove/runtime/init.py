@@ -502,7 +502,7 @@ def _setup_rootfs(ctx: InitContext, rootfs: str) -> None:
     if overlay:
         cfg = json.loads(overlay)
         userns = spec.namespace("user") is not None
-        if userns:  # idmapped layers P attached; user xattrs
+        if userns and not cfg.get("shifted"):  # idmapped layers P attached; user xattrs
             lowers = idmapped_lower_dirs(cfg)
         else:
             lowers = [os.path.join(cfg["layers_dir"], rel) for rel in cfg["lower"]]

@@ -29,6 +29,7 @@ from cove.errors import RootlessUnavailable
 SUBUID = "/etc/subuid"
 SUBGID = "/etc/subgid"
 ROOTLESS_ENV = "COVE_ROOTLESS_UID"  # the user's uid outside, set once a command has joined
+ROOTLESS_GID_ENV = "COVE_ROOTLESS_GID"  # and its gid
 _FULL_MAP = "0 0 4294967295"
 
 
@@ -57,6 +58,11 @@ def rootless() -> bool:
 def outer_uid() -> int:
     """The user's uid in the initial user namespace (ours when not rootless)."""
     return int(os.environ.get(ROOTLESS_ENV) or os.getuid())
+
+
+def outer_gid() -> int:
+    """The user's gid in the initial user namespace (ours when not rootless)."""
+    return int(os.environ.get(ROOTLESS_GID_ENV) or os.getgid())
 
 
 def data_dir(uid: int | None = None) -> str:
@@ -252,6 +258,7 @@ def enter() -> None:
     with contextlib.suppress(OSError):
         os.chdir(cwd)
     os.environ[ROOTLESS_ENV] = str(uid)
+    os.environ[ROOTLESS_GID_ENV] = str(gid)
     # execve again: a process's memory keeps the user namespace it was exec'd in
     # (mm->user_ns), and the kernel checks ptrace-mode access to a non-dumpable process
     # (cove's children making containers: /proc/PID/ns/*, /proc/PID/root) against that
@@ -264,3 +271,63 @@ def enter() -> None:
 def pause_pid() -> int | None:
     """The running pause process of this user, if any."""
     return _pause_alive(os.path.join(runtime_dir(), "pause.pid"))
+
+
+@dataclass(frozen=True)
+class KeepId:
+    """``--userns=keep-id[:uid=N,gid=N]``: the user's ids outside appear as ``uid``/``gid``
+    inside the container (Podman's mode), the rest of the namespace mapped around them."""
+
+    uid: int
+    gid: int
+
+
+def parse_keep_id(mode: str, outer: tuple[int, int]) -> KeepId | None:
+    """``keep-id``, ``keep-id:uid=N,gid=N`` (Podman's options), else None."""
+    name, _, opts = mode.partition(":")
+    if name != "keep-id":
+        return None
+    uid, gid = outer
+    for opt in filter(None, opts.split(",")):
+        key, _, value = opt.partition("=")
+        if key not in ("uid", "gid") or not value.isdigit():
+            raise ValueError(f"invalid --userns option {opt!r}: want uid=N or gid=N")
+        if key == "uid":
+            uid = int(value)
+        else:
+            gid = int(value)
+    return KeepId(uid, gid)
+
+
+def ns_size(map_path: str = "/proc/self/uid_map") -> int:
+    """How many consecutive ids from 0 our namespace maps (rootless: 1 + the subordinate
+    range), the ids a child namespace may be given."""
+    with open(map_path) as f:
+        rows = sorted(tuple(int(x) for x in line.split()) for line in f if line.strip())
+    size = 0
+    for inner, _outer, count in rows:
+        if inner != size:
+            break
+        size += count
+    return size
+
+
+def keep_id_map(inner: int, size: int) -> list[tuple[int, int, int]]:
+    """(container id, parent id, count) rows mapping parent id 0 (the user, in rootless
+    cove's namespace) to ``inner`` and parent ids 1..size-1 around it, as Podman's keep-id:
+    container 0..inner-1 are parent 1..inner, container inner+1.. are parent inner+1.."""
+    if size < 2:
+        raise ValueError("the user namespace maps no subordinate ids")
+    rows = [(0, 1, min(inner, size - 1))] if inner > 0 else []
+    rows.append((inner, 0, 1))
+    if inner + 1 < size:
+        rows.append((inner + 1, inner + 1, size - inner - 1))
+    return [r for r in rows if r[2] > 0]
+
+
+def map_id(rows: list[tuple[int, int, int]], container_id: int) -> int | None:
+    """The parent id a container id maps to through ``rows``, or None."""
+    for inner, outer, count in rows:
+        if inner <= container_id < inner + count:
+            return outer + container_id - inner
+    return None

@@ -372,3 +372,41 @@ def test_limits_warning_without_delegation(
     assert "limits are ignored" not in plain.stderr  # control: no limits, no warning
     if v1:  # v1 or hybrid: never delegated
         assert len(warned) == 1, limited.stderr
+
+
+def test_keep_id(make_user: Callable[..., User], alpine_tar: Path) -> None:
+    u = make_user()
+    _import_alpine(u, alpine_tar)
+    vol = u.home / "kvol"
+    vol.mkdir()
+    os.chown(vol, u.uid, u.gid)
+    script = ("id -u; id -g; id -un; echo $HOME; stat -c %u:%g /etc/passwd /bin/busybox; "
+              "cat /proc/self/uid_map; echo k > /data/kept")  # fmt: skip
+    out = u.cove("run", "--rm", "--userns=keep-id", "-v", f"{vol}:/data", "alpine:3.20",
+                 "sh", "-c", script).stdout.split("\n")  # fmt: skip
+    assert out[:4] == [str(u.uid), str(u.gid), u.name, str(u.home)], out
+    # the image's files keep their owners inside (the shifted copies of the layers)
+    assert out[4:6] == ["0:0", "0:0"], out
+    maps = [line.split() for line in out[6:] if line.strip()]
+    assert ["0", "1", str(u.uid)] in maps and [str(u.uid), "0", "1"] in maps, maps
+    st = os.stat(vol / "kept")
+    assert (st.st_uid, st.st_gid) == (u.uid, u.gid)
+    # control: without keep-id the same write is the container's root, also the user, but
+    # the process is uid 0 inside
+    out2 = u.cove("run", "--rm", "-v", f"{vol}:/data", "alpine:3.20", "sh", "-c",
+                  "id -u; echo r > /data/root").stdout  # fmt: skip
+    assert out2 == "0\n" and os.stat(vol / "root").st_uid == u.uid
+    # keep-id:uid=N,gid=N and an explicit --user, and keep-id refused as root
+    out3 = u.cove("run", "--rm", "--userns=keep-id:uid=1234,gid=1234", "-v", f"{vol}:/data",
+                  "alpine:3.20", "sh", "-c", "id -u; echo n > /data/n").stdout  # fmt: skip
+    assert out3 == "1234\n" and os.stat(vol / "n").st_uid == u.uid
+    assert u.cove("run", "--rm", "--userns=keep-id", "--user", "0", "alpine:3.20",
+                  "id", "-u").stdout == "0\n"  # fmt: skip
+    # detached, exec joins its namespace as the kept user
+    u.cove("run", "-d", "--name", "kept", "--userns=keep-id", "alpine:3.20", "sleep", "300")
+    assert u.cove("exec", "kept", "id", "-u").stdout == f"{u.uid}\n"
+    u.cove("rm", "-f", "kept")
+    # the shifted copies of the layers live in the user's root and go with the image
+    assert list(u.root.glob("idmapped/*/*")), "no shifted layer copies"
+    u.cove("rmi", "alpine:3.20")
+    assert not list(u.root.glob("idmapped/*/*"))
