@@ -984,7 +984,10 @@ class Served:
             raw = resp.read()
             if "json" not in (resp.getheader("Content-Type") or "") or not raw.strip():
                 return resp.status, raw.decode(errors="replace") or None
-            return resp.status, json.loads(raw)
+            try:
+                return resp.status, json.loads(raw)
+            except ValueError:  # a JSON-lines stream (events, progress): the text
+                return resp.status, raw.decode(errors="replace")
         finally:
             conn.close()
 

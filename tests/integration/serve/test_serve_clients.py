@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from helpers import Served, cove_argv
+from helpers import Served, cove_argv, swagger_errors
 from registries import Registry
 
 
@@ -173,3 +173,35 @@ def test_network_and_volume_verbs(served: Served) -> None:
     assert "data1" in pruned and "data3" in pruned
     assert served.docker("volume", "ls", "-q").stdout.strip() == ""
     served.checked("GET", "/system/df", "/system/df")
+
+
+def test_events_stream(served: Served) -> None:
+    import time
+
+    t0 = int(time.time()) - 1
+    served.docker("volume", "create", "evvol")
+    served.docker("network", "create", "evnet")
+    served.docker("run", "--rm", "--network", "none", "--name", "evbox", "alpine:3.20", "true")
+    served.docker("network", "rm", "evnet")
+    t1 = int(time.time()) + 1
+    fmt = "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"
+    out = served.docker("events", "--since", str(t0), "--until", str(t1), "--format", fmt).stdout
+    seen = out.splitlines()
+    for want in ("volume create ", "network create evnet", "container create evbox",
+                 "container start evbox", "container die evbox", "container destroy evbox",
+                 "network destroy evnet"):  # fmt: skip
+        assert any(line.startswith(want) for line in seen), (want, seen)
+    # filters narrow the stream (the positive control is the line above)
+    only = served.docker("events", "--since", str(t0), "--until", str(t1), "--filter",
+                         "type=network", "--format", fmt).stdout.split("\n")  # fmt: skip
+    assert [x for x in only if x] == ["network create evnet", "network destroy evnet"]
+    # nothing from before --since
+    later = served.docker("events", "--since", str(t1), "--until", str(t1 + 1)).stdout
+    assert later == ""
+    # each message validates against the swagger's EventMessage
+    status, raw = served.api("GET", f"/events?since={t0}&until={t1}")
+    assert status == 200
+    docs = [json.loads(x) for x in raw.splitlines() if x.strip()]
+    assert len(docs) >= 7
+    for doc in docs:
+        assert swagger_errors(doc, "/events", "get") == [], doc
