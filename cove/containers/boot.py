@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from cove.containers import isolation
+from cove.containers.record import config_of
 from cove.errors import InvalidSpec
 from cove.state import Record
 
@@ -38,7 +39,7 @@ def parse_filters(filters: list[str]) -> set[str] | None:
 
 
 def policy_of(rec: Record) -> str:
-    return (rec.config.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name") or "no"
+    return config_of(rec).restart_policy
 
 
 def wanted(rec: Record, policies: set[str] | None) -> bool:

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from cove.containers.record import config_of
 from cove.state import Record, Status
 
 
@@ -46,7 +47,7 @@ def _in_mounted_root(ce: Any, rec: Record, action: Callable[[int], None]) -> Non
         work = os.path.join(cdir, "work")
         overlay.mount(overlay.Layers(lowers, upper, work, userxattr=userns), rootfs)
         rootfd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY)
-        for m in rec.config.get("Mounts", []):
+        for m in config_of(rec).mounts:
             if m.get("Type") not in ("bind", "volume") or not m.get("Source"):
                 continue
             with contextlib.suppress(OSError):
@@ -197,7 +198,7 @@ def commit(
             history = list(doc.get("history") or [])
             entry: dict[str, Any] = {
                 "created": created,
-                "created_by": " ".join([rec.config.get("Path", ""), *rec.config.get("Args", [])]),
+                "created_by": " ".join([config_of(rec).path, *config_of(rec).args]),
             }
             if message:
                 entry["comment"] = message

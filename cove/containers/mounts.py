@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from cove.containers.record import config_of
 from cove.sys import private
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ def resolve_mounts(
     for ref in opts.volumes_from:
         name, _, mode = ref.partition(":")
         other = ce.get(name)
-        for m in other.config.get("Mounts", []):
+        for m in config_of(other).mounts:
             if m["Destination"] in targets:
                 continue
             ro = (not m.get("RW", True)) if mode not in ("ro", "rw") else mode == "ro"

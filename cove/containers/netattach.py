@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from cove.containers.record import NetworkAttachment, config_of
 from cove.errors import best_effort
 
 if TYPE_CHECKING:
@@ -22,49 +23,46 @@ def network_up(root: str, db: sqlite3.Connection, rec: Record, pid: int) -> dict
     """Attach a created container (process ``pid``) to its networks: the run's own one as
     eth0 (default route, published ports), then those ``connect`` added, as eth1...;
     Docker's NetworkSettings."""
-    host = rec.config.get("HostConfig", {})
-    mode = host.get("NetworkMode") or "none"
+    cfg = config_of(rec)
+    mode = cfg.network_mode
     if mode in ("none", "host") or mode.startswith("container:"):
         return {}
     from cove import bundle as ctr
     from cove.network.manager import NetworkManager, PortSpec, settings
 
-    ncfg = rec.config.get("NetworkingConfig") or {}
-    wanted: list[dict[str, Any]] = []
-    if not ncfg.get("PrimaryDetached"):
-        wanted.append({"Network": mode, "Aliases": ncfg.get("Aliases") or [],
-                       "IPv4Address": ncfg.get("IPv4Address")})  # fmt: skip
-    wanted += list(ncfg.get("Extra") or [])
+    wanted: list[NetworkAttachment] = []
+    if not cfg.primary_detached:
+        wanted.append(NetworkAttachment(mode, cfg.aliases, cfg.ipv4_address))
+    wanted += cfg.extra_networks
     if not wanted:
         return {}
     nm = NetworkManager(root, db)
     try:
         attached = []
         for i, w in enumerate(wanted):
-            attached.append(nm.attach(rec.id, rec.name, pid, w["Network"], iface=f"eth{i}",
-                                      aliases=list(w.get("Aliases") or []),
-                                      ip=w.get("IPv4Address"), default_route=i == 0))  # fmt: skip
+            attached.append(nm.attach(rec.id, rec.name, pid, w.network, iface=f"eth{i}",
+                                      aliases=list(w.aliases), ip=w.ipv4_address,
+                                      default_route=i == 0))  # fmt: skip
         specs = []
-        for key, binds in (host.get("PortBindings") or {}).items():
+        for key, binds in cfg.port_bindings.items():
             port, _, proto = key.partition("/")
             for b in binds:
-                first, _, last = str(b.get("HostPort") or "0").partition("-")
-                specs.append(PortSpec(proto, b.get("HostIp") or "", int(first or 0), int(port),
+                first, _, last = (b.host_port or "0").partition("-")
+                specs.append(PortSpec(proto, b.host_ip, int(first or 0), int(port),
                                       int(last or 0)))  # fmt: skip
-        if host.get("PublishAllPorts"):
-            for key in rec.config.get("Config", {}).get("ExposedPorts") or {}:
-                if key not in (host.get("PortBindings") or {}):
+        if cfg.publish_all:
+            for key in cfg.exposed_ports:
+                if key not in cfg.port_bindings:
                     port, _, proto = key.partition("/")
                     specs.append(PortSpec(proto or "tcp", "", 0, int(port)))
         n, lease = attached[0]
         ports = nm.publish(rec.id, lease.address, specs)
-        cfg = rec.config.get("Config", {})
         ctr.etc_files(
             os.path.join(root, "containers", rec.id),
-            cfg.get("Hostname") or rec.id[:12],
+            cfg.hostname or rec.id[:12],
             mode,
-            add_hosts=host.get("ExtraHosts") or [],
-            dns=host.get("Dns") or [],
+            add_hosts=cfg.extra_hosts,
+            dns=cfg.dns,
             address=lease.address,
             nameserver=n.gateway,
         )

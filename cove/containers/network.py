@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cove.containers import lifecycle
 from cove.containers.isolation import driver
+from cove.containers.record import NetworkAttachment, config_of
 from cove.errors import Conflict
 from cove.state import Status
 
@@ -33,31 +34,29 @@ def connect(
         ctr.check_etc_value("--alias", alias)
     rec = ce.get(ref)
     driver(rec, "network connect")  # refused unless the driver supports it
-    mode = rec.config.get("HostConfig", {}).get("NetworkMode") or "none"
+    cfg = config_of(rec)
+    mode = cfg.network_mode
     if mode in ("none", "host") or mode.startswith("container:"):
         raise Conflict(f"container {rec.name} uses network mode {mode}: cannot connect it")
     nm = ce.networks()
     n = nm.get(net_ref)
-    ncfg = rec.config.setdefault("NetworkingConfig", {})
-    extra = ncfg.setdefault("Extra", [])
-    primary_off = bool(ncfg.get("PrimaryDetached"))
-    if (n.name == mode and not primary_off) or any(e["Network"] == n.name for e in extra):
+    extra = cfg.extra_networks
+    if (n.name == mode and not cfg.primary_detached) or any(a.network == n.name for a in extra):
         raise Conflict(f"container {rec.name} is already connected to network {n.name}")
-    cfg = rec.config
     if rec.status == Status.RUNNING:
         held = nm.store.leases(container=rec.id)
         used = {lease.iface for lease in held}
         iface = next(f"eth{i}" for i in range(64) if f"eth{i}" not in used)
         n, lease = nm.attach(rec.id, rec.name, rec.pid, n.id, iface=iface, aliases=aliases,
                              ip=ip, default_route=False)  # fmt: skip
-        current = cfg.get("NetworkSettings") or {}
+        current = dict(cfg.network_settings)
         current.setdefault("Networks", {}).update(settings([(n, lease)], [])["Networks"])
-        cfg["NetworkSettings"] = current
+        cfg.network_settings = current
     if n.name == mode:
-        ncfg["PrimaryDetached"] = False
+        cfg.primary_detached = False
     else:
-        extra.append({"Network": n.name, "Aliases": list(aliases), "IPv4Address": ip})
-    lifecycle.set_config(ce.store, rec.id, cfg)
+        cfg.extra_networks = [*extra, NetworkAttachment(n.name, list(aliases), ip)]
+    lifecycle.set_config(ce.store, rec.id, cfg.to_docker())
 
 
 def disconnect(ce: ContainerEngine, net_ref: str, ref: str) -> None:
@@ -65,19 +64,18 @@ def disconnect(ce: ContainerEngine, net_ref: str, ref: str) -> None:
     driver(rec, "network disconnect")  # refused unless the driver supports it
     nm = ce.networks()
     n = nm.get(net_ref)
-    cfg = rec.config
-    ncfg = cfg.setdefault("NetworkingConfig", {})
-    extra = ncfg.get("Extra") or []
-    mode = cfg.get("HostConfig", {}).get("NetworkMode") or "none"
+    cfg = config_of(rec)
+    extra = cfg.extra_networks
+    mode = cfg.network_mode
     leased = any(x.network == n.id for x in nm.store.leases(container=rec.id))
-    remembered = any(e["Network"] == n.name for e in extra)
+    remembered = any(a.network == n.name for a in extra)
     if not leased and not remembered and n.name != mode:
         raise Conflict(f"container {rec.id} is not connected to network {n.name}")
     nm.detach(rec.id, n.id, pid=rec.pid if rec.status == Status.RUNNING else 0)
-    ncfg["Extra"] = [e for e in extra if e["Network"] != n.name]
+    cfg.extra_networks = [a for a in extra if a.network != n.name]
     if n.name == mode:  # the run's own network: gone for later starts too (as Docker)
-        ncfg["PrimaryDetached"] = True
-    ns = cfg.get("NetworkSettings") or {}
+        cfg.primary_detached = True
+    ns = dict(cfg.network_settings)
     gone = ns.get("Networks", {}).pop(n.name, None)
     if gone and ns.get("IPAddress") == gone.get("IPAddress"):
         for key in ("IPAddress", "Gateway", "MacAddress"):
@@ -87,8 +85,8 @@ def disconnect(ce: ContainerEngine, net_ref: str, ref: str) -> None:
         k: v for k, v in (ns.get("Ports") or {}).items()
         if any(p.container_port == int(k.split("/")[0]) for p in nm.store.ports(rec.id))
     }  # fmt: skip
-    cfg["NetworkSettings"] = ns
-    lifecycle.set_config(ce.store, rec.id, cfg)
+    cfg.network_settings = ns
+    lifecycle.set_config(ce.store, rec.id, cfg.to_docker())
 
 
 def network_users(ce: ContainerEngine) -> dict[str, str]:

@@ -12,6 +12,7 @@ from cove.containers import lifecycle
 from cove.containers.isolation import driver_for
 from cove.containers.lifecycle import alive, crash_point, self_ids
 from cove.containers.reconcile import purge
+from cove.containers.record import config_of
 from cove.containers.stop import freeze, signal_monitor
 from cove.errors import Conflict, NotFound
 from cove.state import OP_START, Record, Status
@@ -75,7 +76,7 @@ def discard(ce: ContainerEngine, rec: Record, *, volumes: bool) -> None:
     purge(ce, rec)
     if volumes:
         vols = ce.volumes()
-        for m in rec.config.get("Mounts", []):
+        for m in config_of(rec).mounts:
             if m.get("Type") == "volume" and m.get("Anonymous"):
                 with contextlib.suppress(NotFound, Conflict):
                     vols.remove(m["Name"])

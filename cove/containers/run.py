@@ -15,6 +15,7 @@ from cove.containers.attach import attach_stream, forward_signals_to
 from cove.containers.jsonlog import Log
 from cove.containers.netattach import network_down, network_up
 from cove.containers.reconcile import purge
+from cove.containers.record import config_of
 from cove.errors import StartFailed, best_effort
 from cove.state import OP_CREATE
 
@@ -32,8 +33,8 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
     runtime = ce.runtime()
     code = 125
 
-    log_cfg = ce.store.get(cid).config.get("HostConfig", {}).get("LogConfig", {})
-    log = Log(ce.log_path(cid), int(log_cfg.get("MaxSize", 0)), int(log_cfg.get("MaxFile", 1)))
+    cfg = config_of(ce.store.get(cid))
+    log = Log(ce.log_path(cid), cfg.log_max_size, cfg.log_max_file)
     outputs: dict[int, int] = {}
     stdin_w = -1
     try:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from cove.containers import isolation, lifecycle
 from cove.containers.lifecycle import crash_point, self_ids
+from cove.containers.record import config_of
 from cove.containers.startup import prefork_start
 from cove.errors import Conflict, StateError
 from cove.state import OP_START, Record, Status
@@ -44,19 +45,18 @@ def hand_off(ce: ContainerEngine, rec: Record, *, attach_fd: int = -1) -> Record
     """
     from cove.runtime.api import ContainerStartError, proc_start_time
 
-    cfg = rec.config
-    hc = cfg.get("Config", {}).get("Healthcheck") or {}
-    interval = hc.get("Interval") or 30_000_000_000
+    cfg = config_of(rec)
+    hc = cfg.healthcheck
     args = {
         "root": ce.root,
         "cid": rec.id,
         "log": ce.log_path(rec.id),
-        "max_size": str(cfg.get("HostConfig", {}).get("LogConfig", {}).get("MaxSize", 0)),
-        "max_file": str(cfg.get("HostConfig", {}).get("LogConfig", {}).get("MaxFile", 1)),
-        "tty": "1" if cfg.get("Config", {}).get("Tty") else "0",
-        "stdin": "1" if cfg.get("Config", {}).get("OpenStdin") else "0",
-        "stdin_once": "1" if cfg.get("Config", {}).get("StdinOnce") else "0",
-        "health_interval": str(interval / 1e9 if hc else 0),
+        "max_size": str(cfg.log_max_size),
+        "max_file": str(cfg.log_max_file),
+        "tty": "1" if cfg.tty else "0",
+        "stdin": "1" if cfg.open_stdin else "0",
+        "stdin_once": "1" if cfg.stdin_once else "0",
+        "health_interval": str(hc.interval if hc else 0),
     }
     go_r, go_w = os.pipe()
     st_r, st_w = os.pipe()

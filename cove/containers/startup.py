@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cove.containers import lifecycle
 from cove.containers.netattach import network_down, network_up
+from cove.containers.record import config_of
 from cove.errors import StartFailed, StateError, best_effort
 from cove.state import Status, Store
 
@@ -58,7 +59,7 @@ def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
         sock.send(f"{code} {e}".encode())
         return 1
     health: dict[str, Any] = {}
-    if rec.config.get("Config", {}).get("Healthcheck"):
+    if config_of(rec).healthcheck is not None:
         health = {"Status": "starting", "FailingStreak": 0, "Log": []}
     lifecycle.started(
         store,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from cove.containers import lifecycle
 from cove.containers.isolation import driver, driver_for
 from cove.containers.lifecycle import alive
+from cove.containers.record import config_of
 from cove.errors import Conflict, NotFound
 from cove.state import Record, Status
 
@@ -36,12 +37,11 @@ def stop(
     if rec.status == Status.RESTARTING:
         signal_monitor(ce, rec)
         return await_exit(ce, rec, 10)
-    cfg = rec.config.get("Config", {})
+    cfg = config_of(rec)
     if sig is None:
-        sig = ctr.parse_signal(cfg.get("StopSignal") or "SIGTERM")
+        sig = ctr.parse_signal(cfg.stop_signal)
     if timeout is None:
-        timeout = cfg.get("StopTimeout")
-        timeout = 10 if timeout is None else timeout
+        timeout = 10 if cfg.stop_timeout is None else cfg.stop_timeout
     pidfd = _pidfd(rec.pid)
     try:
         with contextlib.suppress(ProcessLookupError):
@@ -87,7 +87,7 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
         return await_exit(ce, rec, 10)
     if rec.status not in (Status.RUNNING, Status.PAUSED):
         raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
-    stop_sig = ctr.parse_signal(rec.config.get("Config", {}).get("StopSignal") or "SIGTERM")
+    stop_sig = ctr.parse_signal(config_of(rec).stop_signal)
     if sig in (signal.SIGKILL, stop_sig):
         lifecycle.stop_requested(ce.store, rec.id)
     driver_for(rec).signal(rec, sig)

@@ -9,6 +9,7 @@ from cove.containers import lifecycle
 from cove.containers.engine import ContainerEngine
 from cove.containers.exec import run_check
 from cove.containers.netattach import network_down
+from cove.containers.record import config_of
 from cove.containers.startup import prefork_start, runtime, start
 from cove.engine import Engine
 from cove.errors import best_effort
@@ -24,13 +25,13 @@ RESTART = 10  # finish(): the monitor should start the container again
 
 
 def _policy_restarts(rec: Record, code: int) -> bool:
-    policy = rec.config.get("HostConfig", {}).get("RestartPolicy") or {}
-    name = policy.get("Name") or "no"
+    cfg = config_of(rec)
+    name = cfg.restart_policy
     if rec.manual_stop or name == "no":
         return False
     if name in ("always", "unless-stopped"):
         return True
-    limit = int(policy.get("MaximumRetryCount") or 0)
+    limit = cfg.restart_max
     return code != 0 and (limit == 0 or rec.restart_count < limit)
 
 
@@ -53,7 +54,7 @@ def finish(root: str, cid: str, status: str) -> int:
         lifecycle.restarting(store, rec, code, oom=oom)
         return RESTART
     lifecycle.exited(store, cid, code, oom=oom)
-    if rec.config.get("HostConfig", {}).get("AutoRemove"):
+    if config_of(rec).auto_remove:
         with best_effort(f"remove container {cid} (--rm)", __name__):
             ContainerEngine(Engine(root)).discard(store.get(cid), volumes=True)
     return 0
@@ -81,14 +82,13 @@ def health(root: str, cid: str) -> int:
     rec = store.get(cid)
     if rec.status != Status.RUNNING:
         return 0
-    hc = rec.config.get("Config", {}).get("Healthcheck") or {}
-    test = list(hc.get("Test") or [])
-    if not test or test[0] == "NONE":
+    hc = config_of(rec).healthcheck
+    if hc is None or hc.disabled:
         return 0
-    args = ["/bin/sh", "-c", test[1]] if test[0] == "CMD-SHELL" else test[1:]
-    timeout = (hc.get("Timeout") or 30_000_000_000) / 1e9
-    retries = hc.get("Retries") or 3
-    start_period = (hc.get("StartPeriod") or 0) / 1e9
+    args = hc.argv()
+    timeout = hc.timeout
+    retries = hc.max_retries
+    start_period = hc.start_period
     begun = now()
     ce = ContainerEngine(Engine(root))
     try:

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from cove.containers.record import config_of
 from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.state import Store, Volume, now
 from cove.sys import events, private
@@ -75,10 +76,7 @@ class Volumes:
         return [
             r.id
             for r in self.store.all()
-            if any(
-                m.get("Type") == "volume" and m.get("Name") == name
-                for m in r.config.get("Mounts", [])
-            )
+            if any(m.get("Type") == "volume" and m.get("Name") == name for m in config_of(r).mounts)
         ]
 
     def inspect(self, name: str) -> dict[str, Any]:
