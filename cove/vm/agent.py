@@ -20,6 +20,7 @@ import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cove.vm import initramfs
 from cove.vm.kernel import Kernel
@@ -184,10 +185,11 @@ class RunConfig:
         return "\n".join(lines) + "\n"
 
 
-def base_initrd(cache_dir: str, kernel: Kernel) -> str:
+def base_initrd(cache_dir: str, kernel: Kernel, busybox: str | None = None) -> str:
     """The agent's initramfs for ``kernel``, built once and kept (its name says what went
-    in: the kernel release, the /init, the module list, the busybox)."""
-    bb = initramfs.BUSYBOX
+    in: the kernel release, the /init, the module list, the busybox). ``busybox``: a static
+    busybox of the guest's architecture when it is not the host's."""
+    bb = Path(busybox) if busybox else initramfs.BUSYBOX
     st = bb.stat()
     h = hashlib.sha256(f"{INIT}|{MODULES}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
     path = os.path.join(cache_dir, f"agent-{kernel.release}-{h[:16]}.cpio.gz")
@@ -195,7 +197,7 @@ def base_initrd(cache_dir: str, kernel: Kernel) -> str:
         return path
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     cpio = initramfs.Cpio()
-    initramfs.busybox_base(cpio, bb)
+    initramfs.busybox_base(cpio, bb, initramfs.BUSYBOX if busybox else None)
     initramfs.add_modules(cpio, kernel, MODULES)
     cpio.file("init", INIT.encode(), 0o755)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -205,10 +207,14 @@ def base_initrd(cache_dir: str, kernel: Kernel) -> str:
     return path
 
 
-def run_initrd(base: str, config: RunConfig, dest: str) -> None:
+def run_initrd(base: str, config: RunConfig, dest: str, *, aarch64: bool = False) -> None:
     """The cached initramfs followed by this run's /cove/config: the kernel unpacks
-    concatenated archives in order (each gzip member padded to 4 bytes)."""
-    from cove.vm.setids import program
+    concatenated archives in order (each gzip member padded to 4 bytes). ``aarch64``: the
+    user switch program of an arm64 guest."""
+    if aarch64:
+        from cove.vm.setids_arm64 import program
+    else:
+        from cove.vm.setids import program
 
     cpio = initramfs.Cpio()
     cpio.file("cove/config", config.script().encode())

@@ -176,9 +176,11 @@ class Cpio:
         return out.getvalue()
 
 
-def busybox_base(cpio: Cpio, busybox: Path = BUSYBOX) -> None:
+def busybox_base(cpio: Cpio, busybox: Path = BUSYBOX, applets_from: Path | None = None) -> None:
     """/bin/busybox with a symlink per applet, the directories an init needs, and the two
-    device nodes the kernel opens before devtmpfs is mounted."""
+    device nodes the kernel opens before devtmpfs is mounted. ``applets_from``: the busybox
+    that lists the applets when ``busybox`` is another architecture's (the same Debian
+    build for each architecture, so the same applets)."""
     if not busybox.exists():
         from cove.errors import NotFound
 
@@ -188,7 +190,8 @@ def busybox_base(cpio: Cpio, busybox: Path = BUSYBOX) -> None:
     cpio.chardev("dev/console", 5, 1)
     cpio.chardev("dev/null", 1, 3, 0o666)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    listed = subprocess.run([str(busybox), "--list"], capture_output=True, text=True, check=True)
+    listed = subprocess.run([str(applets_from or busybox), "--list"], capture_output=True,
+                            text=True, check=True)  # fmt: skip
     for applet in sorted(set(listed.stdout.split()) - {"busybox"}):
         cpio.symlink(f"bin/{applet}", "busybox")
     for alias in ("sbin", "usr/bin", "usr/sbin"):

@@ -25,9 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from cove.errors import CoveError, InvalidSpec, NotFound
+from cove.spec import image as spec
 from cove.sys import private
 from cove.sys.syscalls import die_with_parent
+from cove.sys.userns import rootless
+from cove.vm import arch, debarch
 from cove.vm import qemu as qcmd
+from cove.vm.vmstore import run_dir
 
 RUN_DIR = "/run/cove-vm"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
@@ -79,6 +83,17 @@ def _readonly_source(host: str) -> Callable[[], None]:
 
 
 # -- the pieces, each cached --------------------------------------------------------------
+
+
+def guest_arch(opts: Any, have: spec.Platform) -> arch.Arch:
+    """The guest architecture of a ``run --vm``: the image's (a foreign one emulated by
+    QEMU's TCG); a ``--platform`` the image is not is refused."""
+    want = spec.Platform.parse(opts.platform) if opts.platform else None
+    if want and (want.os, want.architecture) != (have.os, have.architecture):
+        raise InvalidSpec(f"image {opts.image} is {have}, not the requested {want}")
+    if have.os != "linux":
+        raise InvalidSpec(f"image {opts.image} is {have}: --vm boots linux images only")
+    return arch.for_goarch(have.architecture)
 
 
 def guest_kernel(root: str, explicit: str | None) -> Any:
@@ -214,7 +229,6 @@ class VMRun:
         from cove.containers import lifecycle
         from cove.containers.engine import container_name, docker_config, log_config
         from cove.containers.lifecycle import self_ids
-        from cove.spec import image as spec
         from cove.spec.vm import PortForward
         from cove.state import OP_CREATE, Record, now
         from cove.vm import accel, agent
@@ -237,10 +251,7 @@ class VMRun:
             raise InvalidSpec(f"{', '.join(ignored)}: not supported with --vm")
         ce = self.ce
         img = ce.image_for_run(opts)
-        host = spec.Platform.host()
-        have = img.config.platform
-        if (have.os, have.architecture) != (host.os, host.architecture):
-            raise InvalidSpec(f"image {opts.image} is {have}; this host runs {host}")
+        self.arch = guest_arch(opts, img.config.platform)
         self.volumes = _bind_volumes(opts)
         self.ports = tuple(PortForward.parse(p) for p in opts.publish)
         if opts.network in ("bridge", "default"):
@@ -249,15 +260,28 @@ class VMRun:
             raise InvalidSpec("--vm publishes ports (-p) on its user-mode network only")
         if opts.network.startswith("container:") or opts.network == "host":
             raise InvalidSpec(f"--vm cannot share a network namespace (--network {opts.network})")
-        kernel = guest_kernel(ce.engine.root, self.vm.kernel)
+        if opts.network not in ("user", "none") and rootless():
+            raise InvalidSpec(f"--vm --network {opts.network} needs root (a tap on its bridge); "
+                              "rootless, --vm uses QEMU's user network, with -p for ports")  # fmt: skip
+        if arch.foreign(self.arch) and not self.vm.kernel:  # that architecture's kernel
+            kernel = debarch.guest_kernel(ce.engine.root, self.arch)
+        else:
+            kernel = guest_kernel(ce.engine.root, self.vm.kernel)
         self.kernel = kernel
-        self.verdict = accel.choose("auto", ce.engine.root, kernel.vmlinuz, qcmd.QEMU)
+        if arch.foreign(self.arch):  # KVM runs only the host's architecture
+            arch.check_installed(self.arch)
+            self.verdict = accel.Verdict("tcg", f"{self.arch.name} guest: tcg emulation")
+        else:
+            self.verdict = accel.choose("auto", ce.engine.root, kernel.vmlinuz, qcmd.QEMU)
 
         def note(message: str) -> None:
             sys.stderr.write(message + "\n")
 
         rootfs = rootfs_image(ce.engine, img, note=note)
-        self.base_initrd = agent.base_initrd(agent.initrd_dir(ce.engine.root), kernel)
+        self.base_initrd = agent.base_initrd(
+            agent.initrd_dir(ce.engine.root), kernel,
+            debarch.busybox(ce.engine.root, self.arch) if arch.foreign(self.arch) else None,
+        )  # fmt: skip
         layers = list(reversed(ce.engine.unpack_image(img)))
         image_cfg = img.config.config
         user = ctr.resolve_user(opts.user or image_cfg.get("User") or "", opts.group_add, layers)
@@ -275,7 +299,7 @@ class VMRun:
             cdir = ce.cdir(cid)
             private.make_dir(os.path.dirname(cdir), private.SHARED_MODE)
             os.mkdir(cdir, 0o700)
-            self.files = qcmd.RunFiles(cdir, os.path.join(RUN_DIR, cid[:20]))
+            self.files = qcmd.RunFiles(cdir, os.path.join(run_dir(), cid[:20]))
             from cove.vm import disks
 
             disks.overlay(self.files.disk, rootfs, "raw")  # cove's own ext4: never probed
@@ -333,7 +357,8 @@ class VMRun:
                 dns=dns,
                 volumes=[(f"cove{i}", t, ro) for i, (_, t, ro) in enumerate(self.volumes)],
             )
-            agent.run_initrd(self.base_initrd, run_cfg, self.files.initrd)
+            agent.run_initrd(self.base_initrd, run_cfg, self.files.initrd,
+                             aarch64=self.arch == arch.AARCH64)  # fmt: skip
             lifecycle.created(ce.store, cid, config, keep_op=False)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -346,7 +371,7 @@ class VMRun:
     def argv(self) -> list[str]:
         from cove.vm import agent
 
-        return qcmd.run_command(
+        argv = qcmd.run_command(
             accel=self.verdict.accel,
             cpus=self.vm.cpus,
             memory_mib=self.vm.memory_mib,
@@ -360,6 +385,7 @@ class VMRun:
             tap=self.tap or None,
             mac=self.mac,
         )
+        return arch.adapt(argv, self.arch)  # an aarch64 guest: virt, TCG, ttyAMA0
 
     def launch(self) -> None:
         """virtiofsd for each volume, the tap, then QEMU (children of this process)."""
@@ -393,7 +419,7 @@ class VMRun:
         with open(files.qemu_log, "ab") as qlog:
             try:
                 self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
-                                             stderr=qlog, preexec_fn=die_with_parent,
+                                             stderr=qlog, preexec_fn=_qemu_preexec,
                                              start_new_session=True)  # fmt: skip
             except OSError as e:
                 raise CoveError(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
@@ -508,11 +534,19 @@ def release(ce: Any, cid: str, tap: str | None = None) -> None:
         tap = "" if mode in ("user", "none") else tap_name(cid)
     if tap:
         links.delete(tap)
-    shutil.rmtree(os.path.join(RUN_DIR, cid[:20]), ignore_errors=True)
+    shutil.rmtree(os.path.join(run_dir(), cid[:20]), ignore_errors=True)
     with contextlib.suppress(Exception):
         from cove.network.manager import NetworkManager
 
         NetworkManager(ce.engine.root, ce.store.db).detach(cid)
+
+
+def _qemu_preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
+    die_with_parent()
+    if rootless():  # QEMU as the user with no capability in its namespace (no -runas)
+        from cove.vm.process import qemu_nocaps
+
+        qemu_nocaps()
 
 
 def tap_name(cid: str) -> str:

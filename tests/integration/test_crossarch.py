@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,31 @@ def _ctx(path: Path, dockerfile: str) -> Path:
     path.mkdir()
     (path / "Dockerfile").write_text(dockerfile)
     return path
+
+
+@pytest.fixture(scope="module")
+def arm64_kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's arm64 cloud kernel, fetched once by ``vm kernel fetch --arch arm64``."""
+    root = tmp_path_factory.mktemp("kernels-root")
+    proc = subprocess.run(cove_argv(root, "vm", "kernel", "fetch", "--arch", "arm64"),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    vmlinuz = Path(proc.stdout.strip())
+    assert vmlinuz.parent.name.endswith("-cloud-arm64") and vmlinuz.is_file()
+    assert vmlinuz.read_bytes()[0x38:0x3C] == b"ARM\x64"  # an arm64 Image's magic
+    return root / "kernels" / "arm64"
+
+
+def test_run_vm_arm64(cove: CoveRunner, cove_root: Path, arm64: str, arm64_kernels: Path) -> None:
+    """An arm64 image booted as an emulated arm64 VM (qemu-system-aarch64, virt, TCG)."""
+    shutil.copytree(arm64_kernels, cove_root / "kernels" / "arm64")
+    run = ("run", "--rm", "--vm", "--platform", "linux/arm64", arm64)
+    assert cove(*run, "uname", "-m", timeout=300).stdout == "aarch64\n"
+    assert cove(*run, "uname", "-r", timeout=300).stdout.strip().endswith("-cloud-arm64")
+    # exit codes and the user switch as in the container path
+    proc = cove(*run[:-1], "-u", "1000:1000", arm64, "sh", "-c", "id -u; exit 5", check=False,
+                timeout=300)  # fmt: skip
+    assert (proc.returncode, proc.stdout) == (5, "1000\n")
+    # the positive control beside the refusal: a --platform the image is not
+    bad = cove(*run[:-2], "linux/s390x", arm64, "true", check=False)
+    assert bad.returncode == 125 and "not the requested linux/s390x" in bad.stderr
