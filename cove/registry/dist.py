@@ -392,7 +392,13 @@ def _pull_one(
                 else:
                     todo.append((desc, diff_id))
                     progress.queued(desc.digest)
+            # Docker's "Downloaded newer image": the name did not name this manifest before
             fresh = bool(todo) or not store.blobs.has(digest)
+            if ref.tag and not ref.digest:
+                try:
+                    fresh = fresh or store.resolve(str(ref)).manifest_digest != digest
+                except NotFound:
+                    fresh = True
             errors: list[BaseException] = []
             if todo:
                 with concurrent.futures.ThreadPoolExecutor(max_workers=min(3, len(todo))) as ex:

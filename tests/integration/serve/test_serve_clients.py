@@ -205,3 +205,48 @@ def test_events_stream(served: Served) -> None:
     assert len(docs) >= 7
     for doc in docs:
         assert swagger_errors(doc, "/events", "get") == [], doc
+
+
+def test_network_connect_disconnect_and_filter_encodings(served: Served) -> None:
+    served.docker("network", "create", "--label", "team=a", "side")
+    cid = served.docker("run", "-d", "--name", "box", "alpine:3.20", "sleep", "300").stdout.strip()
+    served.docker("network", "connect", "--alias", "boxalias", "side", "box")
+    members = "{{range $id, $c := .Containers}}{{$c.Name}} {{end}}"
+    assert served.docker("network", "inspect", "-f", members, "side").stdout.split() == ["box"]
+    # the alias answers on the network's DNS (cove: a responder per network, at its gateway)
+    gateway = served.docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+                            "side").stdout.strip()  # fmt: skip
+    look = served.docker("exec", "box", "nslookup", "boxalias", gateway, check=False)
+    assert look.returncode == 0 and "Address" in look.stdout, look
+    doc = served.checked("GET", "/networks/side", "/networks/{id}")
+    assert list(doc["Containers"]) == [cid]
+    served.docker("network", "disconnect", "side", "box")
+    assert served.docker("network", "inspect", "-f", members, "side").stdout.strip() == ""
+    # a connected network cannot go; a disconnected one can
+    served.docker("network", "connect", "side", "box")
+    busy = served.docker("network", "rm", "side", check=False)
+    assert busy.returncode == 1 and "active endpoints" in busy.stderr, busy
+    served.docker("network", "disconnect", "side", "box")
+    # filters in both encodings: docker-py's lists and the Go clients' maps
+    for enc in ('{"label":["team=a"]}', '{"label":{"team=a":true}}'):
+        docs = served.checked("GET", f"/networks?filters={quote(enc)}", "/networks")
+        assert [d["Name"] for d in docs] == ["side"], (enc, docs)
+    served.docker("rm", "-f", "box")
+    served.docker("network", "rm", "side")
+
+
+def test_run_pulls_a_missing_image(served: Served, plain_registry: Registry) -> None:
+    """docker run of an image the store lacks: create answers 404 "No such image", the CLI
+    pulls (POST /images/create) and creates again."""
+    name = f"{plain_registry.host}/cove/runme:v1"
+    served.docker("tag", "alpine:3.20", name)
+    served.docker("push", name)
+    served.docker("rmi", name)
+    run = served.docker("run", "--rm", name, "echo", "pulled-and-ran")
+    assert run.stdout == "pulled-and-ran\n"
+    assert f"Unable to find image '{name}' locally" in run.stderr
+    assert f"Status: Downloaded newer image for {name}" in run.stderr
+    # negative beside it: a name the registry lacks fails with the registry's answer
+    bad = served.docker("run", "--rm", f"{plain_registry.host}/cove/absent:v1", "true",
+                        check=False)  # fmt: skip
+    assert bad.returncode == 125 and "not found" in bad.stderr, bad
