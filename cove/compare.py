@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cove.errors import CoveError
+from cove.errors import HostToolFailed, Unsupported
 
 MODES = ("container", "vm")
 _NS_PROBE = 'uname -r; for n in /proc/self/ns/*; do echo "$n $(readlink "$n")"; done'
@@ -179,7 +179,11 @@ def compare(
     for mode in MODES:  # facts first: this also builds the vm's cached root once
         sample, out = _one([*base, *flags[mode], image, "sh", "-c", _NS_PROBE])
         if sample.exit_code != 0:
-            raise CoveError(f"the {mode} run of {image} failed (exit {sample.exit_code})")
+            raise HostToolFailed(
+                f"the {mode} run of {image} failed (exit {sample.exit_code})",
+                "cove run",
+                sample.exit_code,
+            )
         lines = out.decode(errors="replace").splitlines()
         r = results[mode]
         r.kernel = lines[0] if lines else ""
@@ -244,7 +248,7 @@ def write_outputs(results: list[ModeResult], image: str, command: list[str], out
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise CoveError("the chart needs matplotlib: pip install 'cove[chart]'") from e
+        raise Unsupported("the chart needs matplotlib: pip install 'cove[chart]'") from e
     fig = chart(results, image, command)
     title = fig.get_suptitle()
     with plt.rc_context({"text.parse_math": False, "text.usetex": False}):

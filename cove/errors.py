@@ -85,6 +85,11 @@ class HostToolFailed(CoveError):
         self.returncode = returncode
 
 
+class HostFailure(CoveError):
+    """The host refused an operation cove needed: a file copy, a sysctl write (the errno's
+    text in the message, the OSError as the cause)."""
+
+
 class CorruptState(CoveError):
     """The state database cannot be read (damaged file): ``cove system check --repair``."""
 

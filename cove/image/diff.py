@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO
 
-from cove.errors import Conflict, CorruptContent, CoveError, NotFound, Unsupported
+from cove.errors import Conflict, CorruptContent, CoveError, HostFailure, NotFound, Unsupported
 from cove.image.layers import (
     OVERLAY_OPAQUE_XATTR,
     USER_OPAQUE_XATTR,
@@ -626,7 +626,7 @@ class _Copier:
                     _copy_data(src, dst)
                 except OSError as e:
                     where = self.layers.where(node.layer, node.rel)
-                    raise CoveError(
+                    raise HostFailure(
                         f"cannot copy {where} to {self.dest}/{out}: {e.strerror}"
                     ) from e
                 uid, gid = self.ids(node.layer, st)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import subprocess
 
-from cove.errors import CoveError, HostToolFailed
+from cove.errors import CoveError, HostFailure, HostToolFailed
 
 
 def _batch(commands: list[str], netns_pid: int | None = None) -> None:
@@ -47,7 +47,7 @@ def _sysctl(path: str, value: str) -> None:
         with open(path, "w") as f:
             f.write(value)
     except OSError as e:
-        raise CoveError(f"cannot set {path} to {value}: {e.strerror}") from e
+        raise HostFailure(f"cannot set {path} to {value}: {e.strerror}") from e
 
 
 def ensure_bridge(name: str, gateway: str, prefix: int, mtu: int = 1500) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
-from cove.errors import Conflict, CoveError, InvalidSpec, NotFound
+from cove.errors import Conflict, CoveError, HostFailure, InvalidSpec, NotFound
 from cove.sys.safepath import IN_ROOT
 from cove.sys.syscalls import openat2
 
@@ -145,7 +145,7 @@ def _copy(
         raise
     except OSError as e:
         at = f"{copier.current}: " if copier.current else ""
-        raise CoveError(f"cannot copy {src} to {dest}: {at}{e.strerror}") from e
+        raise HostFailure(f"cannot copy {src} to {dest}: {at}{e.strerror}") from e
 
 
 def _open_source(side: _Side, src: str, follow_link: bool, fds: ExitStack) -> _Source:

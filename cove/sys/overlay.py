@@ -97,7 +97,7 @@ def mount(layers: Layers, target: str, *, api: Api | None = None) -> None:
     global _new_api_works
     lowers = list(layers.lowers)
     if not lowers:
-        raise CoveError(f"no layers to mount on {target}")
+        raise Unsupported(f"no layers to mount on {target}")
     check_depth(len(lowers), f"the overlay on {target}")
     if layers.upper is None and len(lowers) == 1:
         sc.mount(lowers[0], target, None, sc.MS_BIND)
