@@ -20,6 +20,13 @@ def _vm(engine: Engine) -> Any:
     return VMManager(engine.root)
 
 
+def _arch_name(text: str | None) -> str:
+    """--arch (aarch64 or arm64, x86_64 or amd64) as uname -m names it; "" the host's."""
+    from cove.vm import arch
+
+    return arch.parse(text).name if text else ""
+
+
 def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
     from cove.spec.vm import PortForward, VMSpec, parse_bytes
 
@@ -42,6 +49,7 @@ def cmd_create(engine: Engine, args: argparse.Namespace) -> int:
         ports=[PortForward.parse(p) for p in args.publish],
         display=args.display,
         accel=args.accel,
+        arch=_arch_name(args.arch),
     )
     mgr = _vm(engine)
     rec = mgr.create(spec)
@@ -284,6 +292,8 @@ def register(sub: Any) -> None:
         "(repeatable; any other is refused)",
     )
     p.add_argument("--iso", metavar="FILE", help="a CD image to boot (installers)")
+    p.add_argument("--arch", help="the guest's CPU: x86_64 (default on this host) or aarch64 "
+                   "(emulated: qemu-system-aarch64, virt machine, TCG)")  # fmt: skip
     p.add_argument("--kernel", metavar="FILE", help="boot this kernel directly")
     p.add_argument("--initrd", metavar="FILE", help="initramfs for --kernel")
     p.add_argument("--append", metavar="ARGS", help="kernel command line for --kernel")

@@ -101,6 +101,7 @@ class VMSpec:
     ports: list[PortForward] = field(default_factory=list)
     display: str = "none"
     accel: str = "auto"
+    arch: str = ""  # the guest's CPU (uname -m: x86_64, aarch64); "" the host's
 
     def validate(self) -> VMSpec:
         check_name(self.name)
@@ -108,6 +109,8 @@ class VMSpec:
             raise InvalidSpec(f"vm {self.name}: --memory must be at least 16M")
         if not 1 <= self.cpus <= 255:
             raise InvalidSpec(f"vm {self.name}: --cpus must be 1-255")
+        if self.arch not in ("", "x86_64", "aarch64"):
+            raise InvalidSpec(f"unsupported vm architecture {self.arch!r}: want x86_64 or aarch64")
         if self.accel not in ACCELS:
             raise InvalidSpec(f"invalid --accel {self.accel!r}: want auto, kvm or tcg")
         if self.display not in DISPLAYS:

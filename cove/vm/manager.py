@@ -146,7 +146,8 @@ class VMManager:
             },
             "Accelerator": {"Name": rec.accel, "Reason": rec.accel_reason},
             "Boot": spec.boot,
-            "Machine": "q35",
+            "Machine": _arch(rec.spec.arch).machine,
+            "Architecture": _arch(rec.spec.arch).name,
             "Memory": spec.memory_mib * (1 << 20),
             "Cpus": spec.cpus,
             "Disk": {"Path": paths.disk, "Base": spec.disk_image} if os.path.exists(paths.disk)
@@ -244,3 +245,9 @@ def _iso(t: float) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _arch(name: str) -> Any:
+    from cove.vm import arch
+
+    return arch.parse(name) if name else arch.host()

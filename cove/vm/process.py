@@ -78,7 +78,17 @@ class QemuProcess:
         paths = self.store.paths(rec)
         prev = rec.status
         self.kill_orphan(rec)
-        verdict = accel.choose(spec.accel, self.store.root, spec.kernel, self.qemu)
+        from cove.errors import Unsupported
+        from cove.vm import arch as varch
+
+        guest = varch.parse(spec.arch) if spec.arch else varch.host()
+        if varch.foreign(guest):  # KVM runs only the host's architecture: QEMU's TCG
+            varch.check_installed(guest)
+            if spec.accel == "kvm":
+                raise Unsupported(f"vm {rec.name}: --accel kvm cannot run an {guest.name} guest")
+            verdict = accel.Verdict("tcg", f"{guest.name} guest: tcg emulation")
+        else:
+            verdict = accel.choose(spec.accel, self.store.root, spec.kernel, self.qemu)
         try:
             rec.accel, rec.accel_reason = verdict.accel, verdict.reason
             append_extra = ""
@@ -105,6 +115,8 @@ class QemuProcess:
                 runas=user.name,
             )
             argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
+            # another architecture: its QEMU and machine (UEFI firmware unless a kernel boots)
+            argv = varch.adapt(argv, guest, firmware=not spec.kernel)
             shutil.rmtree(paths.run, ignore_errors=True)
             # /run/cove-vm itself: traversable (0711) but not listable, whatever the umask
             # (cove's is 077), or QEMU, no longer root, could not reach its own directory

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from helpers import (
 from registries import Registry
 
 from cove.sys import binfmt
+from cove.vm import arch, debarch
+from cove.vm.initramfs import BUSYBOX, Cpio, busybox_base, write
 
 ALPINE_ARM64_TAR = ALPINE_DIR / "alpine-minirootfs-3.20.3-aarch64.tar.gz"
 ARM64 = "alpine-arm64:3.20"
@@ -269,6 +272,7 @@ def arm64_kernels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     vmlinuz = Path(proc.stdout.strip())
     assert vmlinuz.parent.name.endswith("-cloud-arm64") and vmlinuz.is_file()
     assert vmlinuz.read_bytes()[0x38:0x3C] == b"ARM\x64"  # an arm64 Image's magic
+    debarch.busybox(str(root), arch.AARCH64)  # the static busybox guests' initramfs takes
     return root / "kernels" / "arm64"
 
 
@@ -285,3 +289,36 @@ def test_run_vm_arm64(cove: CoveRunner, cove_root: Path, arm64: str, arm64_kerne
     # the positive control beside the refusal: a --platform the image is not
     bad = cove(*run[:-2], "linux/s390x", arm64, "true", check=False)
     assert bad.returncode == 125 and "not the requested linux/s390x" in bad.stderr
+
+
+def test_vm_create_aarch64_boots_to_a_marker(
+    cove: CoveRunner, tmp_path: Path, arm64_kernels: Path
+) -> None:
+    """cove vm create --arch aarch64: Debian's arm64 kernel and an arm64 busybox initramfs
+    whose /init prints a marker, on qemu-system-aarch64's virt machine under TCG."""
+    marker = "COVE-ARM64-GUEST-UP"
+    [kdir] = [d for d in arm64_kernels.iterdir() if (d / "vmlinuz").is_file()]
+    cpio = Cpio()
+    busybox_base(cpio, arm64_kernels / "busybox", BUSYBOX)
+    cpio.file("init", f"#!/bin/busybox sh\necho {marker} $(uname -m)\nexec sleep 3600\n".encode(),
+              0o755)  # fmt: skip
+    initrd = tmp_path / "initrd.img"
+    write(cpio, str(initrd))
+    kernel = str(kdir / "vmlinuz")
+    cove("vm", "create", "a1", "--arch", "arm64", "--memory", "512M", "--cpus", "1",
+         "--kernel", kernel, "--initrd", str(initrd), "--append", "quiet")  # fmt: skip
+    info = json.loads(cove("vm", "inspect", "a1").stdout)[0]
+    assert (info["Architecture"], info["Machine"]) == ("aarch64", "virt")
+    cove("vm", "start", "a1")
+    deadline = time.monotonic() + 240
+    log = ""
+    while time.monotonic() < deadline and f"{marker} aarch64" not in log:
+        time.sleep(0.5)
+        log = cove("vm", "logs", "a1").stdout
+    assert f"{marker} aarch64" in log, log[-3000:]
+    cove("vm", "rm", "-f", "a1")
+    # the negative beside it: KVM cannot run another architecture's guest
+    cove("vm", "create", "a2", "--arch", "aarch64", "--accel", "kvm", "--kernel",
+         str(kdir / "vmlinuz"))  # fmt: skip
+    bad = cove("vm", "start", "a2", check=False)
+    assert bad.returncode != 0 and "--accel kvm cannot run an aarch64 guest" in bad.stderr
