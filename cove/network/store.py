@@ -138,17 +138,18 @@ class NetworkStore:
         with self._tx() as db:
             used = {r[0] for r in db.execute(
                 "SELECT address FROM leases WHERE network = ?", (net.id,))}  # fmt: skip
+            # asked, not read from sqlite's message: the transaction holds the write lock,
+            # so the answer stands until the insert
+            if db.execute("SELECT 1 FROM leases WHERE network = ? AND container = ?",
+                          (net.id, container)).fetchone():  # fmt: skip
+                raise Conflict(f"container {container[:12]} is already on network {net.name}")
             address = str(pick(used))
             try:
                 db.execute(
                     "INSERT INTO leases VALUES (?,?,?,?,?,?,?,?)",
                     (net.id, address, container, iface, host_iface, mac, json.dumps(aliases), name),
                 )
-            except sqlite3.IntegrityError as e:
-                if "container" in str(e) or "leases.network, leases.container" in str(e):
-                    raise Conflict(
-                        f"container {container[:12]} is already on network {net.name}"
-                    ) from e
+            except sqlite3.IntegrityError as e:  # the other key: (network, address)
                 raise Conflict(f"address {address} is already in use on network {net.name}") from e
         return Lease(net.id, address, container, iface, host_iface, mac, aliases, name)
 
