@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from cove.errors import CoveError, StateError
+from cove.sys.userns import rootless
 from cove.vm import provision, qmp
 from cove.vm import qemu as qcmd
-from cove.vm.vmstore import RUN_DIR, VMRecord, VMStatus, VMStore
+from cove.vm.vmstore import VMRecord, VMStatus, VMStore, run_dir
 
 
 def _proc_start(pid: int) -> int:
@@ -32,6 +33,26 @@ def _alive(pid: int, start: int) -> bool:
     from cove.sys.proc import alive
 
     return alive(pid, start)
+
+
+def qemu_nocaps() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Rootless QEMU's stand-in for -runas: it stays the user (uid 0 of the user's
+    namespace, owner of its files) but execs with no capability in that namespace and
+    cannot regain any (securebits NOROOT, locked), so a guest that takes QEMU over holds
+    the user's own file access and not the namespace's root powers (chown over the
+    subordinate ids, mounts in cove's mount namespace)."""
+    from cove.sys import syscalls as sc
+
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        sc.prctl(sc.PR_CAPBSET_DROP, cap)
+    # SECBIT_NOROOT, SECBIT_NO_SETUID_FIXUP, SECBIT_KEEP_CAPS_LOCKED and their locks
+    sc.prctl(PR_SET_SECUREBITS, 0x2F)
+    sc.capset(0, 0, 0)
+
+
+PR_SET_SECUREBITS = 28
 
 
 class QemuProcess:
@@ -102,9 +123,12 @@ class QemuProcess:
                 append_extra = f"cove.ip={rec.address}/{prefix} cove.gw={n.gateway}"
             if os.path.exists(paths.disk):
                 provision.check_disk(self.store, rec)
+            from cove.sys.userns import rootless
             from cove.vm import qemuuser
 
-            user = qemuuser.ensure()
+            # rootless: no -runas (no other user to become); QEMU runs as the user with
+            # no capability in the user's namespace (qemu_nocaps)
+            user = None if rootless() else qemuuser.ensure()
             launch = qcmd.Launch(
                 verdict.accel,
                 rec.mac,
@@ -112,7 +136,7 @@ class QemuProcess:
                 append_extra=append_extra,
                 has_disk=os.path.exists(paths.disk),
                 has_seed=os.path.exists(paths.seed),
-                runas=user.name,
+                runas=user.name if user else None,
             )
             argv = qcmd.command(spec, paths, launch, qemu=self.qemu)
             # another architecture: its QEMU and machine (UEFI firmware unless a kernel boots)
@@ -120,17 +144,18 @@ class QemuProcess:
             shutil.rmtree(paths.run, ignore_errors=True)
             # /run/cove-vm itself: traversable (0711) but not listable, whatever the umask
             # (cove's is 077), or QEMU, no longer root, could not reach its own directory
-            os.makedirs(RUN_DIR, mode=0o711, exist_ok=True)
-            os.chmod(RUN_DIR, 0o711)
+            os.makedirs(run_dir(), mode=0o711, exist_ok=True)
+            os.chmod(run_dir(), 0o711)
             os.mkdir(paths.run, 0o700)
-            # screendump is the one file QEMU creates after it dropped root: in a directory
-            # of its own, read back by cove without following links (see screenshot). The
-            # runtime directory lets QEMU's group through (0710), to reach it, and nothing
-            # more: the sockets in it are QEMU's anyway, listing it is still refused.
-            os.chown(paths.run, 0, user.gid)
-            os.chmod(paths.run, 0o710)
             os.mkdir(paths.screen_dir, 0o700)
-            os.chown(paths.screen_dir, user.uid, user.gid)
+            if user is not None:
+                # screendump is the one file QEMU creates after it dropped root: in a
+                # directory of its own, read back by cove without following links (see
+                # screenshot). The runtime directory lets QEMU's group through (0710), to
+                # reach it, and nothing more: the sockets in it are QEMU's anyway.
+                os.chown(paths.run, 0, user.gid)
+                os.chmod(paths.run, 0o710)
+                os.chown(paths.screen_dir, user.uid, user.gid)
             with open(paths.serial_log, "ab") as log:
                 log.write(f"\n--- cove: vm {rec.name} started {time.ctime()} ---\n".encode())
             proc = self._launch(rec, argv)
@@ -158,7 +183,8 @@ class QemuProcess:
         with open(paths.qemu_log, "ab") as log:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                        start_new_session=True)  # fmt: skip
+                                        start_new_session=True,
+                                        preexec_fn=qemu_nocaps if rootless() else None)  # fmt: skip
             except OSError as e:
                 raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
         deadline = time.monotonic() + 60

@@ -44,6 +44,13 @@ def create(store: VMStore, spec: VMSpec, undo: Callable[[VMRecord], None]) -> VM
             disks.create(paths.disk, spec.disk_size)
         store.insert(rec)  # the name is taken from here on (UNIQUE)
         if spec.network not in ("user", "none"):
+            from cove.sys.userns import rootless
+
+            if rootless():  # a tap on a bridge needs CAP_NET_ADMIN on the host
+                raise InvalidSpec(
+                    f"vm {spec.name}: network {spec.network} needs root (a tap on its "
+                    "bridge); rootless VMs use --network user, with -p for ports"
+                )
             lease(store, rec)
         seed(store, rec)
         store.save(rec)

@@ -261,8 +261,10 @@ class VMRun:
         if opts.network.startswith("container:") or opts.network == "host":
             raise InvalidSpec(f"--vm cannot share a network namespace (--network {opts.network})")
         if opts.network not in ("user", "none") and rootless():
-            raise InvalidSpec(f"--vm --network {opts.network} needs root (a tap on its bridge); "
-                              "rootless, --vm uses QEMU's user network, with -p for ports")  # fmt: skip
+            raise InvalidSpec(
+                f"--vm --network {opts.network} needs root (a tap on its bridge); "
+                "rootless, --vm uses QEMU's user network, with -p for ports"
+            )
         if arch.foreign(self.arch) and not self.vm.kernel:  # that architecture's kernel
             kernel = debarch.guest_kernel(ce.engine.root, self.arch)
         else:

@@ -24,6 +24,14 @@ from cove.vm import qemu as qcmd
 RUN_DIR = "/run/cove-vm"  # sockets and pidfiles of running VMs, by id prefix
 
 
+def run_dir() -> str:
+    """RUN_DIR as root; rootless, the user's own ``$XDG_RUNTIME_DIR/cove/vm`` (/run is
+    root's, and two users' VMs must not share a directory)."""
+    from cove.sys import userns
+
+    return os.path.join(userns.runtime_dir(), "vm") if userns.rootless() else RUN_DIR
+
+
 class VMStatus(enum.StrEnum):
     CREATED = "created"
     RUNNING = "running"
@@ -171,4 +179,4 @@ class VMStore:
             yield
 
     def paths(self, rec: VMRecord) -> qcmd.Paths:
-        return qcmd.Paths(os.path.join(self.dir, rec.id), os.path.join(RUN_DIR, rec.id[:20]))
+        return qcmd.Paths(os.path.join(self.dir, rec.id), os.path.join(run_dir(), rec.id[:20]))

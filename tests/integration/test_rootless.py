@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import vmguest
 from helpers import REPO
 
 SUBID_FILES = ("/etc/subuid", "/etc/subgid")
@@ -410,3 +413,65 @@ def test_keep_id(make_user: Callable[..., User], alpine_tar: Path) -> None:
     assert list(u.root.glob("idmapped/*/*")), "no shifted layer copies"
     u.cove("rmi", "alpine:3.20")
     assert not list(u.root.glob("idmapped/*/*"))
+
+
+def _user_kernel(u: User) -> tuple[vmguest.Kernel, Path]:
+    """The guest kernel (a copy the user owns, where ``cove vm kernel fetch`` puts it in the
+    user's root) and a busybox initramfs that prints the marker."""
+    k = vmguest.test_kernel()
+    initrd = vmguest.build_initramfs(u.home / "initrd.gz", k, vmguest.guest_init())
+    dest = u.root / "kernels" / k.release
+    dest.parent.mkdir(parents=True)
+    subprocess.run(["cp", "-a", k.dir, str(dest)], check=True)
+    subprocess.run(["chown", "-R", f"{u.uid}:{u.gid}", str(u.home / ".local"), str(initrd)],
+                   check=True)  # fmt: skip
+    return vmguest.Kernel(k.release, str(dest)), initrd
+
+
+def _vm_log(u: User, name: str, text: str) -> str:
+    log = ""
+    for _ in range(600):  # readiness of a TCG boot, not a timing assertion
+        log = u.cove("vm", "logs", name).stdout
+        if text in log:
+            return log
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} never appeared in the log of vm {name}:\n{log[-3000:]}")
+
+
+def test_vm_create_start_and_run_vm(make_user: Callable[..., User], alpine_tar: Path) -> None:
+    u = make_user()
+    kernel, initrd = _user_kernel(u)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    u.cove("vm", "create", "uvm", "--cpus", "1", "--memory", "256M", "--kernel",
+           kernel.vmlinuz, "--initrd", str(initrd), "--append",
+           f"{vmguest.CMDLINE} cove.dhcp=1", "-p", f"127.0.0.1:{port}:80")  # fmt: skip
+    u.cove("vm", "start", "uvm")
+    _vm_log(u, "uvm", vmguest.MARKER)
+    # user-mode networking: the published port reaches the guest's httpd
+    assert vmguest.MARKER in _poll(f"http://127.0.0.1:{port}/")
+    info = json.loads(u.cove("vm", "inspect", "uvm").stdout)[0]
+    qemu = info["State"]["Pid"]
+    assert _uid_of(str(qemu)) == u.uid  # QEMU runs as the user, no -runas ...
+    with open(f"/proc/{qemu}/status") as f:  # ... with no capability in its namespace
+        caps = dict(line.split(":\t") for line in f.read().splitlines() if line.startswith("Cap"))
+    assert {caps[k].strip() for k in ("CapEff", "CapPrm", "CapBnd")} == {"0" * 16}, caps
+    # its sockets in the user's runtime directory, nothing in /run/cove-vm
+    assert all(p.startswith(str(u.home)) for p in info["Paths"].values()), info["Paths"]
+    kvm = u.shell("test -r /dev/kvm -a -w /dev/kvm").returncode == 0
+    if not kvm:  # TCG always; KVM only where the user may open /dev/kvm
+        assert info["Accelerator"]["Name"] == "tcg", info["Accelerator"]
+    u.cove("vm", "rm", "-f", "uvm")
+    assert "uvm" not in u.cove("vm", "ls").stdout
+    # a cove network needs a tap: refused rootless, naming the way out
+    u.cove("network", "create", "vnet")
+    bad = u.cove("vm", "create", "tapvm", "--kernel", kernel.vmlinuz, "--initrd", str(initrd),
+                 "--network", "vnet", check=False)  # fmt: skip
+    assert bad.returncode != 0 and "--network user" in bad.stderr, bad
+    assert "tapvm" not in u.cove("vm", "ls").stdout
+    # run --vm: the command's output, in the VM (its own kernel)
+    _import_alpine(u, alpine_tar)
+    out = u.cove("run", "--vm", "--rm", "alpine:3.20", "sh", "-c",
+                 "cat /etc/alpine-release; uname -r", timeout=300).stdout  # fmt: skip
+    assert out == f"3.20.3\n{kernel.release}\n", out
