@@ -1128,3 +1128,117 @@ def tiny_elf(goarch: str) -> bytes:
                                  ehsize, 0, flags, ehsize, phsize, 1, 0, 0, 0)  # fmt: skip
         ph = struct.pack(order + "IIIIIIII", 1, 0, base, base, total, total, 5, 0x1000)
     return eh + ph + code
+
+
+# containerd 1.6 started by a test (issue 18): its own root, state, socket and config
+
+
+class Containerd:
+    def __init__(self, base: Path, ns: str = "") -> None:
+        self.base = base
+        self.sock = base / "c.sock"
+        self.ns = ns or f"covetest{os.getpid()}"  # also the top-level cgroup of its containers
+        self.runc_root = base / "runc"
+        self.proc: subprocess.Popen[bytes] | None = None
+        # containerd 1.6 puts shim sockets in /run/containerd/s and ctr its fifos in
+        # /run/containerd/fifo whatever its state dir: removed after, if the test made them
+        self.host_dirs = [Path("/run/containerd/fifo"), Path("/run/containerd/s"),
+                          Path("/run/containerd")]  # fmt: skip
+        self.made = [d for d in self.host_dirs if not d.exists()]
+
+    def start(self, extra: str = "") -> None:
+        """Start containerd; without ``extra`` (more TOML) its CRI plugin is off."""
+        config = self.base / "config.toml"
+        config.write_text(
+            "version = 2\n"
+            f'root = "{self.base}/root"\n'
+            f'state = "{self.base}/state"\n'
+            + ("" if extra else 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+            + f'[grpc]\n  address = "{self.sock}"\n'
+            f'[ttrpc]\n  address = "{self.sock}.ttrpc"\n' + extra
+        )
+        log = (self.base / "containerd.log").open("wb")
+        self.proc = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=log, stderr=log,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while self.ctr("version", check=False).returncode != 0:
+            assert self.proc.poll() is None, (self.base / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not come up"
+            time.sleep(0.1)
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = ["ctr", "--address", str(self.sock), "--namespace", self.ns, *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ctr {args}: rc {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def shims(self) -> list[int]:
+        """The shims serving this containerd (their command line names its socket)."""
+        out = []
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                with contextlib.suppress(OSError):
+                    argv = (d / "cmdline").read_bytes().split(b"\0")
+                    if b"containerd-shim" in argv[0] and str(self.sock).encode() in argv:
+                        out.append(int(d.name))
+        return out
+
+    def stop(self) -> list[str]:
+        """Remove every task and container, stop containerd and its shims; returns what
+        had to be forced (empty when the test cleaned up after itself)."""
+        forced = []
+        for task in self.ctr("task", "ls", "-q", check=False).stdout.split():
+            forced.append(f"task {task}")
+            self.ctr("task", "kill", "--signal", "SIGKILL", task, check=False)
+            time.sleep(0.2)
+            self.ctr("task", "delete", "--force", task, check=False)
+        for c in self.ctr("container", "ls", "-q", check=False).stdout.split():
+            forced.append(f"container {c}")
+            self.ctr("container", "delete", c, check=False)
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for pid in self.shims():
+            forced.append(f"shim {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            mnt = line.split()[4]
+            if mnt.startswith(str(self.base)):
+                forced.append(f"mount {mnt}")
+                subprocess.run(["umount", "-l", mnt], check=False)
+        remove_cgroup_tree(self.ns)
+        remove_cgroup_tree(f"covecri{os.getpid()}")
+        for d in self.made:
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only when empty: anything else there is not ours
+        return forced
+
+
+def _alpine_archive(where: Path) -> Path:
+    """The shared Alpine rootfs as a one-layer OCI image archive (index.json, blobs/)."""
+    layout = where / "layout"
+    oci_layout(layout, [gzip.decompress(ALPINE_TAR.read_bytes())], "3.20")
+    archive = where / "alpine.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        for item in sorted(layout.iterdir()):
+            tar.add(item, arcname=item.name)
+    return archive
+
+
+def alpine_oci_archive(where: Path, name: str = "3.20", config: Any = None) -> Path:
+    """The shared Alpine rootfs as a one-layer OCI image archive (index.json, blobs/)."""
+    layout = where / f"layout-{name}"
+    oci_layout(layout, [gzip.decompress(ALPINE_TAR.read_bytes())], name, config)
+    archive = where / f"alpine-{name}.oci.tar"
+    with tarfile.open(archive, "w") as tar:
+        for item in sorted(layout.iterdir()):
+            tar.add(item, arcname=item.name)
+    return archive

@@ -742,11 +742,15 @@ def _process(ctx: InitContext) -> NoReturn:
             raise InitError(f"unknown rlimit {rl.type}")
         try:
             resource.setrlimit(_RLIMITS[rl.type], (rl.soft, rl.hard))
-        except (ValueError, OSError) as e:  # EPERM: above the hard limit without CAP_SYS_RESOURCE
-            raise InitError(f"cannot set {rl.type} to {rl.soft}:{rl.hard}: {e}") from e
+        except (ValueError, OSError) as err:  # EPERM: above the hard limit, no CAP_SYS_RESOURCE
+            raise InitError(f"cannot set {rl.type} to {rl.soft}:{rl.hard}: {err}") from err
     if proc.oom_score_adj is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(proc.oom_score_adj))
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(proc.oom_score_adj))
+        except OSError as err:  # EACCES: lowering it needs CAP_SYS_RESOURCE
+            why = err.strerror
+            raise InitError(f"cannot set oom_score_adj to {proc.oom_score_adj}: {why}") from err
     if proc.terminal:
         _terminal(ctx)
     else:
