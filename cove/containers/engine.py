@@ -156,10 +156,14 @@ class ContainerEngine:
 
     def processes(self, rec: Record) -> list[int]:
         """The host pids of every process in the container (``top``); none once it ended."""
-        from cove.runtime.cgroups import Cgroups
+        from cove.errors import NotFound
+        from cove.runtime import control
 
         driver(rec, "top")  # a vm's processes are the guest's: refused
-        return Cgroups(f"cove/{rec.id}").pids()
+        try:
+            return control.ps(self.runtime().state_dir, rec.id)
+        except NotFound:  # no runtime state: it ended (or never ran)
+            return []
 
     def inspect(self, ref: str) -> dict[str, Any]:
         return _inspect.inspect(self, ref)
