@@ -169,10 +169,19 @@ def _one(argv: list[str], *, timed: bool = False) -> tuple[Sample, bytes]:
 
 
 def compare(
-    root: str, image: str, command: list[str], n: int, *, vm_flags: list[str] | None = None
+    root: str,
+    image: str,
+    command: list[str],
+    n: int,
+    *,
+    vm_flags: list[str] | None = None,
+    platform: str | None = None,
 ) -> list[ModeResult]:
-    """Run ``command`` in ``image`` ``n`` times per isolation, interleaved."""
+    """Run ``command`` in ``image`` ``n`` times per isolation, interleaved. ``platform``:
+    another architecture's image, emulated both ways (QEMU user mode, QEMU's TCG)."""
     base = [sys.executable, "-m", "cove", "--root", root, "run", "--rm", "--pull", "never"]
+    if platform:
+        base += ["--platform", platform]
     flags = {"container": [], "vm": ["--vm", *(vm_flags or [])]}
     results = {m: ModeResult(m) for m in MODES}
     host_ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in os.listdir("/proc/self/ns")}
@@ -194,9 +203,15 @@ def compare(
     from cove.vm import accel, kernel
 
     k = kernel.installed(kernel.kernels_dir(root))
-    results["vm"].accelerator = accel.choose(
-        "auto", root, k[-1].vmlinuz if k else None, "qemu-system-x86_64"
-    ).accel
+    from cove.spec.image import Platform
+    from cove.vm import arch
+
+    guest = arch.for_goarch(Platform.parse(platform).architecture) if platform else arch.host()
+    results["vm"].accelerator = (
+        "tcg"  # another architecture's guest: always QEMU's translator
+        if arch.foreign(guest)
+        else accel.choose("auto", root, k[-1].vmlinuz if k else None, "qemu-system-x86_64").accel
+    )
     for _ in range(n):
         for mode in MODES:
             sample, _out = _one([*base, *flags[mode], image, *command], timed=mode == "vm")

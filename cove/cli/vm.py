@@ -383,7 +383,8 @@ def cmd_compare(engine: Engine, args: argparse.Namespace) -> int:
 
     rest = list(args.command)
     command: list[str] = []
-    takes = {"-n": "n", "--output": "output", "--memory": "memory", "--cpus": "cpus"}
+    takes = {"-n": "n", "--output": "output", "--memory": "memory", "--cpus": "cpus",
+             "--platform": "platform"}  # fmt: skip
     i = 0
     while i < len(rest):
         word = rest[i]
@@ -416,7 +417,8 @@ def cmd_compare(engine: Engine, args: argparse.Namespace) -> int:
         vm_flags += ["--memory", args.memory]
     if args.cpus:
         vm_flags += ["--cpus", args.cpus]
-    results = compare.compare(engine.root, args.image, command, args.n, vm_flags=vm_flags)
+    results = compare.compare(engine.root, args.image, command, args.n, vm_flags=vm_flags,
+                              platform=args.platform)  # fmt: skip
     print(compare.table(results, args.n))
     if args.output:
         compare.write_outputs(results, args.image, command, args.output)
@@ -432,6 +434,7 @@ def register_compare(sub: Any) -> None:
     p.add_argument("--output", metavar="DIR", help="write results.json and compare.png here")
     p.add_argument("--memory", help="vm memory (default 512M)")
     p.add_argument("--cpus", help="vm cpus (default 1)")
+    p.add_argument("--platform", help="another architecture's image (os/arch), emulated both ways")
     # REMAINDER: "compare IMAGE -n 3 -- CMD" puts options after IMAGE; they are read below
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(func=cmd_compare)

@@ -322,3 +322,22 @@ def test_vm_create_aarch64_boots_to_a_marker(
          str(kdir / "vmlinuz"))  # fmt: skip
     bad = cove("vm", "start", "a2", check=False)
     assert bad.returncode != 0 and "--accel kvm cannot run an aarch64 guest" in bad.stderr
+
+
+def test_compare_arm64_container_and_vm(
+    cove: CoveRunner, cove_root: Path, arm64: str, arm64_kernels: Path
+) -> None:
+    """compare --platform linux/arm64: the emulated container shares the host's kernel, the
+    emulated VM boots the arm64 one under TCG."""
+    shutil.copytree(arm64_kernels, cove_root / "kernels" / "arm64")
+    out = cove("compare", "--platform", "linux/arm64", arm64, "-n", "1", "--", "uname", "-m",
+               timeout=600).stdout  # fmt: skip
+    rows = {line[:34].strip(): line[34:].split() for line in out.splitlines()}
+    assert rows["uname -r inside"] == [os.uname().release, arm64_kernel_release(arm64_kernels)]
+    assert rows["accelerator"] == ["-", "tcg"]
+    assert rows["exit codes"] == ["0", "0"]
+
+
+def arm64_kernel_release(kernels: Path) -> str:
+    [kdir] = [d for d in kernels.iterdir() if (d / "vmlinuz").is_file()]
+    return kdir.name
