@@ -75,13 +75,16 @@ class Engine:
         changes: list[str] | None = None,
         platform: str | None = None,
         message: str = "",
+        source: str | None = None,
     ) -> str:
         from cove.image.importer import import_rootfs
 
         names = [refs.parse(name)] if name else []
         plat = spec.Platform.parse(platform) if platform else spec.Platform.host()
         with self._collect_on_failure():
-            image_id, _ = import_rootfs(self.images, path, names, changes or [], plat, message)
+            image_id, _ = import_rootfs(
+                self.images, path, names, changes or [], plat, message, source
+            )
         log.emit(self.root, "image", "import", image_id, {"name": name or image_id})
         return image_id
 

@@ -31,6 +31,11 @@ def short(digest: str) -> str:
 
 def epoch(text: str) -> int:
     """An RFC 3339 time as Unix seconds (0 when absent or unreadable, as Docker)."""
+    return int(epoch_exact(text))
+
+
+def epoch_exact(text: str) -> float:
+    """An RFC 3339 time as Unix seconds with its fraction (0.0 when unreadable)."""
     import datetime
 
     if not text:
@@ -42,7 +47,7 @@ def epoch(text: str) -> int:
             frac = "".join(c for c in rest if c.isdigit())
             tz = rest[len(frac) :]
             t = f"{head}.{frac[:6]}{tz}"
-        return int(datetime.datetime.fromisoformat(t).timestamp())
+        return datetime.datetime.fromisoformat(t).timestamp()
     except ValueError:
         return 0
 
@@ -222,7 +227,10 @@ def summary(engine: Engine, rows: list[ImageRow]) -> list[dict[str, Any]]:
             doc["RepoTags"].append(r.name.familiar())
     for doc in by_id.values():
         doc["RepoTags"].sort(key=lambda t: str(refs.parse(t)))  # as inspect_doc
-    return list(by_id.values())
+    # newest first by the exact time (RFC 3339 strings with and without a fraction do
+    # not sort as text)
+    created = {r.image.id: epoch_exact(r.image.config.created) for r in rows}
+    return sorted(by_id.values(), key=lambda d: created[d["Id"]], reverse=True)
 
 
 def _label_match(labels: dict[str, str], wanted: list[str]) -> bool:
@@ -390,8 +398,9 @@ def _import(req: Request, src: str, out: LazyStream) -> Response | None:
     path = _spool(req, "import-")
     try:
         with reporting(out):
+            # the history names the upload "-", as the CLI's import from stdin
             image_id = req.engine.import_image(path, name, changes, req.arg("platform") or None,
-                                               req.arg("message") or "")  # fmt: skip
+                                               req.arg("message") or "", source="-")  # fmt: skip
             out.send({"status": image_id})
     finally:
         os.unlink(path)

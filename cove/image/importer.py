@@ -31,8 +31,10 @@ def import_rootfs(
     changes: list[str],
     platform: spec.Platform,
     message: str = "",
+    source: str | None = None,
 ) -> tuple[str, str]:
-    """Import ``path`` (``-`` for stdin); return (image id, manifest digest)."""
+    """Import ``path`` (``-`` for stdin); return (image id, manifest digest). ``source``: what
+    the history names as the input (default the file's name; an API upload is ``-``)."""
     container_config: dict[str, Any] = {}
     for change in changes:
         changes_spec.apply_change(container_config, change)
@@ -51,7 +53,8 @@ def import_rootfs(
         if desc.size == 0:
             raise InvalidSpec(f"import {path}: empty input")
         created = now_rfc3339()
-        source = "-" if path == "-" else os.path.basename(path)
+        if source is None:
+            source = "-" if path == "-" else os.path.basename(path)
         history = {
             "created": created,
             "created_by": f"cove import {source}",

@@ -37,7 +37,7 @@ ALLOWED: list[tuple[str, str, str]] = [
      "cove keeps no intermediate images, so one Deleted line stands for the chain",
      r"^(Deleted: <id>\n)+"),
     ("history of an imported image",
-     "dockerd records no CREATED BY for `docker import`; cove records the import",
+     "dockerd records no CREATED BY for `docker import`; cove records `cove import -`",
      r"^HISTORY .*$"),
 ]  # fmt: skip
 
@@ -66,7 +66,7 @@ $D image inspect -f '{{.Config.Env}} {{.Config.Cmd}}' built:1
 $D save -o __OUT__/saved.tar built:1
 $D rmi built:1
 $D load -i __OUT__/saved.tar
-$D images --format '{{.Repository}}:{{.Tag}}'
+$D images --format '{{.Repository}}:{{.Tag}}' | sort
 $D rmi nope
 """
 
