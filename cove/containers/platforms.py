@@ -9,8 +9,9 @@ for it, and without an explicit ``--platform`` the user is warned as Docker warn
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
-from cove.errors import InvalidSpec
+from cove.errors import CoveError, InvalidSpec
 from cove.spec import image as spec
 from cove.sys import binfmt
 
@@ -43,3 +44,16 @@ def check(
     if want is None and warn:
         sys.stderr.write(mismatch_warning(have, host) + "\n")
     return True
+
+
+def ensure_registered(root: str, config_blob: Callable[[], bytes]) -> None:
+    """At every start of a container: the emulator its image needs is registered again if
+    it went (a reboot empties binfmt_misc; another state root's reset removes its entries).
+    ``config_blob`` reads the image config; an unreadable one is left to the start itself."""
+    try:
+        have = spec.ImageConfig.parse(config_blob()).platform
+    except (CoveError, OSError):
+        return
+    host = spec.Platform.host()
+    if have.os == host.os and not binfmt.native(have.architecture, host.architecture):
+        binfmt.ensure(root, have.architecture, host.architecture)

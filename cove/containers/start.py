@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from cove.containers import isolation, lifecycle
+from cove.containers import isolation, lifecycle, platforms
 from cove.containers.lifecycle import crash_point, self_ids
 from cove.containers.record import config_of
 from cove.containers.startup import prefork_start
@@ -46,6 +46,7 @@ def hand_off(ce: ContainerEngine, rec: Record, *, attach_fd: int = -1) -> Record
     from cove.runtime.api import ContainerStartError, proc_start_time
 
     cfg = config_of(rec)
+    platforms.ensure_registered(ce.root, lambda: ce.engine.images.blobs.read(rec.image_id))
     hc = cfg.healthcheck
     args = {
         "root": ce.root,

@@ -314,14 +314,21 @@ def remove_own(root: str, base: str = BINFMT_MISC) -> list[str]:
             if not (isinstance(name, str) and name.startswith(PREFIX)):
                 continue  # only ever a name cove makes
             path = os.path.join(base, name)
-            try:
-                with open(path, "w") as f:
-                    f.write("-1")
-                removed.append(name)
+            try:  # no O_CREAT: binfmt_misc refuses creating a file (EACCES), not ENOENT
+                fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue  # already gone (another root's reset, a reboot)
             except OSError as e:
                 raise CoveError(f"cannot unregister binfmt_misc entry {path}: {e.strerror}") from e
+            try:
+                os.write(fd, b"-1")
+                removed.append(name)
+            except FileNotFoundError:
+                continue  # removed between the open and the write
+            except OSError as e:
+                raise CoveError(f"cannot unregister binfmt_misc entry {path}: {e.strerror}") from e
+            finally:
+                os.close(fd)
         if doc.get("mounted") and mounted(base) and not entries(base):
             with contextlib.suppress(OSError):  # busy or already gone: leave it
                 syscalls.umount2(base)

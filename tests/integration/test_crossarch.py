@@ -341,3 +341,22 @@ def test_compare_arm64_container_and_vm(
 def arm64_kernel_release(kernels: Path) -> str:
     [kdir] = [d for d in kernels.iterdir() if (d / "vmlinuz").is_file()]
     return kdir.name
+
+
+def test_start_registers_a_lost_emulator_again(cove: CoveRunner, arm64: str) -> None:
+    """A reboot empties binfmt_misc: starting an existing arm64 container registers the
+    emulator again (simulated by removing this root's own entry)."""
+    before = registrations()
+    if binfmt.handler_for("arm64") is not None:
+        pytest.fail(f"an aarch64 handler is registered already: {sorted(before)}")
+    cid = cove("create", "--platform", "linux/arm64", arm64, "uname", "-m").stdout.strip()
+    assert "cove-qemu-aarch64" in registrations()  # create made it
+    assert cove("start", "-a", cid).stdout == "aarch64\n"
+    Path(binfmt.BINFMT_MISC, "cove-qemu-aarch64").write_text("-1")  # as after a reboot
+    assert binfmt.handler_for("arm64") is None
+    assert cove("start", "-a", cid, timeout=60).stdout == "aarch64\n"
+    assert "cove-qemu-aarch64" in registrations()
+    # gone again before the reset (a reboot): the reset still succeeds and cleans up
+    Path(binfmt.BINFMT_MISC, "cove-qemu-aarch64").write_text("-1")
+    cove("system", "reset", "-f")
+    assert registrations() == before
