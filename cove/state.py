@@ -116,6 +116,12 @@ def _sql_type(name: str) -> str:
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS containers ({", ".join(f"{n} {_sql_type(n)}" for n in _FIELDS)});
+-- the exit of a removed container, kept a while: a wait issued before an auto-removal
+-- (docker run --rm sends wait?condition=removed before start) still learns the code
+CREATE TABLE IF NOT EXISTS exits (
+    id TEXT PRIMARY KEY, exit_code INTEGER NOT NULL, finished_at REAL NOT NULL,
+    removed REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS volumes (
     name TEXT PRIMARY KEY, created REAL NOT NULL, anonymous INTEGER NOT NULL DEFAULT 0,
     labels TEXT NOT NULL DEFAULT '{{}}', options TEXT NOT NULL DEFAULT '{{}}'
@@ -346,7 +352,28 @@ class Store:
             raise
 
     def remove(self, cid: str) -> None:
-        self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+        """The row goes; its exit (if it ran) stays in ``exits`` for ten minutes."""
+        removed = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute(
+                "INSERT OR REPLACE INTO exits SELECT id, exit_code, finished_at, ? "
+                "FROM containers WHERE id = ? AND finished_at > 0",
+                (removed, cid),
+            )
+            self.db.execute("DELETE FROM exits WHERE removed < ?", (removed - 600,))
+            self.db.execute("DELETE FROM containers WHERE id = ?", (cid,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def exit_of_removed(self, cid: str) -> tuple[int, float] | None:
+        """(exit code, finished at) of a container removed in the last ten minutes."""
+        row = self.db.execute(
+            "SELECT exit_code, finished_at FROM exits WHERE id = ?", (cid,)
+        ).fetchone()
+        return (int(row[0]), float(row[1])) if row else None
 
     def all(self) -> list[Record]:
         rows = self.db.execute(f"SELECT {', '.join(_FIELDS)} FROM containers ORDER BY created DESC")

@@ -108,7 +108,7 @@ def info(req: Request) -> Response:
         "Plugins": {
             "Volume": ["local"],
             "Network": ["bridge", "host", "none"],
-            "Authorization": None,
+            "Authorization": [],
             "Log": ["json-file"],
         },
         "MemoryLimit": True,
@@ -149,7 +149,7 @@ def info(req: Request) -> Response:
         },
         "NCPU": os.cpu_count() or 1,
         "MemTotal": _mem_total(),
-        "GenericResources": None,
+        "GenericResources": [],
         "HttpProxy": os.environ.get("HTTP_PROXY", ""),
         "HttpsProxy": os.environ.get("HTTPS_PROXY", ""),
         "NoProxy": os.environ.get("NO_PROXY", ""),
@@ -169,7 +169,7 @@ def info(req: Request) -> Response:
         },
         # containers outlive the server (each has its own monitor), as with live-restore
         "LiveRestoreEnabled": True,
-        "Isolation": "",
+        "Isolation": "default",
         "InitBinary": "",
         "ContainerdCommit": {"ID": "", "Expected": ""},
         "RuncCommit": {"ID": "", "Expected": ""},

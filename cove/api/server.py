@@ -292,13 +292,13 @@ class Request:
 
 
 def _peer_closed(sock: socket.socket) -> bool:
+    """The client closed its end for good. Not its half-close: the docker CLI shuts its
+    writing side down as soon as it has no more input, and still reads the stream; on a
+    unix socket only a full close (or a reset) raises POLLHUP/POLLERR."""
+    p = select.poll()
+    p.register(sock, select.POLLHUP | select.POLLERR)
     try:
-        ready, _, _ = select.select([sock], [], [], 0)
-        if not ready:
-            return False
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))
     except OSError:
         return True
 
@@ -375,9 +375,9 @@ Route = tuple[str, str, Handler]
 def _routes() -> list[tuple[str, re.Pattern[str], Handler]]:
     """The routing table: every face module's ``ROUTES``. A new module (images, networks,
     volumes, events, build, system) is added to ``modules`` here and nowhere else."""
-    from cove.api import build, daemon, images, networks, system, volumes
+    from cove.api import build, containers, daemon, execs, images, networks, system, volumes
 
-    modules: list[Any] = [daemon, images, build, networks, volumes, system]
+    modules: list[Any] = [daemon, containers, execs, images, build, networks, volumes, system]
     table = []
     for mod in modules:
         for method, pattern, fn in mod.ROUTES:
@@ -471,6 +471,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif not req.hijacked:
             with contextlib.suppress(Exception):
                 req.body.drain()
+        if message.startswith("no such "):
+            message = "N" + message[1:]  # Docker's wording: "No such container: x"
         with contextlib.suppress(OSError):
             self._send(Response(status, {"message": message}))
 
@@ -491,6 +493,13 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True  # a followed log or an attach never holds up shutdown
     block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-request is not an error of ours."""
+        err = sys.exc_info()[1]
+        if isinstance(err, (ConnectionError, BrokenPipeError)) and not self.verbose:
+            return
+        super().handle_error(request, client_address)
 
     def __init__(self, root: str, sock: socket.socket, verbose: bool) -> None:
         super().__init__("", _Handler, bind_and_activate=False)

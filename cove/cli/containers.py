@@ -397,65 +397,19 @@ def cmd_logs(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _status_text(rec: Any, now: float) -> str:
-    from cove.state import Status
+    from cove.containers.listing import status_text
 
-    if rec.status == Status.RUNNING or rec.status == Status.PAUSED:
-        text = "Up " + fmt.human_duration(now - rec.started_at)
-        if rec.status == Status.PAUSED:
-            text += " (Paused)"
-        health = (rec.health or {}).get("Status")
-        if health == "starting":
-            text += " (health: starting)"
-        elif health:
-            text += f" ({health})"
-        return text
-    if rec.status == Status.RESTARTING:
-        return f"Restarting ({rec.exit_code}) {fmt.ago_ts(rec.finished_at)}"
-    if rec.status == Status.EXITED and rec.started_at:
-        return f"Exited ({rec.exit_code}) {fmt.ago_ts(rec.finished_at)}"
-    if rec.status == Status.REMOVING:
-        return "Removal In Progress"
-    if rec.status == Status.DEAD:
-        return "Dead"
-    return "Created"
+    return status_text(rec, now)
 
 
 def _matches(rec: Any, filters: list[str], ce: Any) -> bool:
-    """Docker's rule: values of one key are ORed, different keys ANDed."""
+    from cove.containers.listing import matches
+
     by_key: dict[str, list[str]] = {}
     for f in filters:
         key, _, value = f.partition("=")
         by_key.setdefault(key, []).append(value)
-    return all(any(_match_one(rec, f"{k}={v}", ce) for v in values) for k, values in by_key.items())
-
-
-def _match_one(rec: Any, f: str, ce: Any) -> bool:
-    key, _, value = f.partition("=")
-    if key == "status" and rec.status.value != value:
-        return False
-    if key == "name" and value not in rec.name:
-        return False
-    if key == "id" and not rec.id.startswith(value):
-        return False
-    if key == "label":
-        labels = rec.config.get("Config", {}).get("Labels") or {}
-        k, eq, v = value.partition("=")
-        if k not in labels or (eq and labels[k] != v):
-            return False
-    if key == "ancestor":
-        try:
-            img = ce.engine.image(value)
-        except CoveError:
-            if rec.image != value:
-                return False
-        else:
-            if img.id != rec.image_id:
-                return False
-    if key == "exited" and (rec.status.value != "exited" or str(rec.exit_code) != value):
-        return False
-    if key == "health" and (rec.health or {}).get("Status", "none") != value:
-        return False
-    return True
+    return matches(ce, rec, by_key)
 
 
 def _ports_text(cfg: dict[str, Any]) -> str:
@@ -579,35 +533,14 @@ def cmd_container_inspect(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_top(engine: Engine, args: argparse.Namespace) -> int:
-    import subprocess
+    from cove.containers.listing import top
 
-    from cove.runtime.cgroups import Cgroups
-
-    ce = _ce(engine)
-    rec = ce.get(args.container)
-    ce.processes(rec)  # refused for a vm run: its processes are the guest's
-    if rec.status.value not in ("running", "paused"):
-        sys.stderr.write(f"Error: container {rec.id} is not running\n")
-        return 1
-    pids = Cgroups(f"cove/{rec.id}").pids()
-    ps_args = args.ps_args or ["-ef"]
-    res = subprocess.run(["ps", *ps_args], capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        sys.stderr.write(f"Error: ps {' '.join(ps_args)}: {res.stderr.strip()}\n")
-        return 1
-    lines = res.stdout.splitlines()
-    if not lines:
-        return 0
-    header = lines[0].split()
-    if "PID" not in header:
-        sys.stderr.write("Error: couldn't find PID field in ps output\n")
-        return 1
-    col = header.index("PID")
-    print(lines[0])
-    for line in lines[1:]:
-        fields = line.split()
-        if len(fields) > col and fields[col].isdigit() and int(fields[col]) in pids:
-            print(line)
+    titles, rows = top(_ce(engine), args.container, args.ps_args or ["-ef"])
+    if titles:
+        widths = [max(len(r[i]) if i < len(r) else 0 for r in [titles, *rows]) for i in
+                  range(len(titles))]  # fmt: skip
+        for r in [titles, *rows]:
+            print("   ".join(f.ljust(w) for f, w in zip(r, widths, strict=False)).rstrip())
     return 0
 
 
@@ -709,12 +642,6 @@ def cmd_commit(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-    from cove.sys import binfmt
-
-    try:  # the emulators this root registered (others' registrations are never touched)
-        binfmt.remove_own(engine.root)
-    except CoveError as e:
-        failed.append(str(e))
 def cmd_rename(engine: Engine, args: argparse.Namespace) -> int:
     _ce(engine).rename(args.container, args.new_name)
     return 0
@@ -808,6 +735,12 @@ def cmd_system_reset(engine: Engine, args: argparse.Namespace) -> int:
     except (OSError, CoveError) as e:
         failed.append(f"sweep: {e}")
     engine.prune_images(all_images=True)
+    from cove.sys import binfmt
+
+    try:  # the emulators this root registered (others' registrations are never touched)
+        binfmt.remove_own(engine.root)
+    except CoveError as e:
+        failed.append(str(e))
     for msg in failed:
         sys.stderr.write(f"Error: {msg}\n")
     return 1 if failed else 0

@@ -12,6 +12,7 @@ from typing import Any
 
 from cove.errors import CoveError
 from cove.spec import gotemplate
+from cove.spec.units import human_duration as human_duration  # re-exported, as human_size
 from cove.spec.units import human_size as human_size  # re-exported: the CLI's tables use it
 
 
@@ -25,34 +26,6 @@ def parse_time(text: str) -> float | None:
         if not m:
             return None
         return datetime.fromisoformat(m.group(1) + (m.group(3).replace("Z", "+00:00"))).timestamp()
-
-
-def human_duration(seconds: float) -> str:
-    """Docker's units.HumanDuration."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
 
 
 def ago(text: str) -> str:

@@ -90,3 +90,28 @@ def connect_attach(ce: ContainerEngine, rec: Record) -> Any:
     finally:
         os.close(dfd)
     return s
+
+
+def resize_tty(rec: Record, height: int, width: int) -> None:
+    """Set the window size of a running container's terminal (the API's resize): through
+    its process's stdout, the pty's slave (stdin is the pty only with -i); the kernel
+    sends SIGWINCH to its foreground process group. A container without a terminal, or
+    not running, is left alone."""
+    import fcntl
+    import struct
+    import termios
+
+    if not (height and width) or not alive(rec.pid, rec.start_time):
+        return
+    if not rec.config.get("Config", {}).get("Tty"):
+        return
+    try:
+        # O_NOCTTY: the server must never acquire the container's terminal as its own
+        fd = os.open(f"/proc/{rec.pid}/fd/1", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if os.isatty(fd):
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    finally:
+        os.close(fd)

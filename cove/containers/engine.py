@@ -121,8 +121,8 @@ class ContainerEngine:
     def kill(self, ref: str, sig: int = signal.SIGKILL) -> Record:
         return _stop.kill(self, ref, sig)
 
-    def wait(self, ref: str, *, after: float = 0.0) -> int:
-        return _stop.wait(self, ref, after=after)
+    def wait(self, ref: str, *, after: float = 0.0, condition: str = "") -> int:
+        return _stop.wait(self, ref, after=after, condition=condition)
 
     def restart(self, ref: str, *, timeout: float | None = None) -> Record:
         return _stop.restart(self, ref, timeout=timeout)

@@ -68,10 +68,29 @@ def _check_running(rec: Record) -> None:
         raise Conflict(f"container {rec.id} is not running")
 
 
-def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
-    """Run ``o.command`` in the container; its exit code (0 at once with ``detach``)."""
-    from cove.runtime.api import exit_status
+@dataclass
+class Spawned:
+    """An exec'd process, a child of the caller: its pty master (``tty``), or the read
+    ends of its stdout/stderr pipes (fd -> 0 stdout, 1 stderr) and the write end of its
+    stdin (-1 unless interactive). The caller pumps, closes, and reaps ``pid``."""
 
+    pid: int
+    pty_master: int | None
+    outputs: dict[int, int]
+    stdin_w: int
+
+    def close(self) -> None:
+        for fd in (*self.outputs, self.stdin_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.outputs = {}
+        self.stdin_w = -1
+
+
+def spawn(ce: Any, ref: str, o: ExecOptions) -> Spawned:
+    """Start ``o.command`` in the container; raises ContainerStartError (exit code 126
+    cannot invoke, 127 not found) if it could not be exec'd."""
     rec = ce.get(ref)
     _check_running(rec)
     proc, seccomp = _process(ce, rec, o)
@@ -107,8 +126,6 @@ def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
     finally:
         for fd in (devnull, *ends):
             os.close(fd)
-    from cove.sys.terminal import NO_LOG, forward_signals, proxy_tty, pump
-
     try:
         runtime.wait_exec(created)
     except BaseException:
@@ -118,14 +135,23 @@ def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(created.pid, 0)  # it exited without exec'ing: reap it
         raise
+    return Spawned(created.pid, created.pty_master, outputs, stdin_w)
+
+
+def exec_in(ce: Any, ref: str, o: ExecOptions) -> int:
+    """Run ``o.command`` in the container; its exit code (0 at once with ``detach``)."""
+    from cove.runtime.api import exit_status
+    from cove.sys.terminal import NO_LOG, forward_signals, proxy_tty, pump
+
+    s = spawn(ce, ref, o)
     if o.detach:
         return 0
-    with forward_signals(created.pid):
-        if created.pty_master is not None:
-            status = proxy_tty(created.pty_master, created.pid, o.interactive)
+    with forward_signals(s.pid):
+        if s.pty_master is not None:
+            status = proxy_tty(s.pty_master, s.pid, o.interactive)
         else:
             # no log keeps exec's output: once our reader leaves, the process's writes fail
-            status = pump(outputs, created.pid, NO_LOG, stdin=stdin_w, drain_broken=False)
+            status = pump(s.outputs, s.pid, NO_LOG, stdin=s.stdin_w, drain_broken=False)
     return exit_status(status)
 
 

@@ -99,7 +99,8 @@ def diff(ce: Any, ref: str) -> list[tuple[str, str]]:
     return result
 
 
-def export(ce: Any, ref: str, output: str | None) -> None:
+def export(ce: Any, ref: str, output: str | None, *, stream: Any = None) -> None:
+    """The container's filesystem as a tar: to ``output``, else ``stream``, else stdout."""
     from cove.image.diff import write_merged_tar
 
     rec = ce.get(ref)
@@ -117,6 +118,8 @@ def export(ce: Any, ref: str, output: str | None) -> None:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+    elif stream is not None:
+        write_merged_tar(layers, stream, uid_shift=uid, gid_shift=gid)
     else:
         write_merged_tar(layers, sys.stdout.buffer, uid_shift=uid, gid_shift=gid)
         sys.stdout.buffer.flush()
@@ -212,3 +215,120 @@ def commit(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+# -- the Engine API's archive endpoints (docker cp through a server) ----------------------
+
+# Go's os.FileMode type bits, as Docker's container path stat reports them
+_GO_MODE = (
+    (0o040000, 1 << 31),  # directory
+    (0o120000, 1 << 27),  # symlink
+    (0o060000, 1 << 26),  # block device
+    (0o020000, (1 << 26) | (1 << 21)),  # char device
+    (0o010000, 1 << 25),  # fifo
+    (0o140000, 1 << 24),  # socket
+)
+
+
+def go_mode(st_mode: int) -> int:
+    import stat
+
+    mode = st_mode & 0o777
+    for kind, bit in _GO_MODE:
+        if stat.S_IFMT(st_mode) == kind:
+            mode |= bit
+    if st_mode & stat.S_ISUID:
+        mode |= 1 << 23
+    if st_mode & stat.S_ISGID:
+        mode |= 1 << 22
+    if st_mode & stat.S_ISVTX:
+        mode |= 1 << 20
+    return mode
+
+
+def stat_path(ce: Any, ref: str, path: str) -> dict[str, Any]:
+    """``{name, size, mode (Go's FileMode), mtime, linkTarget}`` of ``path`` in the
+    container, resolved inside its root (the last component is not followed)."""
+    import json
+    import posixpath
+    import stat
+    import time
+
+    from cove.containers.isolation import driver
+    from cove.errors import NotFound
+
+    rec = ce.get(ref)
+    driver(rec, "cp")
+    full = posixpath.normpath("/" + path)
+    parent, base = posixpath.split(full)
+    r, w = os.pipe2(os.O_CLOEXEC)
+
+    def action(rootfd: int) -> None:
+        from cove.sys import safepath
+
+        doc: dict[str, Any]
+        try:
+            pfd = safepath.open_dir(rootfd, parent.lstrip("/"), create=False)
+            try:
+                st = os.stat(base, dir_fd=pfd, follow_symlinks=False) if base else os.stat(pfd)
+                link = os.readlink(base, dir_fd=pfd) if stat.S_ISLNK(st.st_mode) else ""
+            finally:
+                os.close(pfd)
+            doc = {
+                "name": base or "/",
+                "size": st.st_size,
+                "mode": go_mode(st.st_mode),
+                "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+                "linkTarget": link,
+            }
+        except OSError as e:
+            doc = {"error": f"{e.strerror or e}"}
+        os.write(w, json.dumps(doc).encode())
+
+    try:
+        _in_root(ce, rec, action)
+    finally:
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+    doc: dict[str, Any] = json.loads(data or b'{"error": "no answer"}')
+    if "error" in doc:
+        raise NotFound(f"could not find the file {path} in container {ref}: {doc['error']}")
+    return doc
+
+
+def archive_get(ce: Any, ref: str, path: str, out: Any) -> None:
+    """Write a tar of ``path`` in the container to ``out`` (the entry named by its base
+    name), through the same copy as ``cp``: out to a private scratch directory, then tar."""
+    import posixpath
+    import shutil
+    import tarfile
+
+    base = posixpath.basename(posixpath.normpath("/" + path)) or "."
+    scratch = tempfile.mkdtemp(prefix="cp-", dir=ce.engine.images.tmpdir)
+    try:
+        copy(ce, ref, path, None, os.path.join(scratch, base))
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(os.path.join(scratch, base), arcname=base)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def archive_put(ce: Any, ref: str, path: str, stream: Any) -> None:
+    """Extract the tar ``stream`` into the directory ``path`` of the container: unpacked
+    safely to a private scratch directory, then each top entry copied in as ``cp`` does."""
+    import shutil
+
+    from cove.errors import InvalidSpec
+    from cove.image.layers import unpack_stream
+
+    st = stat_path(ce, ref, path)
+    if not st["mode"] & (1 << 31):
+        raise InvalidSpec(f"extraction point is not a directory: {path}")
+    scratch = tempfile.mkdtemp(prefix="cp-", dir=ce.engine.images.tmpdir)
+    try:
+        unpack_stream(stream, scratch, "archive", whiteouts=False)
+        for name in sorted(os.listdir(scratch)):
+            copy(ce, None, os.path.join(scratch, name), ref, path.rstrip("/") + "/")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -122,3 +122,75 @@ def _bin(n: float) -> str:
             return f"{n:.4g}{unit}"
         n /= 1024
     return f"{n:.4g}TiB"
+
+
+def docker_stats(ce: Any, rec: Record, *, prior: dict[str, Any] | None) -> dict[str, Any]:
+    """One sample in the Engine API's stats shape: raw counters (the client computes the
+    percentages against ``precpu_stats``, the previous sample, as ``docker stats`` does)."""
+    from cove.runtime import control
+
+    now = time.time()
+    doc = None
+    fresh = ce.store.get(rec.id)
+    if fresh.status in (Status.RUNNING, Status.PAUSED):
+        try:
+            doc = control.stats(ce.runtime().state_dir, rec.id)
+        except NotFound:
+            doc = None
+    s = _counters(doc) if doc is not None else None
+    rx, tx = _net(fresh.pid) if s is not None else (0, 0)
+    total_mem = _mem_total()
+    limit = s["mem_limit"] if s and 0 < s["mem_limit"] < total_mem else total_mem
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e9):09d}Z"
+    empty_cpu: dict[str, Any] = {
+        "cpu_usage": {"total_usage": 0, "usage_in_kernelmode": 0, "usage_in_usermode": 0},
+        "system_cpu_usage": 0,
+        "online_cpus": 0,
+        "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+    }
+    cpu = dict(empty_cpu)
+    if s is not None:
+        cpu = {
+            "cpu_usage": {
+                "total_usage": s["cpu_ns"],
+                "usage_in_kernelmode": 0,
+                "usage_in_usermode": 0,
+            },
+            "system_cpu_usage": _system_ns(),
+            "online_cpus": os.cpu_count() or 1,
+            "throttling_data": {"periods": 0, "throttled_periods": 0, "throttled_time": 0},
+        }
+    return {
+        "read": stamp,
+        "preread": prior["read"] if prior else "0001-01-01T00:00:00Z",
+        "id": rec.id,
+        "name": "/" + rec.name,
+        "num_procs": 0,
+        "pids_stats": {"current": s["pids"]} if s else {},
+        "blkio_stats": {
+            "io_service_bytes_recursive": [
+                {"major": 0, "minor": 0, "op": "read", "value": s["io_read"]},
+                {"major": 0, "minor": 0, "op": "write", "value": s["io_write"]},
+            ]
+            if s
+            else None
+        },
+        "storage_stats": {},
+        "cpu_stats": cpu,
+        "precpu_stats": prior["cpu_stats"] if prior else empty_cpu,
+        "memory_stats": {"usage": s["mem_usage"], "limit": limit, "stats": {}} if s else {},
+        "networks": {
+            "eth0": {
+                "rx_bytes": rx,
+                "rx_packets": 0,
+                "rx_errors": 0,
+                "rx_dropped": 0,
+                "tx_bytes": tx,
+                "tx_packets": 0,
+                "tx_errors": 0,
+                "tx_dropped": 0,
+            }
+        }
+        if s
+        else {},
+    }

@@ -12,7 +12,7 @@ from cove.containers import lifecycle
 from cove.containers.isolation import driver, driver_for
 from cove.containers.lifecycle import alive
 from cove.containers.record import config_of
-from cove.errors import Conflict, NotFound
+from cove.errors import Conflict, InvalidSpec, NotFound
 from cove.state import Record, Status
 
 if TYPE_CHECKING:
@@ -98,19 +98,33 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
     return rec
 
 
-def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0) -> int:
+WAIT_CONDITIONS = ("not-running", "next-exit", "removed")
+
+
+def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0, condition: str = "") -> int:
     """Block until the container is not running; its exit code (``docker wait``): the
-    first exit after the call, also one that a restart policy follows."""
+    first exit after the call, also one that a restart policy follows.
+
+    ``condition`` is the Engine API's: ``next-exit`` waits for an exit after the call even
+    if the container was never started, ``removed`` for the row to go (an auto-removal
+    after the exit: the code survives it in the store's exits)."""
+    if condition and condition not in WAIT_CONDITIONS:
+        raise InvalidSpec(f"invalid condition: {condition!r}")
     rec = ce.store.get(ref)
     after = after or time.time()
+    code = rec.exit_code
     while True:
         try:
             fresh = ce.reconcile(ce.store.get(rec.id), settle=0.0)
         except NotFound:
-            return rec.exit_code
-        if fresh.finished_at >= after:
-            return fresh.exit_code
-        if fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op:
+            gone = ce.store.exit_of_removed(rec.id)
+            return gone[0] if gone else code
+        if fresh.finished_at >= after and fresh.finished_at > 0:
+            code = fresh.exit_code
+            if condition != "removed":
+                return code
+        idle = fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op
+        if idle and condition in ("", "not-running"):
             return fresh.exit_code
         time.sleep(0.05)
 
