@@ -34,6 +34,25 @@ class _Exec:
 
 _execs: dict[str, _Exec] = {}
 _execs_lock = threading.Lock()
+_spawn_lock = threading.Lock()
+
+
+def _spawn(req: Request, e: _Exec, detach: bool, tty: bool) -> Any:
+    """The engine's exec, one at a time, and the server no child subreaper afterwards.
+
+    The runtime makes its caller a child subreaper so that the exec'd process (forked by
+    its helper, which exits) is reparented to it. Left set, every monitor that a later
+    start leaves behind would be reparented to the server too and never reaped (zombies):
+    the flag is cleared once the process is ours; the lock keeps two execs from clearing
+    it under each other."""
+    from cove.containers.exec import spawn
+    from cove.sys import syscalls as sc
+
+    with _spawn_lock:
+        try:
+            return spawn(req.ce, e.container, _options(e, detach, tty))
+        finally:
+            sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 0)
 
 
 def _get(eid: str) -> _Exec:
@@ -87,7 +106,6 @@ def _options(e: _Exec, detach: bool, tty: bool) -> Any:
 
 
 def start(req: Request) -> Response | None:
-    from cove.containers.exec import spawn
     from cove.runtime.api import ContainerStartError
 
     e = _get(req.params["id"])
@@ -100,7 +118,7 @@ def start(req: Request) -> Response | None:
         e.started = True
     if detach:
         try:
-            s = spawn(req.ce, e.container, _options(e, True, tty))
+            s = _spawn(req, e, True, tty)
         except ContainerStartError as err:
             e.exit_code = err.exit_code
             raise ApiError(400 if err.exit_code in (126, 127) else 500, str(err)) from err
@@ -112,7 +130,7 @@ def start(req: Request) -> Response | None:
     # arrive with it); then the process starts
     h = req.hijack()
     try:
-        s = spawn(req.ce, e.container, _options(e, False, tty))
+        s = _spawn(req, e, False, tty)
     except ContainerStartError as err:
         e.exit_code = err.exit_code
         msg = f"OCI runtime exec failed: {err}\r\n".encode()
