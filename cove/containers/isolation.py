@@ -53,7 +53,7 @@ class Isolation(Protocol):
         """Deliver ``sig`` meant for the container's command; ProcessLookupError if gone."""
         ...
 
-    def pause(self, rec: Record, frozen: bool) -> None:
+    def pause(self, ce: ContainerEngine, rec: Record, frozen: bool) -> None:
         """Freeze or thaw every process of the container."""
         ...
 

@@ -7,7 +7,6 @@ foreground run by the ``cove run`` process itself (``run.run_foreground``).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from cove.containers import run as _run
 from cove.containers import start as _start
 from cove.containers.isolation import NAMESPACES
 from cove.containers.netattach import network_down
+from cove.errors import StateError, best_effort
 
 if TYPE_CHECKING:
     from cove.containers.engine import ContainerEngine
@@ -44,14 +44,23 @@ class Namespaces:
     def signal(self, rec: Record, sig: int) -> None:
         os.kill(rec.pid, sig)
 
-    def pause(self, rec: Record, frozen: bool) -> None:
-        from cove.runtime.cgroups import Cgroups
+    def pause(self, ce: ContainerEngine, rec: Record, frozen: bool) -> None:
+        # the runtime alone knows the container's cgroup (recorded in its state.json)
+        from cove.runtime import control
 
-        Cgroups(f"cove/{rec.id}").freeze(frozen)
+        state_dir = ce.runtime().state_dir
+        if frozen:
+            control.pause(state_dir, rec.id)
+            return
+        try:
+            control.resume(state_dir, rec.id)
+        except StateError:
+            pass  # its process is gone (killed while frozen): nothing left to thaw
 
     def cleanup(self, ce: ContainerEngine, rec: Record) -> None:
         from cove.containers.sweep import destroy_runtime
 
-        with contextlib.suppress(Exception):  # a failure keeps runtime/<id>: a sweep retries
+        # a failure keeps runtime/<id>: a sweep retries
+        with best_effort(f"destroy the runtime state of container {rec.id}", __name__):
             destroy_runtime(ce.root, rec.id)
         network_down(ce.root, ce.store.db, rec.id)

@@ -138,7 +138,7 @@ def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> R
 
 
 def freeze(ce: ContainerEngine, rec: Record, frozen: bool) -> None:
-    driver_for(rec).pause(rec, frozen)
+    driver_for(rec).pause(ce, rec, frozen)
 
 
 def pause(ce: ContainerEngine, ref: str) -> Record:
@@ -148,7 +148,7 @@ def pause(ce: ContainerEngine, ref: str) -> Record:
         raise Conflict(f"container {rec.id} is already paused")
     if not rec.status.can_pause():
         raise Conflict(f"container {rec.id} is not running")
-    drv.pause(rec, True)
+    drv.pause(ce, rec, True)
     lifecycle.paused(ce.store, rec.id, True)
     return ce.store.get(rec.id)
 
@@ -158,7 +158,7 @@ def unpause(ce: ContainerEngine, ref: str) -> Record:
     drv = driver(rec, "unpause")
     if not rec.status.can_unpause():
         raise Conflict(f"container {rec.id} is not paused")
-    drv.pause(rec, False)
+    drv.pause(ce, rec, False)
     lifecycle.paused(ce.store, rec.id, False)
     return ce.store.get(rec.id)
 

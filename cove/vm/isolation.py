@@ -64,7 +64,7 @@ class VM:
         # supervisor (which forwards it into the guest)
         os.kill(rec.pid if sig == signal.SIGKILL else rec.monitor_pid, sig)
 
-    def pause(self, rec: Record, frozen: bool) -> None:
+    def pause(self, ce: ContainerEngine, rec: Record, frozen: bool) -> None:
         raise Unsupported(f"pause does not apply to {rec.name}: it runs in a vm (--vm)")
 
     def cleanup(self, ce: ContainerEngine, rec: Record) -> None:
