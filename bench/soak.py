@@ -22,8 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests")]
 
-from helpers import ALPINE_TAR, cove_argv  # noqa: E402
-from helpers import (  # noqa: E402
+from helpers import (  # noqa: E402  # noqa: E402
+    ALPINE_TAR,
+    cove_argv,
     host_leaks,
     host_snapshot,
     records_against_kernel,
