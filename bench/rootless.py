@@ -84,6 +84,11 @@ def bench_user() -> Iterator[BenchUser]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
+        # podman leaves its lock file (libpod_rootless_lock_UID) in /dev/shm
+        for f in os.listdir("/dev/shm"):
+            with contextlib.suppress(OSError):
+                if os.lstat(os.path.join("/dev/shm", f)).st_uid in ids:
+                    os.unlink(os.path.join("/dev/shm", f))
         _edit(name, None)
         subprocess.run(["userdel", name], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
