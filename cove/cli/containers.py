@@ -865,7 +865,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pid", default="", help="PID namespace to use (host)")
     p.add_argument("--ipc", default="", help="IPC namespace to use (host)")
     p.add_argument("--uts", default="", help="UTS namespace to use (host)")
-    p.add_argument("--userns", default="", help="user namespace to use (auto or host)")
+    p.add_argument("--userns", default="", help="auto, host or keep-id (rootless)")
     _list(p, "--uidmap", help="UID map CONTAINER_ID:HOST_ID:SIZE (implies a user namespace)")
     _list(p, "--gidmap", help="GID map CONTAINER_ID:HOST_ID:SIZE")
     _list(p, "--cap-add", help="add Linux capabilities")
