@@ -119,7 +119,7 @@ def test_default_namespaces_and_host_modes() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [("pid", "shared"), ("ipc", "container:x"),
-                                              ("uts", "yes"), ("userns", "keep-id")])  # fmt: skip
+                                              ("uts", "yes"), ("userns", "nomap")])  # fmt: skip
 def test_bad_namespace_modes_are_refused(field: str, value: str) -> None:
     kw: dict[str, Any] = {field: value}
     with pytest.raises(InvalidSpec, match=f"invalid --{field} '{value}'"):
