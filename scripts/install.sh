@@ -42,6 +42,10 @@ fi
 # it 0666 on a standard system (a tun device still needs CAP_NET_ADMIN in its namespace),
 # a host without udev (containers, microVMs) leaves it 0600
 [ -c /dev/net/tun ] && chmod 0666 /dev/net/tun
+# rootless run --vm volumes: QEMU's virtiofsd writes its pidfile in /run/virtiofsd, which
+# cove covers with the user's own directory in virtiofsd's mount namespace: it must exist
+echo "d /run/virtiofsd 0700 root root -" >/etc/tmpfiles.d/cove-virtiofsd.conf
+mkdir -p -m 0700 /run/virtiofsd
 
 # The Python package, in its own venv (Debian's python3 is externally managed), built on the
 # distribution's interpreter whatever PATH says: a private build ahead on PATH (pyenv under

@@ -82,6 +82,40 @@ def _readonly_source(host: str) -> Callable[[], None]:
     return pre
 
 
+VIRTIOFSD_PIDDIR = "/run/virtiofsd"  # QEMU 7.2's virtiofsd: <localstatedir>/run/virtiofsd
+
+
+def _virtiofsd_pre(host: str, ro: bool) -> Callable[[], None]:
+    """virtiofsd's preexec: the read-only bind of a ``:ro`` volume; rootless, also the
+    user's own directory over VIRTIOFSD_PIDDIR (root's), where virtiofsd writes a pidfile it
+    cannot be told to put elsewhere, in virtiofsd's private mount namespace."""
+    readonly = _readonly_source(host) if ro else None
+    if not rootless():
+        return readonly or die_with_parent
+    from cove.sys import syscalls as sc
+    from cove.sys.userns import runtime_dir
+
+    piddir = os.path.join(runtime_dir(), "virtiofsd")
+    os.makedirs(piddir, 0o700, exist_ok=True)
+    if not os.path.isdir(VIRTIOFSD_PIDDIR):
+        raise CoveError(
+            f"rootless --vm volumes need {VIRTIOFSD_PIDDIR} (virtiofsd's pidfiles; "
+            f"scripts/install.sh makes it): as root, mkdir -m 0700 {VIRTIOFSD_PIDDIR}"
+        )
+
+    def pre() -> None:
+        if readonly is not None:
+            readonly()  # in a private mount namespace from here
+        else:
+            die_with_parent()
+            # invariant: a private mount namespace, so the bind below reaches no one else
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount(piddir, VIRTIOFSD_PIDDIR, None, sc.MS_BIND)
+
+    return pre
+
+
 # -- the pieces, each cached --------------------------------------------------------------
 
 
@@ -403,7 +437,7 @@ class VMRun:
             try:
                 self.procs.append(subprocess.Popen(
                     argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    preexec_fn=_readonly_source(host) if ro else die_with_parent,
+                    preexec_fn=_virtiofsd_pre(host, ro),
                 ))  # fmt: skip
             except OSError as e:
                 raise CoveError(f"cannot start {VIRTIOFSD}: {e.strerror}") from e

@@ -475,3 +475,11 @@ def test_vm_create_start_and_run_vm(make_user: Callable[..., User], alpine_tar: 
     out = u.cove("run", "--vm", "--rm", "alpine:3.20", "sh", "-c",
                  "cat /etc/alpine-release; uname -r", timeout=300).stdout  # fmt: skip
     assert out == f"3.20.3\n{kernel.release}\n", out
+    # a volume shared over virtiofsd, which runs as the user: the guest's file is hers
+    share = u.home / "vmshare"
+    share.mkdir()
+    os.chown(share, u.uid, u.gid)
+    u.cove("run", "--vm", "--rm", "-v", f"{share}:/data", "alpine:3.20", "sh", "-c",
+           "echo from-vm > /data/f", timeout=300)  # fmt: skip
+    assert (share / "f").read_text() == "from-vm\n"
+    assert os.stat(share / "f").st_uid == u.uid
