@@ -90,6 +90,11 @@ class HostFailure(CoveError):
     text in the message, the OSError as the cause)."""
 
 
+class VMFailed(CoveError):
+    """A virtual machine's QEMU or guest failed: it did not start, stopped answering its QMP
+    monitor, or ended without the result cove waited for (the QEMU log is named)."""
+
+
 class CorruptState(CoveError):
     """The state database cannot be read (damaged file): ``cove system check --repair``."""
 

@@ -41,7 +41,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cove.errors import CorruptState, CoveError, Unsupported
+from cove.errors import CorruptState, HostFailure, Unsupported
 from cove.sys import syscalls
 
 BINFMT_MISC = "/proc/sys/fs/binfmt_misc"
@@ -319,14 +319,18 @@ def remove_own(root: str, base: str = BINFMT_MISC) -> list[str]:
             except FileNotFoundError:
                 continue  # already gone (another root's reset, a reboot)
             except OSError as e:
-                raise CoveError(f"cannot unregister binfmt_misc entry {path}: {e.strerror}") from e
+                raise HostFailure(
+                    f"cannot unregister binfmt_misc entry {path}: {e.strerror}"
+                ) from e
             try:
                 os.write(fd, b"-1")
                 removed.append(name)
             except FileNotFoundError:
                 continue  # removed between the open and the write
             except OSError as e:
-                raise CoveError(f"cannot unregister binfmt_misc entry {path}: {e.strerror}") from e
+                raise HostFailure(
+                    f"cannot unregister binfmt_misc entry {path}: {e.strerror}"
+                ) from e
             finally:
                 os.close(fd)
         if doc.get("mounted") and mounted(base) and not entries(base):

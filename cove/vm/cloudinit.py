@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-from cove.errors import CorruptContent, CoveError, InvalidSpec, NotFound
+from cove.errors import CorruptContent, HostFailure, InvalidSpec, NotFound
 
 LABEL = "cidata"
 USER_DATA = "user-data"
@@ -164,7 +164,7 @@ def build_seed(
     except FileNotFoundError as e:
         raise NotFound(f"seed {dest}: no such directory {directory}") from e
     except OSError as e:
-        raise CoveError(f"seed {dest}: {e.strerror}") from e
+        raise HostFailure(f"seed {dest}: {e.strerror}") from e
     try:
         with os.fdopen(fd, "wb") as out:
             iso = pycdlib.PyCdlib()
@@ -184,9 +184,9 @@ def build_seed(
             os.fsync(out.fileno())
         os.replace(tmp, dest)
     except PyCdlibException as e:
-        raise CoveError(f"seed {dest}: cannot build the iso: {e}") from e
+        raise HostFailure(f"seed {dest}: cannot build the iso: {e}") from e
     except OSError as e:
-        raise CoveError(f"seed {dest}: {e.strerror}") from e
+        raise HostFailure(f"seed {dest}: {e.strerror}") from e
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -211,7 +211,7 @@ def read_seed(path: str) -> Seed:
     except FileNotFoundError as e:
         raise NotFound(f"seed {path}: no such file") from e
     except OSError as e:
-        raise CoveError(f"seed {path}: {e.strerror}") from e
+        raise HostFailure(f"seed {path}: {e.strerror}") from e
     except PyCdlibException as e:
         raise CorruptContent(f"seed {path}: not a readable iso: {e}") from e
     try:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 
-from cove.errors import CoveError, NotFound
+from cove.errors import HostToolFailed, NotFound
 from cove.vm import kernel as kmod
 from cove.vm.arch import Arch, host
 
@@ -51,7 +51,9 @@ def apt_options(root: str, arch: Arch) -> list[str]:
                               text=True, timeout=600)  # fmt: skip
         if proc.returncode != 0 or not glob.glob(os.path.join(lists, "*Packages*")):
             last = (proc.stderr.strip().splitlines() or ["no package lists"])[-1]
-            raise CoveError(f"cannot read Debian's {arch.deb_arch} package lists: {last}")
+            raise HostToolFailed(
+                f"cannot read Debian's {arch.deb_arch} package lists: {last}", "apt-get"
+            )
     return opts
 
 
@@ -81,7 +83,9 @@ def busybox(root: str, arch: Arch) -> str:
             proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600)
             if proc.returncode != 0:
                 last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                raise CoveError(f"download of busybox-static ({arch.deb_arch}): {last}")
+                raise HostToolFailed(
+                    f"download of busybox-static ({arch.deb_arch}): {last}", "apt-get"
+                )
         debs = glob.glob(os.path.join(work, "*.deb"))
         if not debs:
             raise NotFound(f"download of busybox-static ({arch.deb_arch}) produced no package")
@@ -89,7 +93,9 @@ def busybox(root: str, arch: Arch) -> str:
         proc = subprocess.run(["dpkg-deb", "-x", debs[0], x], capture_output=True, text=True)
         src = os.path.join(x, "bin", "busybox")
         if proc.returncode != 0 or not os.path.isfile(src):
-            raise CoveError(f"unpacking {debs[0]}: {proc.stderr.strip() or 'no bin/busybox'}")
+            raise HostToolFailed(
+                f"unpacking {debs[0]}: {proc.stderr.strip() or 'no bin/busybox'}", "dpkg-deb"
+            )
         os.chmod(src, 0o755)
         os.replace(src, dest)
         return dest

@@ -30,6 +30,7 @@ from cove.errors import (
     Conflict,
     CorruptContent,
     CoveError,
+    HostFailure,
     HostToolFailed,
     InvalidSpec,
     NotFound,
@@ -142,7 +143,7 @@ def _must_exist(path: str, what: str) -> None:
     except FileNotFoundError as e:
         raise NotFound(f"{what} {path}: no such file") from e
     except OSError as e:
-        raise CoveError(f"{what} {path}: {e.strerror}") from e
+        raise HostFailure(f"{what} {path}: {e.strerror}") from e
 
 
 def _create_new(path: str, what: str, opts: list[str], size: int | None) -> None:
@@ -155,14 +156,17 @@ def _create_new(path: str, what: str, opts: list[str], size: int | None) -> None
     except FileNotFoundError as e:
         raise NotFound(f"{what} {path}: no such directory {directory}") from e
     except OSError as e:
-        raise CoveError(f"{what} {path}: {e.strerror}") from e
+        raise HostFailure(f"{what} {path}: {e.strerror}") from e
     os.close(fd)
     try:
         try:
             sizearg = [] if size is None else [str(size)]
             _run(["create", "-q", *opts, tmp, *sizearg], path, what)
+        except HostToolFailed as e:
+            # qemu-img named the temp file; report against the caller's path (the error
+            # keeps the tool and its status: type(e)(message) would drop them)
+            raise HostToolFailed(str(e).replace(tmp, path), e.tool, e.returncode) from e
         except CoveError as e:
-            # qemu-img named the temp file; report against the caller's path.
             raise type(e)(str(e).replace(tmp, path)) from e
         try:
             os.link(tmp, path)
@@ -170,14 +174,14 @@ def _create_new(path: str, what: str, opts: list[str], size: int | None) -> None
             raise Conflict(f"{what} {path}: already exists") from e
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                raise CoveError(f"{what} {path}: {e.strerror}") from e
+                raise HostFailure(f"{what} {path}: {e.strerror}") from e
             # No hard links on this filesystem: fall back to check-then-rename.
             if os.path.lexists(path):
                 raise Conflict(f"{what} {path}: already exists") from e
             try:
                 os.rename(tmp, path)
             except OSError as e2:
-                raise CoveError(f"{what} {path}: {e2.strerror}") from e2
+                raise HostFailure(f"{what} {path}: {e2.strerror}") from e2
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -241,7 +245,9 @@ def check_chain(path: str, fmt: str, *, allowed: Iterable[str], own: str) -> lis
         try:
             doc = json.loads(meta)
         except json.JSONDecodeError as e:
-            raise CoveError(f"inspect disk {current}: unreadable qemu-img output") from e
+            raise HostToolFailed(
+                f"inspect disk {current}: unreadable qemu-img output", "qemu-img"
+            ) from e
         refs: list[tuple[str, str | None, str]] = []
         data = ((doc.get("format-specific") or {}).get("data") or {}).get("data-file")
         if data:
@@ -285,9 +291,9 @@ def info(path: str) -> dict[str, Any]:
     try:
         data = json.loads(out)
     except json.JSONDecodeError as e:
-        raise CoveError(f"inspect disk {path}: unreadable qemu-img output") from e
+        raise HostToolFailed(f"inspect disk {path}: unreadable qemu-img output", "qemu-img") from e
     if not isinstance(data, dict):
-        raise CoveError(f"inspect disk {path}: unexpected qemu-img output")
+        raise HostToolFailed(f"inspect disk {path}: unexpected qemu-img output", "qemu-img")
     return data
 
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cove.errors import CoveError, NotFound
+from cove.errors import HostToolFailed, NotFound, Unsupported
 
 DEFAULT_PACKAGE = "linux-image-cloud-amd64"
 
@@ -57,10 +57,10 @@ def _run(cmd: list[str], cwd: str, what: str) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     except FileNotFoundError as e:
-        raise CoveError(f"{what}: {cmd[0]} is not installed") from e
+        raise Unsupported(f"{what}: {cmd[0]} is not installed") from e
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        raise CoveError(f"{what}: {last}")
+        raise HostToolFailed(f"{what}: {last}", cmd[0])
     return proc.stdout
 
 

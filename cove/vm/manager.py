@@ -18,7 +18,7 @@ import os
 import shutil
 from typing import Any
 
-from cove.errors import Conflict, CoveError, InvalidSpec, StateError
+from cove.errors import Conflict, CoveError, HostFailure, InvalidSpec, StateError
 from cove.spec.vm import VMSpec
 from cove.vm import provision
 from cove.vm import qemu as qcmd
@@ -193,10 +193,10 @@ class VMManager:
             try:
                 fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
             except OSError as e:
-                raise CoveError(f"vm {rec.name}: screendump {tmp}: {e.strerror}") from e
+                raise HostFailure(f"vm {rec.name}: screendump {tmp}: {e.strerror}") from e
             with open(fd, "rb") as src:
                 if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                    raise CoveError(f"vm {rec.name}: screendump {tmp} is not a regular file")
+                    raise HostFailure(f"vm {rec.name}: screendump {tmp} is not a regular file")
                 with open(dest, "wb") as out:
                     shutil.copyfileobj(src, out)
         finally:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cove.errors import CoveError, StateError
+from cove.errors import CoveError, StateError, VMFailed
 from cove.sys.userns import rootless
 from cove.vm import provision, qmp
 from cove.vm import qemu as qcmd
@@ -166,10 +166,10 @@ class QemuProcess:
                 status = self.cmd(rec, "query-status").get("status")
             except CoveError as e:
                 if proc.poll() is not None:  # QEMU's own reason beats "cannot reach"
-                    raise CoveError(self._qemu_failed(rec, proc.returncode)) from e
+                    raise VMFailed(self._qemu_failed(rec, proc.returncode)) from e
                 raise
             if status not in ("running", "prelaunch"):
-                raise CoveError(f"vm {rec.name}: qemu started but the vm is {status}")
+                raise VMFailed(f"vm {rec.name}: qemu started but the vm is {status}")
         except BaseException:
             self._abort_start(rec, prev)
             raise
@@ -186,15 +186,15 @@ class QemuProcess:
                                         start_new_session=True,
                                         preexec_fn=qemu_nocaps if rootless() else None)  # fmt: skip
             except OSError as e:
-                raise CoveError(f"vm {rec.name}: qemu did not start: {e}") from e
+                raise VMFailed(f"vm {rec.name}: qemu did not start: {e}") from e
         deadline = time.monotonic() + 60
         while not (os.path.exists(paths.pidfile) and os.path.exists(paths.qmp)):
             if proc.poll() is not None:
-                raise CoveError(self._qemu_failed(rec, proc.returncode))
+                raise VMFailed(self._qemu_failed(rec, proc.returncode))
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()
-                raise CoveError(f"vm {rec.name}: qemu did not start in 60 s; see {paths.qemu_log}")
+                raise VMFailed(f"vm {rec.name}: qemu did not start in 60 s; see {paths.qemu_log}")
             time.sleep(0.02)
         return proc
 

@@ -14,7 +14,7 @@ import pwd
 import subprocess
 from typing import NamedTuple
 
-from cove.errors import CoveError
+from cove.errors import HostFailure, HostToolFailed
 
 QEMU_USER = "cove-qemu"
 
@@ -40,7 +40,9 @@ def ensure() -> QemuUser:
             pw = pwd.getpwnam(QEMU_USER)
         except KeyError as e:
             detail = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            raise CoveError(f"cannot create the user {QEMU_USER} for qemu: {detail}") from e
+            raise HostToolFailed(
+                f"cannot create the user {QEMU_USER} for qemu: {detail}", "useradd"
+            ) from e
     if pw.pw_uid == 0 or pw.pw_gid == 0:
-        raise CoveError(f"user {QEMU_USER} has uid or gid 0: refusing to run qemu as root")
+        raise HostFailure(f"user {QEMU_USER} has uid or gid 0: refusing to run qemu as root")
     return QemuUser(pw.pw_name, pw.pw_uid, pw.pw_gid)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from cove.errors import CoveError, StateError
+from cove.errors import StateError, VMFailed
 from cove.vm.vmstore import VMRecord
 
 QMP_TIMEOUT = 10.0
@@ -38,11 +38,11 @@ def command(rec: VMRecord, socket: str, name: str, *, timeout: float = QMP_TIMEO
     try:
         return asyncio.run(run())
     except ExecuteError as e:
-        raise CoveError(f"vm {rec.name}: {name}: {e.error.error.desc}") from e
+        raise VMFailed(f"vm {rec.name}: {name}: {e.error.error.desc}") from e
     except TimeoutError as e:
-        raise CoveError(f"vm {rec.name}: qemu did not answer {name} in {timeout:g} s") from e
+        raise VMFailed(f"vm {rec.name}: qemu did not answer {name} in {timeout:g} s") from e
     except Exception as e:
-        raise CoveError(f"vm {rec.name}: cannot reach its qemu monitor: {e}") from e
+        raise VMFailed(f"vm {rec.name}: cannot reach its qemu monitor: {e}") from e
 
 
 def hmp(rec: VMRecord, socket: str, line: str) -> None:
@@ -50,4 +50,4 @@ def hmp(rec: VMRecord, socket: str, line: str) -> None:
     out = str(command(rec, socket, "human-monitor-command", timeout=SNAPSHOT_TIMEOUT,
                       **{"command-line": line}) or "").strip()  # fmt: skip
     if out:
-        raise CoveError(f"vm {rec.name}: {line}: {out.splitlines()[-1]}")
+        raise VMFailed(f"vm {rec.name}: {line}: {out.splitlines()[-1]}")

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cove.errors import CoveError, InvalidSpec, NotFound
+from cove.errors import CoveError, HostFailure, HostToolFailed, InvalidSpec, NotFound, VMFailed
 from cove.spec import image as spec
 from cove.sys import private
 from cove.sys.syscalls import die_with_parent
@@ -200,12 +200,14 @@ def _mkfs_from_layers(top_first: list[str], dest: str, size: int) -> None:
             capture_output=True, text=True,
         )  # fmt: skip
         if proc.returncode != 0:
-            raise CoveError((proc.stderr.strip().splitlines() or ["mkfs.ext4 failed"])[-1])
+            raise HostToolFailed(
+                (proc.stderr.strip().splitlines() or ["mkfs.ext4 failed"])[-1], "mkfs.ext4"
+            )
 
     try:
         overlay.in_private_mount_ns(mounted)
     except CoveError as e:
-        raise CoveError(f"cannot build the vm root file system: {e}") from e
+        raise HostFailure(f"cannot build the vm root file system: {e}") from e
     finally:
         os.rmdir(mnt)
         os.rmdir(empty)
@@ -440,11 +442,11 @@ class VMRun:
                     preexec_fn=_virtiofsd_pre(host, ro),
                 ))  # fmt: skip
             except OSError as e:
-                raise CoveError(f"cannot start {VIRTIOFSD}: {e.strerror}") from e
+                raise HostToolFailed(f"cannot start {VIRTIOFSD}: {e.strerror}", VIRTIOFSD) from e
             deadline = time.monotonic() + 10
             while not os.path.exists(files.fs(i)):
                 if time.monotonic() > deadline or self.procs[-1].poll() is not None:
-                    raise CoveError(f"virtiofsd did not start for volume {host}")
+                    raise HostToolFailed(f"virtiofsd did not start for volume {host}", VIRTIOFSD)
                 time.sleep(0.01)
         if self.tap:
             from cove.network.manager import NetworkManager
@@ -458,10 +460,10 @@ class VMRun:
                                              stderr=qlog, preexec_fn=_qemu_preexec,
                                              start_new_session=True)  # fmt: skip
             except OSError as e:
-                raise CoveError(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
+                raise VMFailed(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
         time.sleep(0.05)
         if self.qemu.poll() is not None:
-            raise CoveError(f"qemu failed (exit {self.qemu.returncode}): {_last(files.qemu_log)}")
+            raise VMFailed(f"qemu failed (exit {self.qemu.returncode}): {_last(files.qemu_log)}")
 
     def supervise(
         self,
@@ -509,7 +511,7 @@ class VMRun:
             code = self.supervise(echo, log, _timings_reporter())
             if code == 255 and not _exit_reported(self):
                 tail = _tail(self.files.console_log)
-                raise CoveError(f"the vm ended without the command's exit code{tail}")
+                raise VMFailed(f"the vm ended without the command's exit code{tail}")
             return code
         finally:
             if log is not None:
@@ -556,7 +558,7 @@ class VMRun:
             msg = f.read().decode(errors="replace")
         os.waitpid(pid, 0)
         if msg != "ok":
-            raise CoveError(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
+            raise VMFailed(f"vm run {cid[:12]} did not start: {msg.removeprefix('error ')}")
 
 
 def release(ce: Any, cid: str, tap: str | None = None) -> None:

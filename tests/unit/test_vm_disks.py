@@ -392,3 +392,19 @@ def test_image_in_use(in_use: Path) -> None:
         disks.snapshot_create(str(in_use), "s1")
     with pytest.raises(Conflict, match="in use"):
         disks.resize(str(in_use), 8 * MiB)
+
+
+def test_refused_create_names_the_tool_and_the_callers_path(tmp_path: Path) -> None:
+    """qemu-img's failure on the temp file comes back as HostToolFailed naming qemu-img, its
+    status and the caller's path (rebuilding the error by its type alone lost both arguments
+    and raised TypeError instead)."""
+    from cove.errors import HostToolFailed
+
+    path = tmp_path / "huge.qcow2"
+    with pytest.raises(HostToolFailed) as info:
+        disks.create(str(path), 2**63 - 4096, "qcow2")  # beyond qcow2's maximum size
+    assert info.value.tool == "qemu-img" and info.value.returncode not in (None, 0)
+    assert str(path) in str(info.value) and ".huge.qcow2." not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # the temp file is gone too
+    disks.create(str(path), 1 << 20, "qcow2")  # positive control: a sane size is made
+    assert path.is_file()
