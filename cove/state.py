@@ -157,8 +157,10 @@ def is_corrupt(err: BaseException) -> bool:
 
 
 def corrupt_error(path: str, err: BaseException | str) -> CorruptState:
+    # one line: sqlite's integrity reports span several (one per damaged page)
+    detail = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
     return CorruptState(
-        f"state database {path} is damaged ({err}): run 'cove system check --repair'"
+        f"state database {path} is damaged ({detail}): run 'cove system check --repair'"
     )
 
 
