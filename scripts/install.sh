@@ -44,7 +44,10 @@ fi
 [ -c /dev/net/tun ] && chmod 0666 /dev/net/tun
 # rootless run --vm volumes: QEMU's virtiofsd writes its pidfile in /run/virtiofsd, which
 # cove covers with the user's own directory in virtiofsd's mount namespace: it must exist
-echo "d /run/virtiofsd 0700 root root -" >/etc/tmpfiles.d/cove-virtiofsd.conf
+# (recreated at boot by systemd-tmpfiles where the host has it)
+if [ -d /etc/tmpfiles.d ]; then
+    echo "d /run/virtiofsd 0700 root root -" >/etc/tmpfiles.d/cove-virtiofsd.conf
+fi
 mkdir -p -m 0700 /run/virtiofsd
 
 # The Python package, in its own venv (Debian's python3 is externally managed), built on the
