@@ -421,17 +421,6 @@ def _ports_text(cfg: dict[str, Any]) -> str:
     return ", ".join(out)
 
 
-def _size(path: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
     ce = _ce(engine)
     now = time.time()
@@ -484,7 +473,9 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
             "Isolation": cfg.get("HostConfig", {}).get("Isolation") or "container",
         }
         if args.size:
-            row["Size"] = fmt.human_size(_size(os.path.join(ce.cdir(rec.id), "upper")))
+            from cove.containers.listing import upper_size
+
+            row["Size"] = fmt.human_size(upper_size(ce, rec.id))
         rows.append(row)
     if args.quiet:
         if rows:
