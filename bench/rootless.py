@@ -48,9 +48,15 @@ class BenchUser:
         self.home = home
         pw = pwd.getpwnam(name)
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        # /run/user/UID, as logind gives a login session. Podman refuses a runroot
+        # ($XDG_RUNTIME_DIR/containers) longer than 50 characters in `podman container
+        # cleanup`, the exit command conmon runs: with a runtime dir under the temp home that
+        # cleanup failed, the container stayed "stopped", and every `podman run` waited out its
+        # 20 s conmon timeout before returning.
+        self.run = Path("/run/user") / str(self.uid)
 
     def argv(self, *cmd: str) -> list[str]:
-        env = [f"HOME={self.home}", f"USER={self.name}", f"XDG_RUNTIME_DIR={self.home}/run",
+        env = [f"HOME={self.home}", f"USER={self.name}", f"XDG_RUNTIME_DIR={self.run}",
                "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]  # fmt: skip
         return ["runuser", "-u", self.name, "--", "env", "-i", *env, *cmd]
 
@@ -63,15 +69,19 @@ def bench_user() -> Iterator[BenchUser]:
     home = base / name
     subprocess.run(["useradd", "-m", "-d", str(home), "-K", "SUB_UID_COUNT=0",
                     "-K", "SUB_GID_COUNT=0", name], check=True, capture_output=True)  # fmt: skip
+    uid = pwd.getpwnam(name).pw_uid
     start = _start()
+    made_run = False
     try:
         _edit(name, f"{name}:{start}:{RANGE}")
         user = BenchUser(name, home)
-        (home / "run").mkdir(mode=0o700)
-        os.chown(home / "run", user.uid, user.gid)
+        os.makedirs(user.run.parent, mode=0o755, exist_ok=True)
+        user.run.mkdir(mode=0o700)  # FileExistsError: left by an earlier user with this uid
+        made_run = True
+        os.chown(user.run, user.uid, user.gid)
         yield user
     finally:
-        ids = {pwd.getpwnam(name).pw_uid, *range(start, start + RANGE)}
+        ids = {uid, *range(start, start + RANGE)}
         for _ in range(100):
             pids = []
             for p in os.listdir("/proc"):
@@ -91,4 +101,6 @@ def bench_user() -> Iterator[BenchUser]:
                     os.unlink(os.path.join("/dev/shm", f))
         _edit(name, None)
         subprocess.run(["userdel", name], capture_output=True)
+        if made_run:
+            shutil.rmtree(Path("/run/user") / str(uid), ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
