@@ -157,6 +157,11 @@ cp -a /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 for d in "$HOME/.config/pip" "$HOME/.pip"; do
     [ -d "$d" ] && mkdir -p "$root/root/${d#"$HOME"/}" && cp -a "$d/." "$root/root/${d#"$HOME"/}/"
 done
+# the machine image's own docker CLI 28 (/usr/local/bin/docker, no package owns it; see
+# shared/notes/engine-api-and-runtime-cli.md): a CI machine has it, a debootstrap root does not
+if [ -x /usr/local/bin/docker ] && ! dpkg -S /usr/local/bin/docker >/dev/null 2>&1; then
+    mkdir -p "$root/usr/local/bin" && cp -a /usr/local/bin/docker "$root/usr/local/bin/"
+fi
 # name resolution as on this machine
 cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 cp -L /etc/hosts "$root/etc/hosts"
