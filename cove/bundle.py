@@ -17,16 +17,12 @@ from cove.image.files import read_image_file
 from cove.runtime import caps as capmod
 from cove.spec import runtime as rt
 from cove.spec.flags import (
-    SIZES,
     MountRequest,
     parse_duration,
     parse_mapping,
-    parse_restart,
-    parse_signal,
     parse_size,
     parse_tmpfs,
     parse_ulimits,
-    parse_volume,
 )
 from cove.sys.userns import (
     KeepId,
@@ -37,22 +33,6 @@ from cove.sys.userns import (
     parse_keep_id,
     rootless,
 )
-
-# The pure flag parsers live in cove.spec.flags; callers of this module may still take them
-# from here.
-__all__ = [
-    "SIZES",
-    "MountRequest",
-    "parse_duration",
-    "parse_mapping",
-    "parse_restart",
-    "parse_signal",
-    "parse_size",
-    "parse_tmpfs",
-    "parse_ulimits",
-    "parse_volume",
-]
-
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_PATH = "/sbin/cove-init"

@@ -398,9 +398,9 @@ def stop(req: Request) -> Response:
 
 
 def kill(req: Request) -> Response:
-    from cove import bundle as ctr
+    from cove.spec import flags
 
-    sig = ctr.parse_signal(req.arg("signal") or "SIGKILL")
+    sig = flags.parse_signal(req.arg("signal") or "SIGKILL")
     req.ce.kill(req.params["id"], sig)
     return Response(204)
 

@@ -116,7 +116,7 @@ def _volume(d: Dispatch, state: State, ins: df.Instruction, meta: dict[str, str]
 
 
 def _stopsignal(d: Dispatch, state: State, ins: df.Instruction, meta: dict[str, str]) -> Any:
-    from cove.bundle import parse_signal
+    from cove.spec.flags import parse_signal
 
     sig = d.whole(ins, state.scope())
     try:
@@ -134,7 +134,7 @@ def _onbuild(d: Dispatch, state: State, ins: df.Instruction, meta: dict[str, str
 
 
 def _healthcheck(d: Dispatch, state: State, ins: df.Instruction, meta: dict[str, str]) -> Any:
-    from cove.bundle import parse_duration
+    from cove.spec.flags import parse_duration
 
     words = ins.raw.split(None, 1)
     kind = words[0].upper() if words else ""

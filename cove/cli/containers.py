@@ -247,7 +247,7 @@ def cmd_system_check(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.bundle import parse_signal
+    from cove.spec.flags import parse_signal
 
     ce = _ce(engine)
     sig = parse_signal(args.signal) if args.signal else None
@@ -255,7 +255,7 @@ def cmd_stop(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_kill(engine: Engine, args: argparse.Namespace) -> int:
-    from cove.bundle import parse_signal
+    from cove.spec.flags import parse_signal
 
     ce = _ce(engine)
     sig = parse_signal(args.signal)

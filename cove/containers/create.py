@@ -41,6 +41,7 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
     """
     from cove import bundle as ctr
     from cove.runtime.init import ANNOTATION_OVERLAY
+    from cove.spec import flags
 
     img = image if image is not None else image_for_run(ce, opts)
     crash_point("create-image")  # resolved, not yet recorded: the window pin() covers
@@ -52,13 +53,13 @@ def _create(ce: ContainerEngine, opts: Any, *, op: str, image: Any) -> str:
         # at itself, and pid 1 of a namespace ignores those it has no handler for (it hangs);
         # a native init (tini, static) is pid 1 instead and reports the child's end
         opts.init = True
-    restart = ctr.parse_restart(opts.restart or "no")
+    restart = flags.parse_restart(opts.restart or "no")
     if restart["Name"] and opts.rm:
         raise InvalidSpec("conflicting options: cannot specify both --restart and --rm")
     log_cfg = log_config(opts.log_opts)
     opts, port_bindings = network_opts(ce, opts)
     stop_signal = opts.stop_signal or img.config.config.get("StopSignal") or "SIGTERM"
-    ctr.parse_signal(stop_signal)
+    flags.parse_signal(stop_signal)
     cid = secrets.token_hex(32)
     me, me_start = self_ids()
     if opts.name:

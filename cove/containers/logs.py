@@ -22,7 +22,7 @@ def parse_when(text: str | None, what: str) -> float | None:
     if not text:
         return None
     if re.fullmatch(r"(\d+(?:\.\d+)?(ns|us|ms|s|m|h))+", text):
-        from cove.bundle import parse_duration
+        from cove.spec.flags import parse_duration
 
         return time.time() - parse_duration(text, what)
     try:

@@ -19,9 +19,10 @@ def resolve_mounts(
     ``Mounts`` records, and the (image path, volume dir) pairs of new, empty volumes
     that get the image's content."""
     from cove import bundle as ctr
+    from cove.spec import flags
     from cove.spec import runtime as rt
 
-    reqs = [ctr.parse_volume(v) for v in opts.volumes]
+    reqs = [flags.parse_volume(v) for v in opts.volumes]
     reqs += [ctr.parse_mount(m) for m in opts.mounts]
     targets = {r.target.rstrip("/") or "/" for r in reqs}
     for ref in opts.volumes_from:
@@ -32,11 +33,11 @@ def resolve_mounts(
                 continue
             ro = (not m.get("RW", True)) if mode not in ("ro", "rw") else mode == "ro"
             src = m["Name"] if m["Type"] == "volume" else m["Source"]
-            reqs.append(ctr.MountRequest(m["Type"], src, m["Destination"], ro))
+            reqs.append(flags.MountRequest(m["Type"], src, m["Destination"], ro))
             targets.add(m["Destination"])
     for path in image_cfg.get("Volumes") or {}:
         if path.rstrip("/") not in targets:
-            reqs.append(ctr.MountRequest("volume", "", path))
+            reqs.append(flags.MountRequest("volume", "", path))
     vols = ce.volumes()
     copy_up: list[tuple[str, str]] = []
     mounts: list[Any] = []

@@ -12,7 +12,7 @@ from cove.errors import InvalidSpec
 
 
 def log_config(opts: list[str]) -> dict[str, Any]:
-    from cove import bundle as ctr
+    from cove.spec import flags
 
     cfg: dict[str, str] = {}
     out: dict[str, Any] = {"Type": "json-file", "Config": cfg, "MaxSize": 0, "MaxFile": 1}
@@ -21,7 +21,7 @@ def log_config(opts: list[str]) -> dict[str, Any]:
         if not eq:
             raise InvalidSpec(f"invalid log option {o!r}: want KEY=VALUE")
         if key == "max-size":
-            out["MaxSize"] = ctr.parse_size(value, "max-size")
+            out["MaxSize"] = flags.parse_size(value, "max-size")
         elif key == "max-file":
             if not value.isdigit() or int(value) < 1:
                 raise InvalidSpec(f"invalid max-file {value!r}: want a positive number")

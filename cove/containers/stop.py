@@ -28,7 +28,7 @@ def signal_monitor(ce: ContainerEngine, rec: Record) -> None:
 def stop(
     ce: ContainerEngine, ref: str, *, timeout: float | None = None, sig: int | None = None
 ) -> Record:
-    from cove import bundle as ctr
+    from cove.spec import flags
 
     rec = ce.get(ref)
     if not rec.status.can_kill():
@@ -39,7 +39,7 @@ def stop(
         return await_exit(ce, rec, 10)
     cfg = config_of(rec)
     if sig is None:
-        sig = ctr.parse_signal(cfg.stop_signal)
+        sig = flags.parse_signal(cfg.stop_signal)
     if timeout is None:
         timeout = 10 if cfg.stop_timeout is None else cfg.stop_timeout
     pidfd = _pidfd(rec.pid)
@@ -78,7 +78,7 @@ def await_exit(ce: ContainerEngine, rec: Record, timeout: float) -> Record:
 
 
 def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
-    from cove import bundle as ctr
+    from cove.spec import flags
 
     rec = ce.get(ref)
     if rec.status == Status.RESTARTING:  # Docker: a kill ends the restart loop
@@ -87,7 +87,7 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
         return await_exit(ce, rec, 10)
     if rec.status not in (Status.RUNNING, Status.PAUSED):
         raise Conflict(f"cannot kill container: {ref}: container {rec.id} is not running")
-    stop_sig = ctr.parse_signal(config_of(rec).stop_signal)
+    stop_sig = flags.parse_signal(config_of(rec).stop_signal)
     if sig in (signal.SIGKILL, stop_sig):
         lifecycle.stop_requested(ce.store, rec.id)
     driver_for(rec).signal(rec, sig)
