@@ -43,6 +43,19 @@ ALPINE_TAR = ALPINE_DIR / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
 CoveRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
+    """Poll ``fn`` every 0.1 s until it returns something true (returned), or fail naming
+    ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
 def cove_argv(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "cove", "--root", str(root), *args]
 

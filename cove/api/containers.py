@@ -319,6 +319,7 @@ def _pump_attach(
 ) -> None:
     """Monitor frames to the client (as they are without a TTY, unframed with one); the
     client's input to the monitor, its half-close passed on as ours."""
+    from cove.containers.attach import split_frames
 
     def feed() -> None:
         try:
@@ -342,15 +343,10 @@ def _pump_attach(
             data = sock.recv(65536)
             if not data:
                 break
-            buf += data
-            while len(buf) >= 8:
-                size = int.from_bytes(buf[4:8], "big")
-                if len(buf) < 8 + size:
-                    break
-                n = 2 if buf[0] == 2 else 1
+            frames, buf = split_frames(buf + data)
+            for n, frame in frames:
                 if wanted[n]:
-                    h.send(buf[8 : 8 + size]) if tty else h.send(buf[: 8 + size])
-                buf = buf[8 + size :]
+                    h.send(frame[8:]) if tty else h.send(frame)
     except OSError:
         pass
     finally:

@@ -27,6 +27,20 @@ def forward_signals_to(ce: ContainerEngine, cid: str) -> Any:
     return forward_signals(current)
 
 
+def split_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole frames at the head of ``buf`` from a monitor's attach socket (Docker's
+    stdcopy framing: a stream byte, three zero bytes, a big-endian length, the payload) as
+    (1 stdout | 2 stderr, the frame with its header), and the partial rest."""
+    frames: list[tuple[int, bytes]] = []
+    while len(buf) >= 8:
+        end = 8 + int.from_bytes(buf[4:8], "big")
+        if len(buf) < end:
+            break
+        frames.append((2 if buf[0] == 2 else 1, buf[:end]))
+        buf = buf[end:]
+    return frames, buf
+
+
 def attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
     """Copy a monitor's framed output to our stdout/stderr, our stdin to it, until it ends."""
     import select
@@ -51,14 +65,9 @@ def attach_stream(sock: Any, interactive: bool, tty: bool) -> None:
                 data = sock.recv(65536)
                 if not data:
                     break
-                buf += data
-                while len(buf) >= 8:
-                    size = int.from_bytes(buf[4:8], "big")
-                    if len(buf) < 8 + size:
-                        break
-                    out = 2 if buf[0] == 2 else 1
-                    os.write(out, buf[8 : 8 + size])
-                    buf = buf[8 + size :]
+                frames, buf = split_frames(buf + data)
+                for stream, frame in frames:
+                    os.write(stream, frame[8:])
             if interactive and stdin in ready:
                 data = os.read(stdin, 65536)
                 if not data:

@@ -11,24 +11,15 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CoveRunner, alpine_variant, cove_argv, monitors
+from helpers import CoveRunner, alpine_variant, cove_argv, monitors, wait_for
 
 LOOP = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
 
 
-def wait_for(what: str, fn: Callable[[], object], timeout: float = 30) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def inspect(cove: CoveRunner, ref: str) -> dict:  # type: ignore[type-arg]

@@ -21,12 +21,11 @@ import subprocess
 import termios
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import DOCKER_20, CoveRunner, Served, monitors, stop_serve, swagger_errors
+from helpers import DOCKER_20, CoveRunner, Served, monitors, stop_serve, swagger_errors, wait_for
 
 DOCKER_28 = "/usr/local/bin/docker"  # the machine image's CLI (API 1.50, negotiates 1.41)
 CLIS = [pytest.param(DOCKER_28, id="cli28"), pytest.param(DOCKER_20, id="cli20")]
@@ -43,15 +42,6 @@ def docker(served: Served, cli: str, *args: str, check: bool = True, input: str 
     return proc
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def on_pty(served: Served, argv: list[str], script: bytes = b"", prompt: bytes = b"# ",
