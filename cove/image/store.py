@@ -518,25 +518,27 @@ class ImageStore:
         'gzip' is supported) for inputs that OCI has no media type for.
         Returns the blob's descriptor and the layer's diff id.
         """
-        from cove.image.layers import unpack_stream
+        from cove.image.layers import default_workers, unpack_stream
+        from cove.image.pipeline import Pipeline
 
         writer = self.blobs.writer()
         diff_hash = streams.Hasher()
         tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
-        gz: streams.GzipSink | None = None
+        gz = streams.GzipSink(writer) if store_as == "gzip" else None
+        # one thread reads the blob (storing and hashing it), one inflates it (hashing the
+        # tar), this one unpacks: each byte stream is hashed once, by the thread holding it
+        pipe = Pipeline()
         try:
-            if store_as == "gzip":
-                gz = streams.GzipSink(writer)
-                raw: Any = src
+            raw_sinks: list[streams.Sink] = [] if gz else [writer]
+            tar_sinks: list[streams.Sink] = [diff_hash, *([gz] if gz else [])]
+            if compression == "":
+                pipe.add(src, [*raw_sinks, *tar_sinks], "layer-read")
             else:
-                raw = streams.TeeReader(src, [writer])
-            tar_in = streams.TeeReader(
-                streams.decompressor(raw, compression, what), [diff_hash, *([gz] if gz else [])]
-            )
-            stats = unpack_stream(tar_in, tmp, what)
-            tar_in.drain()  # the digest covers the bytes after the end-of-archive marker too
-            if isinstance(raw, streams.TeeReader):
-                raw.drain()
+                raw = pipe.add(src, raw_sinks, "layer-read")
+                pipe.add(streams.decompressor(raw, compression, what), tar_sinks, "layer-inflate")
+            stats = unpack_stream(pipe.out, tmp, what, workers=default_workers(), fresh=True)
+            pipe.out.drain()  # the digest covers the bytes after the end-of-archive marker too
+            pipe.finish()
             if gz:
                 gz.close()
             diff_id = diff_hash.digest
@@ -549,10 +551,11 @@ class ImageStore:
             self._place_layer(tmp, diff_id, stats)
         except CorruptContent as e:
             # bad bytes often surface as a decompression error first: name the real cause
-            if expected_digest and isinstance(raw, streams.TeeReader) and not gz:
-                _blame_digest(raw, writer.digest_so_far, expected_digest, e)
+            if expected_digest and not gz:
+                _blame_digest(pipe, writer.digest_so_far, expected_digest, e)
             raise
         finally:
+            pipe.stop()  # no stage writes to the blob after this
             if sys.exc_info()[0] is not None:
                 writer.abort()
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -584,26 +587,40 @@ class ImageStore:
         compression = spec.LAYER_COMPRESSION.get(desc.media_type)
         if compression is None:
             raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
-        from cove.image.layers import unpack_stream
+        from cove.image.layers import default_workers, unpack_stream
+        from cove.image.pipeline import Pipeline
 
+        what = f"layer {desc.digest}"
         src = self.blobs.open(desc.digest, desc.size)
         tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
+        diff_hash = streams.Hasher()
+        pipe = Pipeline()
         try:
-            tar_in = streams.TeeReader(
-                streams.decompressor(src, compression, f"layer {desc.digest}"),
-                [diff_hash := streams.Hasher()],
-            )
-            stats = unpack_stream(tar_in, tmp, f"layer {desc.digest}")
-            tar_in.drain()
+            if compression == "":
+                pipe.add(src, [diff_hash], "layer-read")
+            else:
+                raw = pipe.add(src, [], "layer-read")  # src verifies the blob's digest
+                pipe.add(streams.decompressor(raw, compression, what), [diff_hash],
+                         "layer-inflate")  # fmt: skip
+            stats = unpack_stream(pipe.out, tmp, what, workers=default_workers(), fresh=True)
+            pipe.out.drain()
+            pipe.finish()
             if diff_hash.digest != diff_id:
                 raise CorruptContent(
-                    f"layer {desc.digest}: uncompressed content does not match diff id {diff_id}"
+                    f"{what}: uncompressed content does not match diff id {diff_id}"
                 )
             self._place_layer(tmp, diff_id, stats)
         except CorruptContent as e:
-            src.check_rest(e)
+            # if the blob itself is corrupt, say so instead
+            try:
+                pipe.drain_source()
+            except CorruptContent as blob_error:
+                raise blob_error from e
+            except Exception:
+                pass
             raise
         finally:
+            pipe.stop()
             if sys.exc_info()[0] is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             src.close()
@@ -705,12 +722,11 @@ def layer_figures(path: str) -> list[int]:
     return [entries, total]
 
 
-def _blame_digest(
-    raw: streams.TeeReader, hasher: streams.Hasher, expected: str, cause: Exception
-) -> None:
-    """Read the rest of ``raw``; raise a digest mismatch (caused by ``cause``) if there is one."""
+def _blame_digest(pipe: Any, hasher: streams.Hasher, expected: str, cause: Exception) -> None:
+    """Read the rest of the blob; raise a digest mismatch (caused by ``cause``) if there is
+    one."""
     try:
-        raw.drain()
+        pipe.drain_source()
     except Exception:
         return
     if hasher.digest != expected:
