@@ -148,7 +148,13 @@ def decompressor(src: Any, compression: str, what: str) -> Any:
     import lzma
 
     if compression == "gzip":
-        return _Checked(gzip.GzipFile(fileobj=src, mode="rb"), what)
+        try:
+            # ISA-L's inflate: about 2.3x zlib's speed on a 93 MB layer (bench/pull.py)
+            from isal import igzip
+
+            return _Checked(igzip.IGzipFile(fileobj=src, mode="rb"), what)  # type: ignore[no-untyped-call]
+        except ImportError:
+            return _Checked(gzip.GzipFile(fileobj=src, mode="rb"), what)
     if compression == "xz":
         return _Checked(lzma.LZMAFile(src), what)
     if compression == "bzip2":
