@@ -324,7 +324,7 @@ def _exec(args: argparse.Namespace, log: _Log) -> int:
         raise InvalidSpec(
             "cannot allocate tty if cove-runc will detach without setting console socket"
         )
-    created = rt.exec_process(args.id, process)
+    created = rt.exec_process(args.id, process, preserve_fds=args.preserve_fds)
     if created.pty_master is not None and args.console_socket:
         from cove.runtime.oci import send_console
 

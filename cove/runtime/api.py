@@ -142,9 +142,11 @@ class Runtime:
         *,
         stdio: tuple[int, int, int] | None = None,
         seccomp: bool = True,
+        preserve_fds: int = 0,
     ) -> Created:
         """Start ``process`` inside running container ``cid``: its namespaces, cgroups, and
-        (unless ``seccomp`` is False, for --privileged) its seccomp filter.
+        (unless ``seccomp`` is False, for --privileged) its seccomp filter. The caller's fds
+        3..3+``preserve_fds``-1 pass through to the process (runc's ``exec --preserve-fds``).
 
         Returns like ``create``; follow with ``wait_exec``. The process is reparented to
         us (we become a child subreaper), so the caller waits for it.
@@ -191,6 +193,7 @@ class Runtime:
             parent_sock, got, pty = self._spawn(
                 spec, str(doc["bundle"]), "", cgroups, stdio, bpf,
                 lambda ctx: init.exec_child(ctx, ns_fds, root, inner),
+                preserve_fds=preserve_fds,
             )  # fmt: skip
             return Created(cid, got, pty, parent_sock, cgroups, _argv0(process))
         except BaseException:

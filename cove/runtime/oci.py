@@ -322,9 +322,10 @@ class OciRuntime:
             raise StateError(f"cannot exec in a paused container: {cid}")
         if status != "running":
             raise StateError(f"cannot exec in a stopped container: {cid}")
-        del preserve_fds  # exec's process keeps only stdio (the setup closes the rest)
         spec = self._spec(cid)
-        return self.rt.exec_process(cid, process, seccomp=spec.linux.seccomp is not None)
+        return self.rt.exec_process(
+            cid, process, seccomp=spec.linux.seccomp is not None, preserve_fds=preserve_fds
+        )
 
     def base_process(self, cid: str) -> Process:
         """The container's own process: what ``exec ID ARGS`` starts from (runc's rule)."""

@@ -271,6 +271,36 @@ def test_exec_ps_pause_update_events(runc: Runc) -> None:
     assert not runc.cgroup_dir("pids", "ex").exists()
 
 
+def test_exec_preserve_fds(runc: Runc) -> None:
+    """``exec --preserve-fds N``: the caller's fds 3..3+N-1 reach the exec'd process, as
+    runc passes them; without the flag (and beyond N) they do not."""
+    bundle = runc.bundle("pf", SLEEPER)
+    runc("run", "-d", "--bundle", str(bundle), "pf", stdout=subprocess.DEVNULL)
+    (runc.tmp / "three").write_text("on fd 3\n")
+    (runc.tmp / "four").write_text("on fd 4\n")
+    # the caller holds the files on fds 3 and 4 (a shell sets them up, then execs cove-runc)
+    opener = 'exec 3<"$1" 4<"$2"; shift 2; exec "$@"'
+    script = "for fd in 3 4; do [ -e /proc/self/fd/$fd ] && cat <&$fd || echo no $fd; done"
+
+    def exec_with(*args: str) -> list[str]:
+        argv = ["sh", "-c", opener, "sh", str(runc.tmp / "three"), str(runc.tmp / "four")]
+        argv += [str(COVE_RUNC), "--root", str(runc.root), "exec", *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+
+    assert exec_with("--preserve-fds", "2", "pf", "sh", "-c", script) == ["on fd 3", "on fd 4"]
+    assert exec_with("--preserve-fds", "1", "pf", "sh", "-c", script) == ["on fd 3", "no 4"]
+    # control: without the flag the caller's fds stay out
+    assert exec_with("pf", "sh", "-c", script) == ["no 3", "no 4"]
+    # the --process form (the shim's) passes them too
+    pfile = runc.tmp / "process.json"
+    pfile.write_text(json.dumps({"args": ["sh", "-c", script], "cwd": "/",
+                                 "user": {"uid": 0, "gid": 0}}))  # fmt: skip
+    assert exec_with("--process", str(pfile), "--preserve-fds", "1", "pf") == ["on fd 3", "no 4"]
+    runc("delete", "--force", "pf")
+
+
 HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart",
          "poststop")  # fmt: skip
 
