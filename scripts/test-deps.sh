@@ -24,6 +24,7 @@ packages=(
     containerd       # cove-runc under containerd 1.6 (ctr, the runc v2 shim; tests start their own)
     podman           # cove-runc under podman 4.3 (with conmon)
     crun             # bench/runtime.py's second peer beside runc
+    containernetworking-plugins  # CNI bridge/host-local/loopback for the CRI pod-network test
 )
 missing=()
 for p in "${packages[@]}"; do
