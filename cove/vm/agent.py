@@ -38,7 +38,6 @@ mount -t devtmpfs dev /dev
 while read -r mod params; do
     insmod "/lib/modules/$mod" $params 2>/dev/null
 done </lib/modules/load-order
-. /cove/config
 port() {
     for p in /sys/class/virtio-ports/*; do
         [ "$(cat "$p/name" 2>/dev/null)" = "$1" ] && { echo "/dev/${p##*/}"; return; }
@@ -54,6 +53,23 @@ while [ -z "$(port cove.exit)" ] && [ $i -lt 200 ]; do sleep 0.01; i=$((i+1)); d
 OUT=$(port cove.stdout); ERR=$(port cove.stderr); EXIT=$(port cove.exit); CTL=$(port cove.ctl)
 IN=$(port cove.stdin)
 [ -n "$OUT" ] && [ -n "$EXIT" ] || fail "no virtio-serial ports"
+if grep -qw cove.template /proc/cmdline; then
+    # a template (cove.vm.template): the host saves the VM while it waits here, and every
+    # copy restored from it goes on below with its own run (a port reads end-of-file until
+    # the host connects; header and payload are read in one open: a close drops unread data)
+    echo parked >"$EXIT"
+    until { read -r what size && [ "$what" = cove-run ] && head -c "$size" >/run/payload; } \
+        <"$CTL"; do sleep 0.01; done
+    (cd / && cpio -i -d -u </run/payload 2>/dev/null) || fail "cannot unpack the run's config"
+    # the template's clock and CRNG state are every copy's: the host's time, and its bytes
+    # credited to the pool with a reseed (cove.vm.fresh)
+    /cove/fresh 3>/dev/urandom </cove/fresh.in || fail "cannot set the clock and entropy"
+    # the disk behind /dev/vda is this run's, not the template's: drop what the boot's
+    # partition scan cached of it
+    blockdev --flushbufs /dev/vda
+fi
+. /cove/config
+[ "$COVE_STDIN" = 1 ] || IN=
 mkdir -p /newroot
 mount -t ext4 /dev/vda /newroot || fail "cannot mount the image's root file system"
 for d in proc sys dev tmp .cove; do mkdir -p "/newroot/$d"; done
@@ -72,6 +88,8 @@ printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t%s\n' "$COVE_HOSTNAME" 
     >/newroot/etc/hosts 2>/dev/null
 ip link set lo up
 if [ -n "$COVE_ADDR" ]; then
+    # a restored VM has the template's address until told its own
+    [ "$(cat /sys/class/net/eth0/address)" = "$COVE_MAC" ] || ip link set eth0 address "$COVE_MAC"
     ip link set eth0 up
     ip addr add "$COVE_ADDR" dev eth0
     ip route add default via "$COVE_GW"
@@ -151,6 +169,8 @@ class RunConfig:
     gateway: str = ""
     dns: str = ""
     volumes: list[tuple[str, str, bool]] = field(default_factory=list)  # (tag, target, ro)
+    mac: str = ""  # eth0's address (a restored VM's NIC still has the template's)
+    stdin: bool = False  # -i: the command reads the cove.stdin port
 
     def script(self) -> str:
         q = shlex.quote
@@ -159,6 +179,8 @@ class RunConfig:
             f"COVE_ADDR={q(self.address)}",
             f"COVE_GW={q(self.gateway)}",
             f"COVE_DNS={q(self.dns)}",
+            f"COVE_MAC={q(self.mac)}",
+            f"COVE_STDIN={1 if self.stdin else 0}",
             "cove_volumes() {",
             "    :",
         ]
@@ -227,6 +249,23 @@ def run_initrd(base: str, config: RunConfig, dest: str, *, aarch64: bool = False
         out.write(cpio.bytes())
 
 
+def run_message(config: RunConfig, realtime_ns: int, seed: bytes) -> bytes:
+    """What the host sends a VM restored from a template on ``cove.ctl``: the line
+    ``cove-run SIZE`` and a newc cpio of SIZE bytes with the run's /cove/config and user
+    switch, and the program (``cove.vm.fresh``) with its input that sets the clock to
+    ``realtime_ns`` and credits ``seed`` to the guest's entropy pool. x86-64 guests only."""
+    from cove.vm import fresh
+    from cove.vm.setids import program
+
+    cpio = initramfs.Cpio()
+    cpio.file("cove/config", config.script().encode())
+    cpio.file("cove/setids", program(config.uid, config.gid, config.groups), 0o755)
+    cpio.file("cove/fresh", fresh.program(), 0o755)
+    cpio.file("cove/fresh.in", fresh.payload(realtime_ns, seed), 0o600)
+    body = cpio.bytes()
+    return f"cove-run {len(body)}\n".encode() + body
+
+
 def cmdline(extra: Sequence[str] = ()) -> str:
     """The guest kernel's command line: serial console for the boot log, no reboot loop,
     and initcalls a one-command VM never needs skipped (measured: ~1 s less under TCG)."""
@@ -242,4 +281,6 @@ def initrd_dir(root: str) -> str:
     return os.path.join(root, "vmroot")
 
 
-__all__ = ["MODULES", "RunConfig", "base_initrd", "cmdline", "initrd_dir", "run_initrd"]
+__all__ = [
+    "MODULES", "RunConfig", "base_initrd", "cmdline", "initrd_dir", "run_initrd", "run_message"
+]  # fmt: skip

@@ -197,19 +197,21 @@ def create(path: str, size: int, fmt: str = "qcow2") -> None:
     _create_new(path, "create disk", ["-f", fmt], nbytes)
 
 
-def overlay(path: str, base: str, base_fmt: str) -> None:
+def overlay(path: str, base: str, base_fmt: str, size: int | None = None) -> None:
     """A new qcow2 at ``path`` backed by ``base``, so guest writes never reach ``base``.
 
     The backing file is recorded as ``base``'s absolute path (symlinks are kept, not
     resolved) with its format pinned to ``base_fmt`` (declared by the user or verified by
-    ``check_chain``), so QEMU never probes it. The overlay has the base's virtual size.
+    ``check_chain``), so QEMU never probes it. The overlay has the base's virtual size, or
+    ``size`` (past the base's end it reads zeros: a VM template's disk has one size for
+    every image).
     Refuses to overwrite (Conflict); the base must exist (NotFound).
     """
     _must_exist(base, "overlay base")
     if base_fmt not in FORMATS:
         raise InvalidSpec(f"overlay base {base}: unsupported format {base_fmt!r}")
     backing = os.path.abspath(base)
-    _create_new(path, "create overlay", ["-f", "qcow2", "-b", backing, "-F", base_fmt], None)
+    _create_new(path, "create overlay", ["-f", "qcow2", "-b", backing, "-F", base_fmt], size)
 
 
 FORMATS = ("qcow2", "raw")  # the formats a user's disk or a backing file may have

@@ -43,12 +43,16 @@ class Relay:
     """One run's relay, from QEMU's start to its exit."""
 
     def __init__(
-        self, files: qcmd.RunFiles, qemu: subprocess.Popen[bytes], interactive: bool
+        self,
+        files: qcmd.RunFiles,
+        qemu: subprocess.Popen[bytes],
+        interactive: bool,
+        ctl: Any = None,
     ) -> None:
         self.files = files
         self.qemu: subprocess.Popen[bytes] | None = qemu
         self.interactive = interactive
-        self._ctl: Any = None  # the connected control socket
+        self._ctl: Any = ctl  # the connected control socket (a restore connects it first)
 
     def run(
         self,
@@ -132,17 +136,8 @@ class Relay:
         return 128 - rc if rc is not None and rc < 0 else 255  # killed: 137 for SIGKILL
 
     def _connect_ctl(self) -> None:
-        import socket
-
-        deadline = time.monotonic() + 5
-        while self._ctl is None and time.monotonic() < deadline:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(self.files.ctl)
-                self._ctl = s
-            except OSError:
-                s.close()
-                time.sleep(0.01)
+        if self._ctl is None:
+            self._ctl = connect_ctl(self.files.ctl)
 
     def _send_ctl(self, sig: str) -> None:
         self._connect_ctl()
@@ -188,3 +183,20 @@ class Relay:
         t = threading.Thread(target=pump, daemon=True)
         t.start()
         return t
+
+
+def connect_ctl(path: str, timeout: float = 5.0) -> Any:
+    """A connection to a run's ``cove.ctl`` socket (QEMU's chardev server), or None."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            s.connect(path)
+            return s
+        except OSError:
+            s.close()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)

@@ -251,6 +251,8 @@ class VMRun:
         self.qemu: subprocess.Popen[bytes] | None = None
         self.cid = ""
         self.tap = ""
+        self.template: Any = None  # template.Template when this run restores one
+        self.ctl: Any = None  # the control socket, connected before the relay starts
 
     # -- create -----------------------------------------------------------------------------
 
@@ -339,8 +341,12 @@ class VMRun:
             os.mkdir(cdir, 0o700)
             self.files = qcmd.RunFiles(cdir, os.path.join(run_dir(), cid[:20]))
             from cove.vm import disks
+            from cove.vm import template as tmpl
 
-            disks.overlay(self.files.disk, rootfs, "raw")  # cove's own ext4: never probed
+            self.template = self._template(rootfs, note)
+            # a template's guest read its disk's size at boot: every run's is that size
+            size = tmpl.DISK_SIZE if self.template else None
+            disks.overlay(self.files.disk, rootfs, "raw", size)  # cove's own ext4: never probed
             log_cfg = log_config(opts.log_opts)
             stop_signal = opts.stop_signal or image_cfg.get("StopSignal") or "SIGTERM"
             config = docker_config(opts, img, oci, hostname, {"Name": "", "MaximumRetryCount": 0},
@@ -364,6 +370,7 @@ class VMRun:
                 "Memory": self.vm.memory_mib << 20,
                 "Cpus": self.vm.cpus,
                 "ConsoleLog": self.files.console_log,
+                "Template": self.template.dir if self.template else "",
             }
             address, gateway, dns = USER_NET if opts.network == "user" else ("", "", "")
             mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
@@ -394,15 +401,41 @@ class VMRun:
                 gateway=gateway,
                 dns=dns,
                 volumes=[(f"cove{i}", t, ro) for i, (_, t, ro) in enumerate(self.volumes)],
+                mac=mac,
+                stdin=bool(opts.interactive),
             )
-            agent.run_initrd(self.base_initrd, run_cfg, self.files.initrd,
-                             aarch64=self.arch == arch.AARCH64)  # fmt: skip
+            self.run_cfg = run_cfg
+            if not self.template:
+                self._write_initrd()
             lifecycle.created(ce.store, cid, config, keep_op=False)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.cleanup(remove=True)
             raise
         return cid
+
+    def _template(self, rootfs: str, note: Callable[[str], None]) -> Any:
+        """The booted template this run restores (built the first time), or None: a run
+        the template cannot be (see cove.vm.template), or one that failed to build."""
+        from cove.vm import template as tmpl
+
+        if not tmpl.enabled() or self.volumes or self.opts.network not in tmpl.NETWORKS:
+            return None
+        if arch.foreign(self.arch) or os.path.getsize(rootfs) > tmpl.DISK_SIZE:
+            return None
+        shape = tmpl.Shape(self.arch.name, self.verdict.accel, self.vm.memory_mib, self.vm.cpus,
+                           self.opts.network, self.kernel.vmlinuz, self.base_initrd)  # fmt: skip
+        try:
+            return tmpl.ensure(self.ce.engine.root, shape, note)
+        except CoveError as e:
+            _warn(f"cannot build the vm template ({e}): booting cold")
+            return None
+
+    def _write_initrd(self) -> None:
+        from cove.vm import agent
+
+        agent.run_initrd(self.base_initrd, self.run_cfg, self.files.initrd,
+                         aarch64=self.arch == arch.AARCH64)  # fmt: skip
 
     # -- start and supervise -------------------------------------------------------------------
 
@@ -454,16 +487,70 @@ class VMRun:
             nets = NetworkManager(self.ce.engine.root, self.ce.store.db)
             lease = nets.store.leases(container=self.cid)[0]
             nets.plug_tap(nets.store.get(lease.network), self.tap)
-        with open(files.qemu_log, "ab") as qlog:
+        if self.template:
             try:
-                self.qemu = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=qlog,
-                                             stderr=qlog, preexec_fn=_qemu_preexec,
-                                             start_new_session=True)  # fmt: skip
-            except OSError as e:
-                raise VMFailed(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
+                self._restore()
+                return
+            except CoveError as e:
+                if self.qemu is not None:
+                    self.qemu.kill()
+                    self.qemu.wait()
+                    self.qemu = None
+                if self.ctl is not None:
+                    self.ctl.close()
+                    self.ctl = None
+                _warn(f"cannot restore the vm template {os.path.basename(self.template.dir)} "
+                      f"({e}): booting cold")  # fmt: skip
+                self.template = None
+                # the cold boot gets fresh ports and the run's own initramfs
+                for path in (files.stdout, files.stderr, files.exit, files.console_log):
+                    with open(path, "wb"):
+                        pass
+                self._write_initrd()
+        self.qemu = self._popen(self.argv())
         time.sleep(0.05)
         if self.qemu.poll() is not None:
             raise VMFailed(f"qemu failed (exit {self.qemu.returncode}): {_last(files.qemu_log)}")
+
+    def _popen(self, argv: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        with open(self.files.qemu_log, "ab") as qlog:
+            try:
+                return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
+                                        preexec_fn=_qemu_preexec, start_new_session=True,
+                                        pass_fds=pass_fds)  # fmt: skip
+            except OSError as e:
+                raise VMFailed(f"cannot start {qcmd.QEMU}: {e.strerror}") from e
+
+    def _restore(self) -> None:
+        """QEMU restoring the template, running; then the run's config, clock and entropy
+        sent to the parked agent (the moment the copy runs, so the clock is right)."""
+        from cove.vm import agent
+        from cove.vm import template as tmpl
+
+        tpl = self.template
+        shape_argv = tmpl.command(
+            _shape_of(tpl), self.files, memory_file=tpl.memory, restore=True,
+            ports=self.ports, mac=self.mac,
+        )  # fmt: skip
+        try:
+            fd = os.open(tpl.state, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise VMFailed(f"template state {tpl.state}: {e.strerror}") from e
+        try:
+            self.qemu = self._popen(shape_argv, (fd,))
+            tmpl.restore(tpl, self.qemu, self.files, fd)
+        finally:
+            os.close(fd)
+        from cove.vm.relay import connect_ctl
+
+        self.ctl = connect_ctl(self.files.ctl)
+        if self.ctl is None:
+            raise VMFailed("cannot connect to the restored vm's control port")
+        msg = agent.run_message(self.run_cfg, time.time_ns(), secrets.token_bytes(64))
+        try:
+            self.ctl.sendall(msg)
+        except OSError as e:
+            raise VMFailed(f"cannot send the run to the restored vm: {e.strerror}") from e
 
     def supervise(
         self,
@@ -475,7 +562,8 @@ class VMRun:
         from cove.vm.relay import Relay
 
         assert self.qemu is not None
-        return Relay(self.files, self.qemu, self.opts.interactive).run(echo, log, event)
+        relay = Relay(self.files, self.qemu, self.opts.interactive, ctl=self.ctl)
+        return relay.run(echo, log, event)
 
     def cleanup(self, *, remove: bool) -> None:
         """End QEMU and virtiofsd, release the tap, sockets and lease (a vm run is never
@@ -577,6 +665,23 @@ def release(ce: Any, cid: str, tap: str | None = None) -> None:
         from cove.network.manager import NetworkManager
 
         NetworkManager(ce.engine.root, ce.store.db).detach(cid)
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"cove: warning: {message}\n")
+
+
+def _shape_of(tpl: Any) -> Any:
+    """The shape a template was built with (its meta.json)."""
+    import json
+
+    from cove.vm import template as tmpl
+
+    try:
+        with open(tpl.meta) as f:
+            return tmpl.Shape(**json.load(f)["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise VMFailed(f"template {tpl.dir}: unreadable meta.json") from e
 
 
 def _qemu_preexec() -> None:  # pragma: no cover - runs in the child between fork and exec
