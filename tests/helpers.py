@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -116,6 +117,35 @@ class TarBuilder:
         data = self.bytes()
         path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
         return path
+
+
+def tree_listing(root: Path) -> list[tuple[Any, ...]]:
+    """Everything below ``root`` as comparable rows: path, type and mode, owner, mtime,
+    size, content digest or symlink target or device numbers, xattrs, and which paths share
+    an inode (hard links)."""
+    rows: list[tuple[Any, ...]] = []
+    inodes: dict[int, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in [*sorted(dirs), *sorted(files)]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            what: Any = None
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as f:
+                    what = hashlib.sha256(f.read()).hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                what = (os.major(st.st_rdev), os.minor(st.st_rdev))
+            xattrs = tuple(sorted((k, os.getxattr(path, k, follow_symlinks=False))
+                                  for k in os.listxattr(path, follow_symlinks=False)))  # fmt: skip
+            link = inodes.setdefault(st.st_ino, rel) if not stat.S_ISDIR(st.st_mode) else rel
+            rows.append((rel, st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
+                         st.st_size if not stat.S_ISDIR(st.st_mode) else 0, what, xattrs,
+                         link))  # fmt: skip
+    return rows
 
 
 def _digest(data: bytes) -> str:
@@ -1015,14 +1045,17 @@ class Served:
         return doc
 
 
-def start_serve(root: Path, where: Path) -> Served:
+def start_serve(root: Path, where: Path, *, verbose: bool = False) -> Served:
+    """``cove serve`` on ``where``/cove.sock; ``verbose`` logs every request (and each
+    fork-helper child) to ``where``/serve.log."""
     where.mkdir(parents=True, exist_ok=True)
     sock = where / "cove.sock"
     log = where / "serve.log"
     home = where / "home"
     (home / ".docker").mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cove_argv(root, "serve", "-H", f"unix://{sock}"),
+        extra = ["--verbose"] if verbose else []
+        proc = subprocess.Popen(cove_argv(root, "serve", "-H", f"unix://{sock}", *extra),
                                 stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
     env = {

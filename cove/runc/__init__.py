@@ -10,10 +10,11 @@ and ``kill`` often.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import argparse
@@ -61,10 +62,31 @@ class _Log:
             self.write("debug", msg)
 
 
-def _parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """Stands in for the subparser of a verb not asked for: its arguments are not built."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_VERBS = ("create", "run", "start", "state", "pause", "resume", "list", "kill", "delete",
+          "exec", "ps", "update", "events", "features", "spec")  # fmt: skip
+
+
+def _parser(only: str = "") -> argparse.ArgumentParser:
+    """runc's command line; ``only`` (a verb) builds that verb's subparser alone (the
+    other fourteen cost ~2 ms on every call the shim makes), anything else builds all."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="cove-runc", add_help=True)
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        # argparse's own default asks shutil for the terminal's width, and building the
+        # subparsers makes one: shutil (with bz2 and lzma) on every verb. $COLUMNS or 80
+        # as shutil falls back, for the help text only
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() else 80
+        return argparse.HelpFormatter(prog, width=max(width - 2, 20))
+
+    p = argparse.ArgumentParser(prog="cove-runc", add_help=True, formatter_class=formatter)
     p.add_argument("--root", default="/run/cove-runc")
     p.add_argument("--log", default="")
     p.add_argument("--log-format", default="text", choices=["text", "json"])
@@ -75,8 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--version", action="store_true")
     sub = p.add_subparsers(dest="command")
 
-    def cmd(name: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name)
+    def cmd(name: str) -> argparse.ArgumentParser | _Unbuilt:
+        if only in _VERBS and name != only:
+            return _Unbuilt()
+        return sub.add_parser(name, formatter_class=formatter)
 
     for name in ("create", "run"):
         c = cmd(name)
@@ -139,7 +163,63 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    """The console script's entry (``argv`` None: exits the process itself) and the
+    in-process call (returns the exit status)."""
+    if argv is not None:
+        return _main(argv)
+    # a short-lived CLI the shim runs for every state and kill: no collector passes over
+    # the import-time objects, and no interpreter teardown at exit (~10 ms of freeing
+    # modules); what teardown would flush is flushed here, and every file the verbs open
+    # is closed by them (with-blocks), so _exit drops nothing
+    gc.disable()
+    from cove.runtime import cgwarm
+
+    if _verb(sys.argv[1:]) in _JOINS_CGROUPS:
+        cgwarm.start()  # the cgroup join's grace period passes while we import
+    try:
+        status = _main(sys.argv[1:])
+    except SystemExit as e:  # argparse's --help and usage errors
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if not isinstance(e.code, int | None):
+            print(e.code, file=sys.stderr)
+    finally:
+        cgwarm.stop()  # a verb that failed before its fork: no helper outlives us
+    _flush_and_exit(status)
+
+
+_JOINS_CGROUPS = ("create", "run", "exec")
+_GLOBAL_VALUES = ("--root", "--log", "--log-format", "--rootless", "--criu")
+
+
+def _verb(argv: Sequence[str]) -> str:
+    """The command word, before any parsing: the first argument that is no global flag."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _GLOBAL_VALUES or (
+            # argparse takes an unambiguous prefix too (--ro for --root): skip its value
+            arg.startswith("--")
+            and "=" not in arg
+            and any(f.startswith(arg) for f in _GLOBAL_VALUES)
+        ):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
+def _flush_and_exit(status: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: as teardown, nothing more to say
+            status = status or 120
+    os._exit(status)
+
+
+def _main(argv: Sequence[str]) -> int:
+    args = _parser(_verb(argv)).parse_args(list(argv))
     if args.version:
         print(f"cove-runc version {VERSION}\ncommit: cove-{VERSION}\nspec: {SPEC_VERSION}")
         return 0
@@ -227,6 +307,7 @@ def _run(args: argparse.Namespace, log: _Log) -> int:
         return 0
     from cove.runtime.api import exit_status
 
+    gc.enable()  # the container may run for long: collect as a long-lived process does
     try:
         with forward_signals(created.pid):
             if created.pty_master is not None:
@@ -344,6 +425,7 @@ def _exec(args: argparse.Namespace, log: _Log) -> int:
         return 0
     from cove.sys.terminal import forward_signals, proxy_tty
 
+    gc.enable()
     with forward_signals(created.pid):
         if created.pty_master is not None:
             status = proxy_tty(created.pty_master, created.pid, interactive=True)
@@ -455,6 +537,7 @@ def _events(args: argparse.Namespace, log: _Log) -> int:
         interval = float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
     except ValueError as e:
         raise InvalidSpec(f"invalid interval {text!r}") from e
+    gc.enable()  # a stream for the container's life
     while rt.status(args.id) != "stopped":
         _print_json(rt.stats(args.id))
         time.sleep(interval)

@@ -7,10 +7,10 @@ State lives in ``<state_dir>/<id>/``: ``state.json`` and, between create and sta
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import time
@@ -20,6 +20,7 @@ from typing import Any
 
 from cove.errors import Conflict, InvalidSpec, NotFound, StartFailed, StateError, best_effort
 from cove.runtime import caps as capmod
+from cove.runtime import cgwarm
 from cove.runtime.cgroups import Cgroups, read_layout
 from cove.spec.runtime import IDMapping, Process, Spec
 from cove.sys import private
@@ -132,7 +133,7 @@ class Runtime:
                 parent_sock.close()
             with best_effort(f"remove the cgroups of the failed create of {cid}", __name__):
                 cgroups.destroy()
-            shutil.rmtree(sdir, ignore_errors=True)
+            _remove_state_dir(sdir)
             raise
 
     def exec_process(
@@ -249,9 +250,15 @@ class Runtime:
         )
         # invariant: what the child forks is reparented to us when the child exits
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+        # the face's head start on the cgroup rwsem's grace period (cgwarm) ends here: the
+        # child's joins come next, while it is still armed
+        cgwarm.stop()
         try:
             child = os.fork()
             if child == 0:
+                # C and G only ever exec or _exit: a collector pass here would only touch
+                # (and so copy) every page of the parent's heap
+                gc.disable()
                 parent_sock.close()
                 entry(ctx)
             child_sock.close()
@@ -432,7 +439,7 @@ class Runtime:
         try:
             doc = self.state_doc(cid)
         except NotFound:
-            shutil.rmtree(sdir, ignore_errors=True)
+            _remove_state_dir(sdir)
             return
         if doc["status"] != "stopped":
             if not force:
@@ -440,7 +447,30 @@ class Runtime:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(str(doc["pid"])), signal.SIGKILL)
         Cgroups(str(doc.get("cgroupsPath") or f"cove/{cid}")).destroy()
-        shutil.rmtree(sdir, ignore_errors=True)
+        _remove_state_dir(sdir)
+
+
+def _remove_state_dir(sdir: str) -> None:
+    """Remove a container's state directory, ignoring errors (as rmtree's ignore_errors).
+
+    It holds plain files only (state.json, the exec fifo, cove-runc's config copy), so a
+    listing and unlinks do; shutil (and the compression modules it imports) stays off the
+    start path, loaded only for a directory that holds more."""
+    try:
+        names = os.listdir(sdir)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(sdir, name))
+        except IsADirectoryError:
+            import shutil
+
+            shutil.rmtree(os.path.join(sdir, name), ignore_errors=True)
+        except OSError:
+            pass
+    with contextlib.suppress(OSError):
+        os.rmdir(sdir)
 
 
 def _argv0(process: Process | None) -> str:

@@ -142,15 +142,27 @@ def send(sock: socket.socket, msg: dict[str, object], fds: list[int] | None = No
         sock.send(data)
 
 
+def join_cgroups(procs_files: list[str]) -> None:
+    """Move this process into each cgroup (one write of "0" to its cgroup.procs): a bare
+    open and write, not a text file object (no buffering, no ioctl or seeks)."""
+    for path in procs_files:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from e
+
+
 def child(ctx: InitContext) -> NoReturn:
     """Runs in C. Joins cgroups, makes namespaces, forks G, reports G's pid, exits."""
     try:
         # as exec_child: a pid namespace joined by path (--pid container:X) has processes
         # that would see G, a fork of cove, before its execve
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        for path in ctx.cgroup_procs:
-            with open(path, "w") as f:
-                f.write("0")
+        join_cgroups(ctx.cgroup_procs)
         spec = ctx.spec
         flags = 0
         for ns in spec.linux.namespaces:
@@ -198,9 +210,7 @@ def exec_child(
         # cove; not dumpable, its /proc/PID (mem, environ, exe, fds) and ptrace stay closed
         # to them, and the flag passes to the child with the mm
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        for path in ctx.cgroup_procs:
-            with open(path, "w") as f:
-                f.write("0")
+        join_cgroups(ctx.cgroup_procs)
         for fd, flag in ns_fds:
             sc.setns(fd, flag)
             os.close(fd)

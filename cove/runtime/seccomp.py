@@ -6,11 +6,14 @@ the start path only loads bytes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import tempfile
 from typing import Any
+
+try:  # the compiled-in SHA-256: hashlib would load OpenSSL (~2.5 ms) for one small digest
+    from _sha256 import sha256
+except ImportError:  # pragma: no cover - an interpreter without it (3.12 calls it _sha2)
+    from hashlib import sha256
 
 from cove.errors import InvalidSpec
 from cove.runtime.seccomp_default import (
@@ -161,6 +164,7 @@ def _action(sc: Any, name: str, errno_ret: int | None) -> int:
 def compile_bpf(profile: Seccomp) -> bytes:
     """Compile with libseccomp (pyseccomp binding) to a BPF program."""
     import logging
+    import tempfile
 
     import pyseccomp as sc
 
@@ -221,7 +225,7 @@ def bpf_for(profile: Seccomp, cache_dir: str) -> bytes:
     """The BPF program for ``profile``, compiled once and cached by its content."""
     from cove.spec.runtime import to_json
 
-    key = hashlib.sha256(
+    key = sha256(
         json.dumps([to_json(profile), os.uname().machine], sort_keys=True).encode()
     ).hexdigest()
     path = os.path.join(cache_dir, key + ".bpf")
@@ -231,6 +235,8 @@ def bpf_for(profile: Seccomp, cache_dir: str) -> bytes:
     except FileNotFoundError:
         pass
     program = compile_bpf(profile)
+    import tempfile  # a cache miss only: with shutil and random, ~9 ms off the start path
+
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir)
     with os.fdopen(fd, "wb") as f:

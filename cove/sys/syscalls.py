@@ -31,6 +31,8 @@ class _OpenHow(ctypes.Structure):
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+# read once: the container's setup opens ~80 paths through openat2, each asked uname(2) again
+_OPENAT2_NR = _SYS_OPENAT2.get(os.uname().machine)
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
@@ -40,7 +42,7 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     symlinks and ``..`` included, resolves as if ``dirfd`` were ``/``, so the
     result can never name a file outside ``dirfd`` (kernel >= 5.6).
     """
-    nr = _SYS_OPENAT2.get(os.uname().machine)
+    nr = _OPENAT2_NR
     if nr is None:
         raise OSError(errno.ENOSYS, "openat2 syscall number unknown for this machine", path)
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)

@@ -1,0 +1,175 @@
+"""cove-runc is a lean face: what its run path imports, and the cgroup head start's helper.
+
+The shim runs ``cove-runc`` for every create, start, state, kill and delete, so its
+import path must load only cove/runc, cove/runtime and what they need: no image store,
+no state database, no engine or CLI, and no stdlib module that the runtime does not use.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+# what `cove-runc run` imports (bench/runtime.py times the same list)
+RUN_PATH = ("cove.runc", "cove.runtime.oci", "cove.runtime.init", "cove.sys.terminal")
+# none of these may load on it: cove's other layers, and stdlib weight it does not use
+FORBIDDEN_PREFIXES = (
+    "cove.image", "cove.state", "cove.engine", "cove.containers", "cove.cli", "cove.api",
+    "cove.network", "cove.registry", "cove.bundle", "cove.vm", "cove.build", "cove.monitor",
+)  # fmt: skip
+FORBIDDEN = ("sqlite3", "shutil", "subprocess", "threading", "tarfile", "hashlib", "bz2", "lzma",
+             "tempfile", "random")  # fmt: skip
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after ``code`` (on top of bare start-up)."""
+    probe = textwrap.dedent(f"""
+        import json, sys
+        before = set(sys.modules)
+        {code}
+        print(json.dumps(sorted(set(sys.modules) - before)))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_run_path_imports_stay_lean() -> None:
+    # the verbs' parser is built too: argparse is what cove-runc parses with, not cove's CLI;
+    # and the seccomp module, which a spec with a profile loads (cove run's always do)
+    code = f"import {', '.join(RUN_PATH)}, cove.runtime.seccomp; import cove.runc; "
+    mods = loaded_after(code + "cove.runc._parser()")
+    # positive control: the probe sees what the path does load
+    assert {"cove.runtime.api", "cove.runtime.cgroups", "cove.sys.syscalls", "socket"} <= mods
+    bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
+    assert bad == [], f"cove-runc's run path imports {bad}"
+
+
+def test_probe_catches_a_forbidden_import() -> None:
+    """Control: the same probe reports a forbidden module when the code loads one."""
+    mods = loaded_after("import cove.runc, shutil, sqlite3")
+    assert {"shutil", "sqlite3"} <= mods
+
+
+def test_cgwarm_imports_nothing_heavy() -> None:
+    """cove-runc imports cgwarm before anything else: it must cost nothing to load."""
+    mods = loaded_after("import cove.runtime.cgwarm")
+    assert mods <= {"cove", "cove.runtime", "cove.runtime.cgwarm", "select", "__future__"}, mods
+
+
+def test_own_procs_file_prefers_cgroup2(tmp_path: Path) -> None:
+    from cove.runtime.cgwarm import own_procs_file
+
+    base = tmp_path / "cg"
+    for d in ("unified/a/b", "pids/a/b"):
+        (base / d).mkdir(parents=True)
+        (base / d / "cgroup.procs").write_text("")
+    proc = tmp_path / "cgroup"
+    proc.write_text("2:pids:/a/b\n1:name=systemd:/a/b\n0::/a/b\n")
+    assert own_procs_file(str(proc), str(base)) == str(base / "unified/a/b/cgroup.procs")
+    # no cgroup2 directory: the v1 hierarchy mounted by controller name
+    (base / "unified/a/b/cgroup.procs").unlink()
+    assert own_procs_file(str(proc), str(base)) == str(base / "pids/a/b/cgroup.procs")
+    # named hierarchies (name=systemd) are not guessed at, nor are missing files
+    proc.write_text("1:name=systemd:/a/b\n0::/elsewhere\n")
+    assert own_procs_file(str(proc), str(base)) == ""
+    assert own_procs_file(str(tmp_path / "missing"), str(base)) == ""
+
+
+def test_cgwarm_helper_holds_no_caller_fd_and_is_reaped(tmp_path: Path) -> None:
+    """The helper writes to the file it is given until stopped, keeps none of the
+    caller's fds (a reader of the caller's stdout pipe must see EOF when the caller
+    exits, not when the helper does), and is reaped by stop()."""
+    target = tmp_path / "procs"
+    target.write_text("")
+    probe = textwrap.dedent(f"""
+        import json, os, time
+        from cove.runtime import cgwarm
+        marker = os.open({str(tmp_path)!r}, os.O_RDONLY)  # a caller's fd
+        assert cgwarm.start({str(target)!r})
+        pid = cgwarm._running[0]
+        time.sleep(0.05)
+
+        def fds(where):
+            out = []
+            for n in os.listdir(where):
+                try:
+                    out.append(os.readlink(f"{{where}}/{{n}}"))
+                except FileNotFoundError:  # listdir's own fd, closed by now
+                    pass
+            return sorted(out)
+
+        theirs, mine = fds(f"/proc/{{pid}}/fd"), fds("/proc/self/fd")
+        cgwarm.stop()
+        try:
+            os.waitpid(pid, os.WNOHANG)
+            reaped = False
+        except ChildProcessError:
+            reaped = True
+        print(json.dumps({{"theirs": theirs, "mine": mine, "reaped": reaped,
+                           "running": cgwarm.running()}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    # control: the caller itself holds the marker directory and its stdio
+    assert str(tmp_path) in doc["mine"]
+    assert str(tmp_path) not in doc["theirs"]
+    # the helper holds its target and its pipe, nothing else (no stdio either)
+    assert str(target) in doc["theirs"]
+    assert len(doc["theirs"]) == 2, doc["theirs"]
+    assert doc["reaped"] and not doc["running"]
+    assert set(target.read_text()) == {"0"} and len(target.read_text()) >= 2
+
+
+def test_verb_word_skips_global_flags() -> None:
+    from cove.runc import _verb
+
+    assert _verb(["--root", "/run/x", "--log", "run", "create", "id"]) == "create"
+    assert _verb(["--debug", "run", "--bundle", "b", "id"]) == "run"
+    assert _verb(["--log-format", "json", "state", "id"]) == "state"
+    assert _verb(["--version"]) == ""
+
+
+def test_cgwarm_start_without_a_cgroup_is_a_no_op() -> None:
+    from cove.runtime import cgwarm
+
+    assert cgwarm.start(procs="") is False
+    assert not cgwarm.running()
+    cgwarm.stop()  # nothing to stop: no error
+
+
+PARSE_CASES = [
+    ["--root", "/x", "run", "--bundle", "/b", "id"],
+    ["--root", "/x", "create", "--bundle", "/b", "--pid-file", "p", "--console-socket", "s", "id"],
+    ["--log", "/l", "--log-format", "json", "state", "id"],
+    ["kill", "id", "KILL"], ["kill", "--all", "id", "9"], ["delete", "--force", "id"],
+    ["exec", "--process", "p.json", "--detach", "--pid-file", "x", "id"],
+    ["exec", "-t", "id", "sh", "-c", "echo hi"], ["ps", "--format", "json", "id"],
+    ["update", "--resources", "-", "id"], ["events", "--stats", "id"], ["features"],
+    ["spec", "--bundle", "b"], ["list", "--format", "json"],
+    ["--cri", "run", "run", "-d", "-b", "/b", "id"],  # a prefix of a global flag, its value a verb
+    ["--root=/x", "start", "id"], ["--debug", "--systemd-cgroup", "pause", "id"],
+    ["run", "id", "--bundle", "/b"], ["--log-f", "json", "state", "x"],
+]  # fmt: skip
+
+
+def test_one_verb_parser_parses_as_the_full_one() -> None:
+    """main builds only the named verb's subparser: every command line parses to the
+    same arguments as with all fifteen built."""
+    from cove.runc import _parser, _verb
+
+    for argv in PARSE_CASES:
+        full, lean = _parser().parse_args(argv), _parser(_verb(argv)).parse_args(argv)
+        assert vars(full) == vars(lean), argv
+    # control: the one-verb parser really leaves the others out
+    with pytest.raises(SystemExit):
+        _parser("run").parse_args(["state", "x"])
+    assert _parser("").parse_args(["state", "x"]).command == "state"
