@@ -9,9 +9,13 @@ temporary directory, no bridge, no iptables rules; cove: a temporary root) and
 ``--network none`` runs, so neither pays for networking. Runs are interleaved after two
 warm-ups each. Target: cove's median <= 0.5x dockerd's. ``--json``: results only.
 
+Starts go through the server's fork helper (cove.api.forkserver), forked at ``cove serve``'s
+start: its resident memory is reported beside the server's (RSS, and PSS, which counts the
+pages the two still share copy-on-write once).
+
 Note: PYTHONDONTWRITEBYTECODE=1 in the environment means no .pyc caches, so every Python
 start compiles what it imports; ``cove serve`` compiles once, at start, which is what the
-idle figure includes.
+idle figure includes. The output says whether cove's bytecode caches were fresh.
 """
 
 from __future__ import annotations
@@ -63,6 +67,30 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
+def _pss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _helper_pid(serve: int) -> int:
+    """The fork helper: the server's child (its only long-lived one)."""
+    kids = Path(f"/proc/{serve}/task/{serve}/children").read_text().split()
+    return int(kids[0]) if kids else 0
+
+
+def _bytecode_fresh() -> bool:
+    """Whether every cove module has an up-to-date .pyc (else each start compiles it)."""
+    import importlib.util
+
+    for src in (REPO / "cove").rglob("*.py"):
+        pyc = Path(importlib.util.cache_from_source(str(src)))
+        if not pyc.exists() or pyc.stat().st_mtime < src.stat().st_mtime:
+            return False
+    return True
+
+
 def _once(env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run([DOCKER, "run", "--rm", "--network", "none", "alpine:3.20", "true"],
@@ -105,6 +133,10 @@ def main() -> int:
         _wait(cenv, serve, "cove serve")
         time.sleep(1.0)
         idle_rss = _rss_kib(serve.pid)
+        helper = _helper_pid(serve.pid)
+        idle = {"serve_idle_rss_kib": idle_rss, "serve_idle_pss_kib": _pss_kib(serve.pid),
+                "helper_idle_rss_kib": _rss_kib(helper) if helper else 0,
+                "helper_idle_pss_kib": _pss_kib(helper) if helper else 0}  # fmt: skip
         for env in (denv, cenv):
             subprocess.run([DOCKER, "import", "--change", 'CMD ["/bin/sh"]', str(TGZ),
                             "alpine:3.20"], env=env, check=True, capture_output=True)  # fmt: skip
@@ -122,8 +154,9 @@ def main() -> int:
             "cove_median_s": round(med["cove"], 4),
             "ratio": round(med["cove"] / med["dockerd"], 3),
             "target_ratio": 0.5,
-            "serve_idle_rss_kib": idle_rss,
+            **idle,
             "serve_rss_after_runs_kib": after_rss,
+            "bytecode_fresh": _bytecode_fresh(),
         }
         if args.json:
             print(json.dumps(result))
@@ -132,8 +165,13 @@ def main() -> int:
             print(f"  dockerd 20.10:  median {med['dockerd'] * 1000:.0f} ms")
             print(f"  cove serve:     median {med['cove'] * 1000:.0f} ms "
                   f"({result['ratio']}x dockerd; target <= 0.5x)")  # fmt: skip
-            print(f"  cove serve RSS: {idle_rss / 1024:.1f} MiB idle, "
+            print(f"  cove serve RSS: {idle_rss / 1024:.1f} MiB idle "
+                  f"(PSS {idle['serve_idle_pss_kib'] / 1024:.1f}), "
                   f"{after_rss / 1024:.1f} MiB after the runs")  # fmt: skip
+            print(f"  fork helper:    {idle['helper_idle_rss_kib'] / 1024:.1f} MiB RSS idle "
+                  f"(PSS {idle['helper_idle_pss_kib'] / 1024:.1f})")  # fmt: skip
+            print(f"  cove bytecode caches fresh: {result['bytecode_fresh']} "
+                  "(if not, under PYTHONDONTWRITEBYTECODE=1 every start compiles)")  # fmt: skip
         return 0
     finally:
         for p in procs:

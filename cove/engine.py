@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,9 +265,11 @@ class Engine:
         finally:
             store.close()
 
-    def prune_images(self, *, all_images: bool = False) -> tuple[list[tuple[str, str]], int]:
+    def prune_images(
+        self, *, all_images: bool = False, only: Callable[[Image], bool] | None = None
+    ) -> tuple[list[tuple[str, str]], int]:
         """Docker's image prune: dangling images (``all_images``: every image) that no
-        container uses."""
+        container uses; ``only``: those it accepts too (the API's until/label filters)."""
         events: list[tuple[str, str]] = []
         # invariant: as in remove_image, the users are read under the exclusive gc.lock
         with self.images.gc_lock():
@@ -279,8 +281,8 @@ class Engine:
                         continue
                     with contextlib.suppress(NotFound, CorruptContent, InvalidSpec):
                         img = self.images.load_image(e.manifest.digest, ())
-                        if img.id in in_use_ids:
-                            in_use.add(e.manifest.digest)
+                        if img.id in in_use_ids or (only is not None and not only(img)):
+                            in_use.add(e.manifest.digest)  # kept
                 doomed = [
                     e
                     for e in entries

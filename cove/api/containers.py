@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shlex
 import socket
 import threading
@@ -442,10 +443,12 @@ def delete(req: Request) -> Response:
 
 
 def prune(req: Request) -> Response:
-    filters = req.filters()
-    if filters:
-        raise ApiError(501, f"container prune filters are not supported: {sorted(filters)}")
-    deleted = req.ce.prune()
+    from cove.api.filters import prune_filter
+
+    accepts = prune_filter(req.filters())
+    deleted = req.ce.prune(
+        lambda rec: accepts(rec.created, (rec.config.get("Config") or {}).get("Labels") or {})
+    )
     return Response(200, {"ContainersDeleted": deleted, "SpaceReclaimed": 0})
 
 
@@ -693,10 +696,24 @@ def _stat_header(doc: dict[str, Any]) -> str:
     return base64.b64encode(json.dumps(doc).encode()).decode()
 
 
-def archive_head(req: Request) -> Response:
+# cp forks (a stopped container's rootfs is mounted in a child in its own mount namespace):
+# under ``cove serve`` each runs in a child of the fork helper, never forked from here
+
+
+def _stat(req: Request, path: str) -> dict[str, Any]:
+    from cove.api import forkserver
     from cove.containers.files import stat_path
 
-    doc = stat_path(req.ce, req.params["id"], _path_arg(req))
+    fs = forkserver.current()
+    if fs is not None:
+        with contextlib.suppress(forkserver.HelperGone):
+            doc = {"op": "stat", "root": req.root, "cid": req.params["id"], "path": path}
+            return fs.call(doc)["doc"]  # type: ignore[no-any-return]
+    return stat_path(req.ce, req.params["id"], path)
+
+
+def archive_head(req: Request) -> Response:
+    doc = _stat(req, _path_arg(req))
     return Response(
         200,
         raw=b"",
@@ -706,11 +723,12 @@ def archive_head(req: Request) -> Response:
 
 
 def archive_get(req: Request) -> Response | None:
+    from cove.api import forkserver
+    from cove.api.server import Chunks
     from cove.containers.files import archive_get as get_tar
-    from cove.containers.files import stat_path
 
     path = _path_arg(req)
-    doc = stat_path(req.ce, req.params["id"], path)
+    doc = _stat(req, path)
     c = req._conn
     c.send_response(200)
     c.send_header("Content-Type", "application/x-tar")
@@ -718,9 +736,15 @@ def archive_get(req: Request) -> Response | None:
     c.send_header("X-Docker-Container-Path-Stat", _stat_header(doc))
     c.common_headers()
     c.end_headers()
+    c.wfile.flush()
     req.started = True
-    from cove.api.server import Chunks
-
+    fs = forkserver.current()
+    if fs is not None:
+        # the child writes the chunked tar onto the connection itself (a dup of it)
+        with contextlib.suppress(forkserver.HelperGone):
+            job = {"op": "archive_get", "root": req.root, "cid": req.params["id"], "path": path}
+            fs.call(job, [c.connection.fileno()])
+            return None
     chunks = Chunks(c.connection)
     get_tar(req.ce, req.params["id"], path, chunks)
     chunks.close()
@@ -728,9 +752,38 @@ def archive_get(req: Request) -> Response | None:
 
 
 def archive_put(req: Request) -> Response:
+    from cove.api import forkserver
     from cove.containers.files import archive_put as put_tar
 
-    put_tar(req.ce, req.params["id"], _path_arg(req), req.body)
+    path = _path_arg(req)
+    fs = forkserver.current()
+    reply = None
+    if fs is not None:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            job = {"op": "archive_put", "root": req.root, "cid": req.params["id"], "path": path}
+            reply = fs.request(job, [r])
+        except forkserver.HelperGone:
+            os.close(w)
+        finally:
+            os.close(r)
+    if reply is None:
+        put_tar(req.ce, req.params["id"], path, req.body)
+        return Response(200, raw=b"", content_type="text/plain")
+    # the body into the child's pipe, until its end or until the child stops reading (it
+    # failed: its answer says why; the dispatcher drains the rest of the body)
+    with reply:
+        try:
+            while data := req.body.read(65536):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(w, view) :]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(w)
+        answer, _ = forkserver.recv(reply)
+    forkserver.check(answer, {"op": "cp into", "cid": req.params["id"]})
     return Response(200, raw=b"", content_type="text/plain")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,8 @@ class _Exec:
     exit_code: int | None = None
     pid: int = 0
     pty_master: int = -1
+    image: str = ""
+    name: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -37,8 +41,73 @@ _execs_lock = threading.Lock()
 _spawn_lock = threading.Lock()
 
 
-def _spawn(req: Request, e: _Exec, detach: bool, tty: bool) -> Any:
-    """The engine's exec, one at a time, and the server no child subreaper afterwards.
+@dataclass
+class _Proc:
+    """An exec'd process as the server holds it: its fds (those of cove.containers.exec's
+    Spawned) and how to get its wait status: from the fork helper's child that spawned it
+    (``reply``), or by reaping it ourselves (the fallback spawned it here)."""
+
+    pid: int
+    pty_master: int | None
+    outputs: dict[int, int]
+    stdin_w: int
+    reply: socket.socket | None = None
+
+    def wait(self) -> int:
+        if self.reply is None:
+            return os.waitpid(self.pid, 0)[1]
+        from cove.api import forkserver
+
+        with self.reply:  # closing it lets the child reap the pid
+            try:
+                msg, _ = forkserver.recv(self.reply)
+            except OSError:
+                msg = None
+        if msg is None or "status" not in msg:
+            return 255 << 8  # the helper's child died first: the status is lost
+        return int(msg["status"])
+
+
+def _spawn(req: Request, e: _Exec, detach: bool, tty: bool) -> _Proc:
+    """The engine's exec, in a child of the fork helper (the process is its child; its fds
+    come here); without a helper, here, one at a time."""
+    from cove.api import forkserver
+
+    fs = forkserver.current()
+    if fs is not None:
+        try:
+            return _spawn_forked(fs, req, e, detach, tty)
+        except forkserver.HelperGone as err:
+            sys.stderr.write(f"cove serve: warning: {err}; exec in the server\n")
+    s = _spawn_here(req, e, detach, tty)
+    return _Proc(s.pid, s.pty_master, s.outputs, s.stdin_w)
+
+
+def _spawn_forked(fs: Any, req: Request, e: _Exec, detach: bool, tty: bool) -> _Proc:
+    from dataclasses import asdict
+
+    from cove.api import forkserver
+
+    doc = {"op": "exec", "root": req.root, "cid": e.container,
+           "options": asdict(_options(e, detach, tty))}  # fmt: skip
+    reply = fs.request(doc)
+    try:
+        head, fds = forkserver.recv(reply)
+        forkserver.check(head, doc)
+    except BaseException:
+        reply.close()
+        raise
+    assert head is not None
+    if head["pty"]:
+        return _Proc(head["pid"], fds[0], {}, -1, reply)
+    outputs = dict(zip(fds, head["outputs"], strict=False))
+    stdin_w = fds[len(head["outputs"])] if head["stdin"] else -1
+    return _Proc(head["pid"], None, outputs, stdin_w, reply)
+
+
+def _spawn_here(req: Request, e: _Exec, detach: bool, tty: bool) -> Any:
+    """The engine's exec in the server, one at a time, and the server no child subreaper
+    afterwards.
 
     The runtime makes its caller a child subreaper so that the exec'd process (forked by
     its helper, which exits) is reparented to it. Left set, every monitor that a later
@@ -85,8 +154,22 @@ def create(req: Request) -> Response:
         "AttachStderr": bool(body.get("AttachStderr")),
     }
     with _execs_lock:
-        _execs[eid] = _Exec(eid, rec.id, conf)
+        _execs[eid] = _Exec(eid, rec.id, conf, image=rec.image, name=rec.name)
+    _event(req, _execs[eid], "exec_create")
     return Response(201, {"Id": eid})
+
+
+def _event(req: Request, e: _Exec, action: str) -> None:
+    """dockerd's exec events: ``exec_create: CMD``, ``exec_start: CMD`` and ``exec_die``
+    (with its exit code), on the container, naming the exec instance."""
+    from cove.sys import events
+
+    attrs = {"execID": e.id, "image": e.image, "name": e.name}
+    if action == "exec_die":
+        attrs["exitCode"] = str(e.exit_code)
+    else:
+        action = f"{action}: {' '.join(e.config['Cmd'])}"
+    events.emit(req.root, "container", action, e.container, attrs)
 
 
 def _options(e: _Exec, detach: bool, tty: bool) -> Any:
@@ -121,9 +204,11 @@ def start(req: Request) -> Response | None:
             s = _spawn(req, e, True, tty)
         except ContainerStartError as err:
             e.exit_code = err.exit_code
+            _event(req, e, "exec_die")
             raise ApiError(400 if err.exit_code in (126, 127) else 500, str(err)) from err
         e.pid, e.running = s.pid, True
-        threading.Thread(target=_reap, args=(e,), daemon=True).start()
+        _event(req, e, "exec_start")
+        threading.Thread(target=_reap, args=(req, e, s), daemon=True).start()
         return Response(200, raw=b"", content_type="application/json")
     req.ce.get(e.container)  # a 404 before the upgrade
     # the 101 goes out alone, before the process can write (docker-py loses bytes that
@@ -133,6 +218,7 @@ def start(req: Request) -> Response | None:
         s = _spawn(req, e, False, tty)
     except ContainerStartError as err:
         e.exit_code = err.exit_code
+        _event(req, e, "exec_die")
         msg = f"OCI runtime exec failed: {err}\r\n".encode()
         with contextlib.suppress(OSError):
             h.send(msg) if tty else h.frame(1, msg)
@@ -143,9 +229,10 @@ def start(req: Request) -> Response | None:
         h.close_write()
         raise
     e.pid, e.running = s.pid, True
+    _event(req, e, "exec_start")
     if s.pty_master is not None:
         e.pty_master = s.pty_master
-        status = _pump_tty(s.pty_master, s.pid, h, e.config["AttachStdin"])
+        status = _pump_tty(s, h, e.config["AttachStdin"])
     else:
         status = _pump_pipes(s, h, e.config)
     from cove.runtime.api import exit_status
@@ -153,19 +240,20 @@ def start(req: Request) -> Response | None:
     e.exit_code = exit_status(status)
     e.running = False
     e.pty_master = -1
+    _event(req, e, "exec_die")
     h.close_write()
     return None
 
 
-def _reap(e: _Exec) -> None:
+def _reap(req: Request, e: _Exec, s: _Proc) -> None:
     from cove.runtime.api import exit_status
 
-    _, status = os.waitpid(e.pid, 0)
-    e.exit_code = exit_status(status)
+    e.exit_code = exit_status(s.wait())
     e.running = False
+    _event(req, e, "exec_die")
 
 
-def _pump_pipes(s: Any, h: Hijacked, conf: dict[str, Any]) -> int:
+def _pump_pipes(s: _Proc, h: Hijacked, conf: dict[str, Any]) -> int:
     """stdout/stderr pipes to stdcopy frames; the client's input into stdin, its
     half-close closing it."""
     from cove.sys.terminal import NO_LOG, pump
@@ -184,7 +272,12 @@ def _pump_pipes(s: Any, h: Hijacked, conf: dict[str, Any]) -> int:
     stdin_w, s.stdin_w = s.stdin_w, -1
     if stdin_w >= 0:
         threading.Thread(target=_feed, args=(h, stdin_w), daemon=True).start()
-    return pump(s.outputs, s.pid, NO_LOG, echo, drain_broken=True)
+    try:
+        return pump(s.outputs, s.pid, NO_LOG, echo, drain_broken=True)
+    except ChildProcessError:
+        # the fork helper's child spawned it: pump's reaping is not ours to do, its
+        # status comes from that child
+        return s.wait()
 
 
 def _feed(h: Hijacked, fd: int) -> None:
@@ -203,10 +296,13 @@ def _feed(h: Hijacked, fd: int) -> None:
             os.close(fd)  # EOF on the client's side: the process reads EOF
 
 
-def _pump_tty(master: int, pid: int, h: Hijacked, interactive: bool) -> int:
+def _pump_tty(s: _Proc, h: Hijacked, interactive: bool) -> int:
     """The pty's bytes raw to the client, the client's to the pty, until the process
     exits and its output is read."""
     import select
+
+    assert s.pty_master is not None
+    master, pid = s.pty_master, s.pid
 
     def feed() -> None:
         try:
@@ -239,11 +335,10 @@ def _pump_tty(master: int, pid: int, h: Hijacked, interactive: bool) -> int:
                     break
                 with contextlib.suppress(OSError):
                     h.send(data)
-        _, status = os.waitpid(pid, 0)
-        return status
     finally:
         os.close(pidfd)
         os.close(master)
+    return s.wait()
 
 
 def resize(req: Request) -> Response:

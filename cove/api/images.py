@@ -451,10 +451,20 @@ def delete(req: Request) -> Response:
 
 
 def prune(req: Request) -> Response:
+    from cove.api.filters import prune_filter
+
     filters = req.filters()
     dangling = [v.lower() for v in filters.get("dangling", ["true"])]
     all_images = dangling[-1] in ("0", "false")
-    events, freed = req.engine.prune_images(all_images=all_images)
+    accepts = prune_filter(
+        {k: v for k, v in filters.items() if k != "dangling"}, ("until", "label", "label!")
+    )
+
+    def only(img: Any) -> bool:
+        labels = (img.config.config or {}).get("Labels") or {}
+        return accepts(epoch_exact(img.config.created), labels)
+
+    events, freed = req.engine.prune_images(all_images=all_images, only=only)
     deleted = [{what.capitalize(): value} for what, value in events]
     return Response(200, {"ImagesDeleted": deleted or None, "SpaceReclaimed": freed})
 

@@ -5,6 +5,10 @@ Python (sqlite, imports) after the fork. Forked from the threaded server, such a
 inherit a lock another thread held at that instant (sqlite's mutexes) and hang forever.
 So the server runs each start here instead: ``python -m cove.api.launch ROOT ID FD``, with
 the attach end (or -1) passed down; one JSON line on stdout says how it went.
+
+Under ``cove serve`` the fork helper (cove.api.forkserver) does the same from an image that
+has already imported all this, in a few milliseconds: the fresh process is the fallback when
+no helper can take the start.
 """
 
 from __future__ import annotations
@@ -18,9 +22,20 @@ from cove import errors
 
 
 def start(root: str, cid: str, attach_fd: int = -1) -> None:
-    """Start ``cid`` through a launcher process; its failure raised here as the same class
-    (a ContainerStartError with its exit code)."""
+    """Start ``cid`` in a child of the fork helper, or else through a launcher process; its
+    failure raised here as the same class (a ContainerStartError with its exit code)."""
     import tempfile
+
+    from cove.api import forkserver
+
+    fs = forkserver.current()
+    if fs is not None:
+        try:
+            fds = [attach_fd] if attach_fd >= 0 else []
+            fs.call({"op": "start", "root": root, "cid": cid}, fds)
+            return
+        except forkserver.HelperGone as e:
+            sys.stderr.write(f"cove serve: warning: {e}; starting {cid} in a fresh process\n")
 
     argv = [sys.executable, "-m", "cove.api.launch", root, cid, str(attach_fd)]
     # the answer goes to a file, not a pipe: the monitor and its first helper are forked
@@ -42,16 +57,7 @@ def start(root: str, cid: str, attach_fd: int = -1) -> None:
         doc = json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise errors.CoveError(f"cannot start container {cid}: {text.strip() or code}") from None
-    if doc.get("kind") == "ContainerStartError":
-        from cove.runtime.api import ContainerStartError
-
-        raise ContainerStartError(doc["message"], int(doc.get("code", 125)))
-    kind = getattr(errors, str(doc.get("kind")), errors.CoveError)
-    if not (isinstance(kind, type) and issubclass(kind, errors.CoveError)):
-        kind = errors.CoveError
-    if kind is errors.HostToolFailed:
-        raise errors.HostToolFailed(doc["message"], "start")
-    raise kind(doc["message"])
+    forkserver.raise_error(doc)
 
 
 def main(argv: list[str]) -> int:

@@ -164,23 +164,23 @@ def disconnect(req: Request) -> Response:
 
 
 def prune(req: Request) -> Response:
-    filters = req.filters()
-    ce = req.ce
-    nm = ce.networks()
-    wanted = [d["Id"] for d in _all(req) if _matches(d, {"label": filters.get("label", [])})]
-    removed = []
-    for name in nm.prune(set()) if not filters.get("label") else []:
-        removed.append(name)
-    if filters.get("label"):
-        from cove.errors import Conflict
+    """Unused networks other than the default (``until`` and ``label`` filters narrow it)."""
+    from cove.api.filters import created_time, prune_filter
+    from cove.errors import Conflict
 
-        for n in nm.all():
-            if n.id in wanted and n.name != "bridge" and not nm.users(n):
-                try:
-                    nm.remove(n.id)
-                except (Conflict, NotFound):
-                    continue
-                removed.append(n.name)
+    accepts = prune_filter(req.filters())
+    nm = req.ce.networks()
+    wanted = {
+        d["Id"] for d in _all(req) if accepts(created_time(d["Created"]), d.get("Labels") or {})
+    }
+    removed = []
+    for n in nm.all():
+        if n.id in wanted and n.name != "bridge" and not nm.users(n):
+            try:
+                nm.remove(n.id)
+            except (Conflict, NotFound):
+                continue
+            removed.append(n.name)
     return Response(200, {"NetworksDeleted": removed or None})
 
 

@@ -21,6 +21,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
@@ -420,6 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             path = m.group(3)
         query = parse_qs(url.query, keep_blank_values=True)
         req: Request | None = None
+        t0 = time.monotonic()
         try:
             if version > (1, 41):
                 raise ApiError(
@@ -450,6 +452,10 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if req is not None:
                 req.close()
+            if getattr(self.server, "verbose", False):
+                # per-request wall time (a hijacked stream's is its whole life)
+                took = (time.monotonic() - t0) * 1000
+                sys.stderr.write(f"cove serve: {self.command} {path} {took:.1f} ms\n")
 
     def _route(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         table: list[tuple[str, re.Pattern[str], Handler]] = self.server.routes  # type: ignore[attr-defined]
@@ -577,7 +583,15 @@ def serve(
     root: str, host: str = DEFAULT_HOST, group: str | None = None, verbose: bool = False
 ) -> int:
     """Serve until SIGTERM or SIGINT; containers started meanwhile keep running."""
+    from cove.api import forkserver
+
     sock = _activated()
+    # first, while this process has one thread and no socket of its own: the helper that
+    # forks the starts, execs and cps (a fork from the threaded server could inherit a held
+    # lock); it closes the activated socket, which is the server's alone
+    helper = forkserver.ForkServer(verbose)
+    helper.fork(close=(sock.fileno(),) if sock is not None else ())
+    forkserver.install(helper)
     path = None
     if sock is None:
         path = socket_path(host)
@@ -595,6 +609,8 @@ def serve(
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+        forkserver.install(None)
+        helper.close()
         if path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(path)

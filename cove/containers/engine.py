@@ -139,8 +139,8 @@ class ContainerEngine:
     def discard(self, rec: Record, *, volumes: bool) -> None:
         _remove.discard(self, rec, volumes=volumes)
 
-    def prune(self) -> list[str]:
-        return _remove.prune(self)
+    def prune(self, only: Callable[[Record], bool] | None = None) -> list[str]:
+        return _remove.prune(self, only)
 
     def networks(self) -> Any:
         return _network.networks(self)

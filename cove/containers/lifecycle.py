@@ -263,6 +263,13 @@ def stop_requested(store: Store, cid: str) -> None:
 
 def paused(store: Store, cid: str, frozen: bool) -> None:
     store.update(cid, status=Status.PAUSED if frozen else Status.RUNNING)
+    _event(store, cid, "pause" if frozen else "unpause")
+
+
+def signalled(store: Store, cid: str, sig: int) -> None:
+    """A signal sent by ``kill``: no row changes, the events log has it (dockerd's
+    ``kill`` event names the signal's number)."""
+    _event(store, cid, "kill", signal=str(sig))
 
 
 def health(store: Store, cid: str, result: dict[str, Any]) -> None:

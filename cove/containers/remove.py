@@ -18,6 +18,8 @@ from cove.errors import Conflict, NotFound
 from cove.state import OP_START, Record, Status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cove.containers.engine import ContainerEngine
 
 
@@ -82,9 +84,12 @@ def discard(ce: ContainerEngine, rec: Record, *, volumes: bool) -> None:
                     vols.remove(m["Name"])
 
 
-def prune(ce: ContainerEngine) -> list[str]:
+def prune(ce: ContainerEngine, only: Callable[[Record], bool] | None = None) -> list[str]:
+    """Every stopped container (``only``: those it accepts, the API's filters); their ids."""
     out = []
     for rec in ce.all():
+        if only is not None and not only(rec):
+            continue
         if rec.status in (Status.EXITED, Status.CREATED, Status.DEAD) and not rec.op:
             with contextlib.suppress(Conflict, NotFound):
                 out.append(ce.remove(rec.id))

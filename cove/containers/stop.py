@@ -91,6 +91,7 @@ def kill(ce: ContainerEngine, ref: str, sig: int = signal.SIGKILL) -> Record:
     if sig in (signal.SIGKILL, stop_sig):
         lifecycle.stop_requested(ce.store, rec.id)
     driver_for(rec).signal(rec, sig)
+    lifecycle.signalled(ce.store, rec.id, sig)
     if sig == signal.SIGKILL:
         if rec.status == Status.PAUSED:
             freeze(ce, rec, False)

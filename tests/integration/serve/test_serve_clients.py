@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import quote
 
-from helpers import Served, cove_argv, swagger_errors
+from helpers import ALPINE_TAR, Served, cove_argv, swagger_errors
 from registries import Registry
 
 
@@ -183,14 +183,27 @@ def test_events_stream(served: Served) -> None:
     served.docker("network", "create", "evnet")
     served.docker("run", "--rm", "--network", "none", "--name", "evbox", "alpine:3.20", "true")
     served.docker("network", "rm", "evnet")
+    served.docker("run", "-d", "--network", "none", "--name", "evx", "alpine:3.20", "sleep", "60")
+    served.docker("exec", "evx", "sh", "-c", "exit 3", check=False)
+    served.docker("pause", "evx")
+    served.docker("unpause", "evx")
+    served.docker("kill", "-s", "USR1", "evx")
+    served.docker("rm", "-f", "evx")
     t1 = int(time.time()) + 1
     fmt = "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}"
     out = served.docker("events", "--since", str(t0), "--until", str(t1), "--format", fmt).stdout
     seen = out.splitlines()
     for want in ("volume create ", "network create evnet", "container create evbox",
                  "container start evbox", "container die evbox", "container destroy evbox",
-                 "network destroy evnet"):  # fmt: skip
+                 "network destroy evnet", "container exec_create: sh -c exit 3 evx",
+                 "container exec_start: sh -c exit 3 evx", "container exec_die evx",
+                 "container pause evx", "container unpause evx", "container kill evx"):  # fmt: skip
         assert any(line.startswith(want) for line in seen), (want, seen)
+    # their attributes, as dockerd sets them: the exec's id and exit code, the signal
+    fmt2 = "{{.Action}} {{.Actor.Attributes.exitCode}} {{.Actor.Attributes.signal}}"
+    more = served.docker("events", "--since", str(t0), "--until", str(t1), "--filter",
+                         "container=evx", "--format", fmt2).stdout.splitlines()  # fmt: skip
+    assert "exec_die 3 <no value>" in more and "kill <no value> 10" in more, more
     # filters narrow the stream (the positive control is the line above)
     only = served.docker("events", "--since", str(t0), "--until", str(t1), "--filter",
                          "type=network", "--format", fmt).stdout.split("\n")  # fmt: skip
@@ -205,6 +218,45 @@ def test_events_stream(served: Served) -> None:
     assert len(docs) >= 7
     for doc in docs:
         assert swagger_errors(doc, "/events", "get") == [], doc
+
+
+def test_prune_filters_until_and_label(served: Served) -> None:
+    """container and network prune honour ``label``, ``label!`` and ``until`` as dockerd
+    does; an unknown filter is dockerd's 400."""
+    import time
+
+    for name, label in (("keep", "tier=db"), ("gone1", "tier=web"), ("gone2", "tier=web")):
+        served.docker("create", "--name", name, "--label", label, "alpine:3.20", "true")
+    served.docker("network", "create", "--label", "tier=web", "oldnet")
+    # until: created before a time; the containers and network above are older than this
+    time.sleep(1.1)
+    cut = str(int(time.time()))
+    time.sleep(1.1)
+    served.docker("create", "--name", "young", "--label", "tier=web", "alpine:3.20", "true")
+    served.docker("network", "create", "--label", "tier=web", "newnet")
+    out = served.docker("container", "prune", "-f", "--filter", "label=tier=web",
+                        "--filter", f"until={cut}").stdout  # fmt: skip
+    names = served.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert sorted(names) == ["keep", "young"], (out, names)
+    # label!: everything but the db tier (a duration form of until: all are older than 0s)
+    served.docker("container", "prune", "-f", "--filter", "label!=tier=db", "--filter", "until=0s")
+    assert served.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() == ["keep"]
+    out = served.docker("network", "prune", "-f", "--filter", f"until={cut}").stdout
+    nets = served.docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert "oldnet" not in nets and "newnet" in nets, (out, nets)
+    # an unknown filter: refused, nothing removed (positive control: the prunes above)
+    bad = served.docker("container", "prune", "-f", "--filter", "colour=red", check=False)
+    assert bad.returncode != 0 and "invalid filter 'colour'" in bad.stderr, bad
+    assert served.docker("ps", "-a", "--format", "{{.Names}}").stdout.split() == ["keep"]
+    served.docker("rm", "keep")
+    served.docker("network", "rm", "newnet")
+    # image prune -a: only the unused images the label names (alpine:3.20 and plain:1 stay)
+    for ref, change in (("web:1", "LABEL tier=web"), ("plain:1", "ENV A=b")):
+        served.docker("import", "--change", change, str(ALPINE_TAR), ref)
+    out = served.docker("image", "prune", "-a", "-f", "--filter", "label=tier=web").stdout
+    refs = served.docker("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert sorted(refs) == ["alpine:3.20", "plain:1"], (out, refs)
+    served.docker("rmi", "plain:1")
 
 
 def test_network_connect_disconnect_and_filter_encodings(served: Served) -> None:

@@ -42,8 +42,6 @@ def docker(served: Served, cli: str, *args: str, check: bool = True, input: str 
     return proc
 
 
-
-
 def on_pty(served: Served, argv: list[str], script: bytes = b"", prompt: bytes = b"# ",
            rows: int = 30, cols: int = 100) -> tuple[int, bytes]:  # fmt: skip
     """Run ``argv`` with a pty as its stdio (a terminal of ``rows`` x ``cols``); once
