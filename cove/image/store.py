@@ -97,17 +97,27 @@ class VerifyingReader:
 
 
 class BlobWriter:
-    """Writes a blob to a temp file; ``commit`` verifies and renames it into place."""
+    """Writes a blob to a temp file; ``commit`` verifies and renames it into place.
 
-    def __init__(self, blobs: BlobStore) -> None:
+    ``adopt``: a file in the store's tmp dir that the bytes are written to by someone else
+    (a resumable download): they are only hashed here, and the file itself is renamed into
+    place once verified (one copy of a layer on disk, not two); ``abort`` leaves it."""
+
+    def __init__(self, blobs: BlobStore, adopt: str | None = None) -> None:
         self._blobs = blobs
-        fd, self._tmp = tempfile.mkstemp(dir=blobs.tmpdir, prefix="blob-")
-        self._f = os.fdopen(fd, "wb")
+        self._adopted = adopt is not None
+        self._f: BinaryIO | None = None
+        if adopt is not None:
+            self._tmp = adopt
+        else:
+            fd, self._tmp = tempfile.mkstemp(dir=blobs.tmpdir, prefix="blob-")
+            self._f = os.fdopen(fd, "wb")
         self._hash = streams.Hasher()
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self._f.write(data)
+        if self._f is not None:
+            self._f.write(data)
         self._hash.write(data)
         self.size += len(data)
 
@@ -124,9 +134,23 @@ class BlobWriter:
                 raise CorruptContent(
                     f"blob {digest} has size {self.size}, expected {expected_size}"
                 )
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+            if self._f is not None:
+                self._f.flush()
+                os.fsync(self._f.fileno())
+                self._f.close()
+            else:
+                fd = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+                try:
+                    # what was hashed is what the file holds: its writer wrote every byte
+                    # it handed on, unbuffered
+                    if os.fstat(fd).st_size != self.size:
+                        raise CorruptContent(
+                            f"blob {digest}: {self._tmp} holds {os.fstat(fd).st_size} bytes, "
+                            f"{self.size} were hashed"
+                        )
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             final = self._blobs.path(digest)
             # invariant: final is named by the verified digest of these very bytes
             os.rename(self._tmp, final)
@@ -136,8 +160,11 @@ class BlobWriter:
             raise
 
     def abort(self) -> None:
+        if self._adopted:
+            return  # the caller's file: kept to resume from, or removed by the caller
         with contextlib.suppress(OSError):
-            self._f.close()
+            if self._f is not None:
+                self._f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
 
@@ -156,8 +183,8 @@ class BlobStore:
     def size(self, digest: str) -> int:
         return os.stat(self.path(digest)).st_size
 
-    def writer(self) -> BlobWriter:
-        return BlobWriter(self)
+    def writer(self, adopt: str | None = None) -> BlobWriter:
+        return BlobWriter(self, adopt)
 
     def put(self, data: bytes, expected: str | None = None) -> str:
         digest = spec.sha256_digest(data)
@@ -511,17 +538,22 @@ class ImageStore:
         expected_size: int | None = None,
         expected_diff_id: str | None = None,
         store_as: str | None = None,
+        blob_file: str | None = None,
     ) -> tuple[spec.Descriptor, str]:
         """Store a layer blob and unpack it, reading ``src`` once.
 
         ``compression`` is that of ``src``; ``store_as`` recompresses (only
         'gzip' is supported) for inputs that OCI has no media type for.
+        ``blob_file``: ``src`` itself writes every byte it returns to this file (unbuffered,
+        in the store's tmp dir), which becomes the blob once verified.
         Returns the blob's descriptor and the layer's diff id.
         """
         from cove.image.layers import default_workers, unpack_stream
         from cove.image.pipeline import Pipeline
 
-        writer = self.blobs.writer()
+        if blob_file is not None and store_as is not None:
+            raise ValueError("a blob_file is the blob as received: nothing to recompress")
+        writer = self.blobs.writer(blob_file)
         diff_hash = streams.Hasher()
         tmp = tempfile.mkdtemp(dir=self.tmpdir, prefix="layer-")
         gz = streams.GzipSink(writer) if store_as == "gzip" else None

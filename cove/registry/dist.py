@@ -243,7 +243,9 @@ class _Source:
         # sending is cut off here, and the digest check fails on what was kept
         data = self.resp.read(min(size, self.total - self.done)) if self.done < self.total else b""
         if data:
-            self.sink.write(data)
+            view = memoryview(data)
+            while view:  # an unbuffered file may take part of it
+                view = view[self.sink.write(view) :]
             self.done += len(data)
             self.tick(self.done, self.total)
             if self.kill_after and self.done >= self.kill_after:
@@ -299,7 +301,8 @@ def _download_locked(
     resumed = resp.status == 206 and have > 0
     if resumed:
         progress.say(desc.digest, f"resuming after {have} of {desc.size} bytes")
-    sink = open(partial, "ab" if resumed else "wb")
+    # unbuffered: every byte handed on is in the file, which becomes the blob itself
+    sink = open(partial, "ab" if resumed else "wb", buffering=0)
     try:
         src = _Source(open(partial, "rb") if resumed else None, resp, sink,
                       have if resumed else 0, desc.size,
@@ -307,15 +310,16 @@ def _download_locked(
         store.ingest_layer(
             src, compression, what=f"layer {desc.digest} from {client.ep.host}/{repo}",
             expected_digest=desc.digest, expected_size=desc.size, expected_diff_id=diff_id,
+            blob_file=partial,
         )  # fmt: skip
     except CorruptContent:
         sink.close()
-        os.unlink(partial)  # bad bytes are not worth resuming from
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)  # bad bytes are not worth resuming from
         raise
     finally:
         sink.close()
-    os.unlink(partial)
-    progress.say(desc.digest, "pull complete")
+    progress.say(desc.digest, "pull complete")  # the partial file is the blob now
 
 
 def pull(
