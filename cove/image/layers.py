@@ -74,6 +74,10 @@ def default_workers() -> int:
 class LayerStats:
     entries: int = 0
     bytes: int = 0  # regular file content written
+    # [entries, bytes] as a walk of the result finds them (store.layer_figures: the root and
+    # every name below it; regular bytes once per inode), when the writer could count them
+    # itself: nothing was removed and no parent was made implicitly. None: walk the tree
+    disk: list[int] | None = None
 
 
 @dataclass
@@ -197,6 +201,14 @@ class LayerWriter:
         # Directories this writer made hold only what it made, until anything is removed
         self._known: dict[int, set[str]] | None = {rst.st_ino: set()} if fresh else None
         self._known_count = 0
+        # what a walk of the result will find (LayerStats.disk); None once it cannot be told
+        self._disk: list[int] | None = [1, 0] if fresh else None
+
+    def _count(self, size: int = 0) -> None:
+        """One new name (of ``size`` regular bytes in a new inode)."""
+        if self._disk is not None:
+            self._disk[0] += 1
+            self._disk[1] += size
 
     def close(self) -> None:
         if self._pool is not None:
@@ -262,6 +274,7 @@ class LayerWriter:
                     raise
                 if self._known is not None:
                     self._known.clear()  # what make_dirs adds is not noted one by one
+                self._disk = None
                 fd = safepath.open_dir(self.rootfd, rel, create=True)
         except safepath.NotADirectory as e:
             raise UnsafeArchive(f"tar entry parent {rel!r} is not a directory") from e
@@ -291,6 +304,7 @@ class LayerWriter:
         else:
             os.unlink(base, dir_fd=pfd)
         self._forget_dirs()
+        self._disk = None
         return False
 
     def _ids(self, member: tarfile.TarInfo) -> tuple[int, int] | None:
@@ -325,6 +339,7 @@ class LayerWriter:
                 if made:
                     os.mkdir(base, 0o700, dir_fd=pfd)
                     self._made(ino, base)
+                    self._count()
                 if made or rel not in self._cache:
                     # invariant: base is a real directory in pfd (just made or kept, never a
                     # symlink: O_NOFOLLOW), so this fd is what rel resolves to in the root
@@ -348,6 +363,7 @@ class LayerWriter:
         self._remove(pfd, ino, base, keep_dir=False)
         self._made(ino, base)  # noted before it is made: a name noted but absent is harmless
         if member.issym():
+            self._count()
             if self._pool is not None:
                 self._hand_off(ino, base, 0, _make_symlink, pfd, base, member.linkname,
                                self._ids(member), xattrs, _ns(member.mtime))  # fmt: skip
@@ -358,6 +374,7 @@ class LayerWriter:
             if self._pool is not None and member.size <= _ASYNC_MAX:
                 data = _read_member(member, tar)
                 self.stats.bytes += len(data)
+                self._count(len(data))
                 self._hand_off(ino, base, len(data), _make_file, pfd, base, data,
                                self._ids(member), member.mode & 0o7777, xattrs,
                                _ns(member.mtime))  # fmt: skip
@@ -384,6 +401,7 @@ class LayerWriter:
         self._made(ino, name)
         # invariant: pfd was resolved inside the root and name has no slash
         os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=pfd)
+        self._count()
 
     def _hardlink(self, member: tarfile.TarInfo, pfd: int, ino: int, base: str) -> None:
         target = clean_name(member.linkname)
@@ -411,6 +429,7 @@ class LayerWriter:
             self._made(ino, base)
             # invariant: both fds were resolved inside the root; neither name is followed
             os.link(tbase, base, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False)
+            self._count()  # a name, no new bytes: a walk counts an inode's bytes once
         finally:
             os.close(tfd)
 
@@ -445,6 +464,7 @@ class LayerWriter:
                     raise CorruptContent(f"tar entry {member.name!r} is truncated")
                 os.ftruncate(fd, size)
             self.stats.bytes += size
+            self._count(size)
             _set_meta(fd, self._ids(member), member.mode & 0o7777, xattrs, _ns(member.mtime))
         finally:
             os.close(fd)
@@ -464,6 +484,7 @@ class LayerWriter:
         else:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
             os.mknod(base, kind | 0o600, os.makedev(member.devmajor, member.devminor), dir_fd=pfd)
+        self._count()
         if self.privileged:
             os.chown(base, member.uid, member.gid, dir_fd=pfd, follow_symlinks=False)
         os.chmod(base, member.mode & 0o7777, dir_fd=pfd)
@@ -472,6 +493,7 @@ class LayerWriter:
     def finish(self) -> None:
         """Apply directory metadata deepest first, so restrictive modes do not block writes."""
         self._flush()
+        self.stats.disk = list(self._disk) if self._disk is not None else None
         for rel in sorted(self._dirs, key=lambda r: r.count("/") + bool(r), reverse=True):
             meta = self._dirs[rel]
             try:

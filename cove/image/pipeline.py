@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from cove.image.streams import CHUNK, Sink
@@ -102,8 +103,10 @@ class Stage:
     """A thread reading ``src`` to its end: every chunk goes to ``sinks``, then downstream."""
 
     def __init__(self, src: Any, sinks: list[Sink], name: str,
-                 stop: threading.Event | None = None) -> None:  # fmt: skip
+                 stop: threading.Event | None = None,
+                 at_end: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.stop = stop or threading.Event()
+        self._at_end = at_end  # run here once the source is read whole
         self._q: queue.Queue[Any] = queue.Queue(maxsize=_DEPTH)
         self._thread = threading.Thread(target=self._run, args=(src, sinks), name=name, daemon=True)
         self._reader: QueueReader | None = None
@@ -127,6 +130,8 @@ class Stage:
                 for sink in sinks:
                     sink.write(data)
                 self._put(data)
+            if self._at_end is not None and not self.stop.is_set():
+                self._at_end()
             self._put(b"")
         except BaseException as e:
             self._put(_Failed(e))
@@ -149,9 +154,11 @@ class Pipeline:
     def __init__(self) -> None:
         self.stages: list[Stage] = []
 
-    def add(self, src: Any, sinks: list[Sink], name: str) -> QueueReader:
-        """A stage reading ``src`` (the previous stage's reader, or the source)."""
-        stage = Stage(src, sinks, name)
+    def add(self, src: Any, sinks: list[Sink], name: str,
+            at_end: Callable[[], None] | None = None) -> QueueReader:  # fmt: skip
+        """A stage reading ``src`` (the previous stage's reader, or the source); ``at_end``
+        runs in its thread after the source's last byte."""
+        stage = Stage(src, sinks, name, at_end=at_end)
         if self.stages:
             self.stages[-1].reader().stop = stage.stop
         self.stages.append(stage)

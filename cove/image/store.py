@@ -125,6 +125,19 @@ class BlobWriter:
     def digest_so_far(self) -> streams.Hasher:
         return self._hash
 
+    def sync(self) -> None:
+        """Flush what is written to disk now (the reading thread calls it at the end of the
+        blob, while the layer still unpacks), so the fsync in ``commit`` finds it clean."""
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            return
+        fd = os.open(self._tmp, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def commit(self, expected: str | None = None, expected_size: int | None = None) -> str:
         digest = self._hash.digest
         try:
@@ -563,10 +576,11 @@ class ImageStore:
         try:
             raw_sinks: list[streams.Sink] = [] if gz else [writer]
             tar_sinks: list[streams.Sink] = [diff_hash, *([gz] if gz else [])]
+            at_end = None if gz else writer.sync
             if compression == "":
-                pipe.add(src, [*raw_sinks, *tar_sinks], "layer-read")
+                pipe.add(src, [*raw_sinks, *tar_sinks], "layer-read", at_end)
             else:
-                raw = pipe.add(src, raw_sinks, "layer-read")
+                raw = pipe.add(src, raw_sinks, "layer-read", at_end)
                 pipe.add(streams.decompressor(raw, compression, what), tar_sinks, "layer-inflate")
             stats = unpack_stream(pipe.out, tmp, what, workers=default_workers(), fresh=True)
             pipe.out.drain()  # the digest covers the bytes after the end-of-archive marker too
@@ -603,11 +617,11 @@ class ImageStore:
             # "disk": what a walk of the directory finds (the root included; regular bytes
             # counted once per inode); `cove system check` compares the layer against it,
             # since opaque markers and repeated tar entries make the tar's figures differ
-            meta = json.dumps(
-                {"size": stats.bytes, "entries": stats.entries, "disk": layer_figures(tmp)}
-            ).encode()
+            # (counted by the writer as it went when it could, else a walk)
+            disk = stats.disk or layer_figures(tmp)
+            meta = json.dumps({"size": stats.bytes, "entries": stats.entries, "disk": disk})
             with open(final + ".json", "wb") as f:
-                f.write(meta)
+                f.write(meta.encode())
             # invariant: tmp is a complete, verified unpack of exactly diff_id
             os.rename(tmp, final)
 

@@ -32,7 +32,8 @@ from helpers import (
     tree_listing,
 )
 
-from cove.image.layers import unpack_stream
+from cove.image.layers import LayerStats, unpack_stream
+from cove.image.store import layer_figures
 
 MTIME = 1_700_000_000
 
@@ -47,12 +48,11 @@ def _d(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def unpack(data: bytes, dest: Path, workers: int) -> int:
-    """``data`` unpacked into the new directory ``dest`` as a layer is; the entry count."""
+def unpack(data: bytes, dest: Path, workers: int) -> LayerStats:
+    """``data`` unpacked into the new directory ``dest`` as a layer is."""
     dest.mkdir()
-    stats = unpack_stream(io.BytesIO(data), str(dest), "test", workers=workers,
-                          fresh=workers > 0)  # fmt: skip
-    return stats.entries
+    return unpack_stream(io.BytesIO(data), str(dest), "test", workers=workers,
+                         fresh=workers > 0)  # fmt: skip
 
 
 def comparable(rows: list[tuple[object, ...]], named: set[str]) -> list[tuple[object, ...]]:
@@ -77,7 +77,7 @@ def layered_image(tars: list[bytes], *, diff_ids: list[str] | None = None) -> Ti
     return TinyImage(manifest, {_d(config): config, **{_d(b): b for b in blobs}})
 
 
-def busy_layer(seed: int) -> TarBuilder:
+def busy_layer(seed: int, *, replace: bool = True) -> TarBuilder:
     """Many small files across directories (work for every worker), a file bigger than the
     hand-off limit, one with a 1 MiB hole, a symlinked directory written through, and
     entries that replace earlier ones."""
@@ -88,17 +88,19 @@ def busy_layer(seed: int) -> TarBuilder:
         for j in range(25):
             tb.file(f"srv/d{i}/f{j}", rnd.randbytes(rnd.randrange(0, 9000)),
                     mode=0o640, uid=i, gid=j)  # fmt: skip
-    for k in range(300):  # a name again right after a worker was handed it
-        tb.file(f"srv/twice{k}", b"first" * 900).file(f"srv/twice{k}", b"second\n", mode=0o600)
     tb.file("srv/big", rnd.randbytes(9 << 20))
     tb.file("srv/sparse", b"head" + bytes((1 << 20) * 2) + b"tail")
     tb.symlink("srv/via", "d3")
     tb.file("srv/via/through-link", b"written in srv/d3\n")
+    tb.hardlink("srv/hard", "srv/d6/f6")
+    if not replace:
+        return tb.file("srv/.wh.gone")  # a whiteout: a new 0/0 device, with no mtime of its own
+    for k in range(300):  # a name again right after a worker was handed it
+        tb.file(f"srv/twice{k}", b"first" * 900).file(f"srv/twice{k}", b"second\n", mode=0o600)
     tb.file("srv/d1/f1", b"the later entry wins\n", mode=0o600)
     tb.dir("srv/d2/f2", mode=0o711)  # a file replaced by a directory
     tb.file("srv/d2/f2/inside", b"x")
     tb.symlink("srv/d4", "d5")  # a directory (and its files) replaced by a symlink
-    tb.hardlink("srv/hard", "srv/d6/f6")
     tb.dir("srv/locked", mode=0o500)
     tb.file("srv/locked/still-written", b"modes apply last\n")
     return tb
@@ -109,7 +111,7 @@ def test_parallel_unpack_makes_the_same_tree(tmp_path: Path) -> None:
     entries = len(tarfile.open(fileobj=io.BytesIO(data)).getmembers())
     trees = {}
     for workers in (0, 3):
-        assert unpack(data, tmp_path / f"w{workers}", workers) == entries
+        assert unpack(data, tmp_path / f"w{workers}", workers).entries == entries
         trees[workers] = tree_listing(tmp_path / f"w{workers}")
     assert len(trees[0]) > 1000 and trees[0] == trees[3]
     # and that tree is the right one (not merely the same mistake twice)
@@ -130,6 +132,16 @@ def test_parallel_unpack_makes_the_same_tree(tmp_path: Path) -> None:
     assert (got / "locked" / "still-written").read_bytes() == b"modes apply last\n"
     srv = got.stat()
     assert (stat.S_IMODE(srv.st_mode), srv.st_uid, srv.st_gid) == (0o750, 7, 8)
+
+
+def test_unpack_counts_what_a_walk_finds(tmp_path: Path) -> None:
+    """The figures the writer counts as it goes are a walk's (cove system check compares
+    them); where it cannot tell (a name replaced), it says so and the walk is used."""
+    plain = unpack(busy_layer(3, replace=False).bytes(), tmp_path / "plain", workers=3)
+    assert plain.disk is not None and plain.disk == layer_figures(str(tmp_path / "plain"))
+    assert plain.disk[0] > 1000
+    replaced = unpack(busy_layer(3).bytes(), tmp_path / "replaced", workers=3)
+    assert replaced.disk is None
 
 
 def _layers(root: Path, img: TinyImage) -> list[Path]:
