@@ -15,7 +15,6 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from cove.errors import Conflict, InvalidSpec, NotFound, StartFailed, StateError, best_effort
@@ -37,14 +36,30 @@ class ContainerStartError(StartFailed):
     """The runtime's ``StartFailed`` (the name callers and older monitors import)."""
 
 
-@dataclass
 class Created:
-    id: str
-    pid: int
-    pty_master: int | None
-    sock: socket.socket
-    cgroups: Cgroups
-    argv0: str = ""  # names the command in a failed execve's message
+    """A created container (or exec'd process): its pid, our end of the setup socket and
+    its pty master. A plain class: a dataclass costs ~0.3 ms to create at import."""
+
+    __slots__ = ("argv0", "cgroups", "id", "pid", "pty_master", "sock")
+
+    def __init__(
+        self,
+        id: str,
+        pid: int,
+        pty_master: int | None,
+        sock: socket.socket,
+        cgroups: Cgroups,
+        argv0: str = "",  # names the command in a failed execve's message
+    ) -> None:
+        self.id = id
+        self.pid = pid
+        self.pty_master = pty_master
+        self.sock = sock
+        self.cgroups = cgroups
+        self.argv0 = argv0
+
+    def __repr__(self) -> str:
+        return f"Created(id={self.id!r}, pid={self.pid})"
 
 
 class Runtime:

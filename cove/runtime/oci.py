@@ -21,7 +21,6 @@ import re
 import signal
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from cove.errors import Conflict, InvalidSpec, NotFound, StateError, Unsupported
@@ -33,11 +32,13 @@ DEFAULT_ROOT = "/run/cove-runc"
 _ID = re.compile(r"^[\w+\-.]+$")  # runc's id rule
 
 
-@dataclass
 class Paths:
     """Where one container's runtime state lives: ``<root>/<id>/``."""
 
-    root: str
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
 
     def dir(self, cid: str) -> str:
         return os.path.join(self.root, cid)
