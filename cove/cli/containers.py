@@ -276,12 +276,12 @@ def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
     return code
 
 
-def _sweep(ce: Any, *, everything: bool = False) -> list[str]:
+def _sweep(ce: Any, *, everything: bool = False, ids: set[str] | None = None) -> list[str]:
     """Orphans of killed commands (``cove.sweep``); never fails the command it follows."""
     from cove.containers.sweep import sweep
 
     try:
-        return sweep(ce.root, ce.store, everything=everything)
+        return sweep(ce.root, ce.store, everything=everything, ids=ids)
     except (OSError, CoveError) as e:
         if everything:
             raise
@@ -443,14 +443,19 @@ def cmd_ps(engine: Engine, args: argparse.Namespace) -> int:
             sys.stderr.write(f"Error: invalid filter 'status={value}'\n")
             return 125
     rows = []
-    records = [r for r in ce.all() if _matches(r, args.filter, ce)]
-    _sweep(ce)  # after the records are reconciled: what no record owns any more goes
+    every = ce.all()  # one query for every record (issue 20), each checked against /proc
+    records = [r for r in every if _matches(r, args.filter, ce)]
+    # after the records are reconciled: what no record owns any more goes (by the ids read)
+    _sweep(ce, ids={r.id for r in every})
     show_all = args.all or bool(args.filter) or bool(args.last)
     if args.last:
         records = records[: args.last]
     for rec in records:
         running = rec.status.value in ("running", "paused", "restarting")
         if not show_all and not running:
+            continue
+        if args.quiet:  # the IDs alone: no column is formatted
+            rows.append({"ID": rec.id if args.no_trunc else rec.id[:12]})
             continue
         cfg = rec.config
         cmd = " ".join([cfg.get("Path", ""), *cfg.get("Args", [])]).strip()

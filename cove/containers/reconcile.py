@@ -38,8 +38,8 @@ def reconcile(ce: ContainerEngine, rec: Record, *, settle: float = 2.0) -> Recor
             return ce.store.get(rec.id)
     if rec.op or not rec.status.can_kill():
         return rec
+    # alive() is false for a zombie too: a process its monitor has not reaped yet is gone
     running = rec.status != Status.RESTARTING and alive(rec.pid, rec.start_time)
-    running = running and not _zombie(rec.pid)
     if alive(rec.monitor_pid, rec.monitor_start):
         if running or rec.status == Status.RESTARTING:
             return rec
@@ -84,12 +84,3 @@ def purge(ce: ContainerEngine, rec: Record) -> None:
             os.kill(rec.pid, signal.SIGKILL)
     shutil.rmtree(ce.cdir(rec.id), ignore_errors=True)
     lifecycle.delete(ce.store, rec.id)
-
-
-# -- create ---------------------------------------------------------------
-
-
-def _zombie(pid: int) -> bool:
-    from cove.sys.proc import zombie as z
-
-    return z(pid)

@@ -32,12 +32,22 @@ from cove.errors import best_effort
 from cove.state import Store
 
 
-def _argv(pid: int) -> list[str]:
+def _cmdline(pid: str) -> bytes:
+    """/proc/PID/cmdline's bytes (b"" if the process is gone); raw fd reads, as ``ps`` reads
+    one per process on the host."""
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode("utf-8", "surrogateescape") for a in f.read().split(b"\0") if a]
+        fd = os.open(f"/proc/{pid}/cmdline", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return []
+        return b""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def root_processes(root: str) -> list[tuple[int, str, str]]:
@@ -45,11 +55,16 @@ def root_processes(root: str) -> list[tuple[int, str, str]]:
     id) of ``root``, found by their command lines."""
     mon_root = f"root={root}"
     hosts = os.path.join(root, "networks") + "/"
+    # a byte search first: only a command line naming this root is split and decoded
+    needles = (os.fsencode(mon_root), os.fsencode(hosts))
     out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        argv = _argv(int(name))
+        data = _cmdline(name)
+        if needles[0] not in data and needles[1] not in data:
+            continue
+        argv = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0") if a]
         if mon_root in argv:
             cid = next((a[4:] for a in argv if a.startswith("cid=")), "")
             if cid:
@@ -78,10 +93,16 @@ def destroy_runtime(root: str, cid: str) -> None:
     Runtime(state_dir, os.path.join(root, "cache")).delete(cid, force=True)
 
 
-def sweep(root: str, store: Store, *, everything: bool = False) -> list[str]:
+def sweep(
+    root: str, store: Store, *, everything: bool = False, ids: set[str] | None = None
+) -> list[str]:
     """Remove the orphans of ``root``; with ``everything`` (``system reset``) also every
     monitor, runtime dir, bundle and DNS responder left, records or not. Returns what was
-    removed (for messages and tests). Concurrent sweeps: one runs, the others return."""
+    removed (for messages and tests). Concurrent sweeps: one runs, the others return.
+
+    ``ids``: the container ids the caller has just read (``ps`` reads every record anyway),
+    instead of reading them again. A container made since keeps its bundle from before its
+    runtime dir or monitor exist, so it is never taken for an orphan."""
     locks = os.path.join(root, "locks")
     os.makedirs(locks, mode=0o700, exist_ok=True)
     fd = os.open(os.path.join(locks, "sweep.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -90,15 +111,20 @@ def sweep(root: str, store: Store, *, everything: bool = False) -> list[str]:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if everything else fcntl.LOCK_NB))
         except BlockingIOError:
             return []
-        return _sweep(root, store, everything)
+        return _sweep(root, store, everything, ids)
     finally:
         os.close(fd)
 
 
-def _sweep(root: str, store: Store, everything: bool) -> list[str]:
+def _sweep(root: str, store: Store, everything: bool, known: set[str] | None) -> list[str]:
     done: list[str] = []
     cdir = os.path.join(root, "containers")
-    ids = set() if everything else {r[0] for r in store.db.execute("SELECT id FROM containers")}
+    if everything:
+        ids: set[str] = set()
+    elif known is not None:
+        ids = known
+    else:
+        ids = {r[0] for r in store.db.execute("SELECT id FROM containers")}
 
     def orphan(cid: str) -> bool:
         return cid not in ids and (everything or not os.path.isdir(os.path.join(cdir, cid)))
