@@ -1,4 +1,6 @@
-"""``cove compare``: one image, one command, run N times as a container and as a VM.
+"""``cove compare``: one image, one command, run N times as a container and as a VM, the
+VM both restored from its booted template (``vm``) and booted cold (``vm-cold``,
+``COVE_VM_TEMPLATE=0``).
 
 Each run is a real ``cove run --rm [--vm]`` child process, so what is measured is what a
 user gets: time to the first byte of output (or to the exit, for a silent command), wall
@@ -23,7 +25,8 @@ from typing import Any
 
 from cove.errors import HostToolFailed, Unsupported
 
-MODES = ("container", "vm")
+MODES = ("container", "vm", "vm-cold")
+_ENV = {"vm-cold": {"COVE_VM_TEMPLATE": "0"}}  # cove.vm.template.ENV: the cold path
 _NS_PROBE = 'uname -r; for n in /proc/self/ns/*; do echo "$n $(readlink "$n")"; done'
 
 
@@ -90,7 +93,9 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def _one(argv: list[str], *, timed: bool = False) -> tuple[Sample, bytes]:
+def _one(
+    argv: list[str], *, timed: bool = False, env_extra: dict[str, str] | None = None
+) -> tuple[Sample, bytes]:
     """One run: output timed by a blocking reader, PSS sampled by a thread of its own (a
     /proc walk must not delay the first-output timestamp), rusage from wait4. ``timed``
     (a VM run): ``cove run --vm`` reports the agent's first message and the exit code's
@@ -101,7 +106,7 @@ def _one(argv: list[str], *, timed: bool = False) -> tuple[Sample, bytes]:
     from cove.vm.run import TIMINGS_FD
 
     errf = tempfile.TemporaryFile()
-    env = dict(os.environ)
+    env = dict(os.environ) | (env_extra or {})
     events_r = events_w = -1
     if timed:
         events_r, events_w = os.pipe2(os.O_CLOEXEC)
@@ -182,11 +187,13 @@ def compare(
     base = [sys.executable, "-m", "cove", "--root", root, "run", "--rm", "--pull", "never"]
     if platform:
         base += ["--platform", platform]
-    flags = {"container": [], "vm": ["--vm", *(vm_flags or [])]}
+    vm = ["--vm", *(vm_flags or [])]
+    flags = {"container": [], "vm": vm, "vm-cold": vm}
     results = {m: ModeResult(m) for m in MODES}
     host_ns = {n: os.readlink(f"/proc/self/ns/{n}") for n in os.listdir("/proc/self/ns")}
     for mode in MODES:  # facts first: this also builds the vm's cached root once
-        sample, out = _one([*base, *flags[mode], image, "sh", "-c", _NS_PROBE])
+        sample, out = _one([*base, *flags[mode], image, "sh", "-c", _NS_PROBE],
+                           env_extra=_ENV.get(mode))  # fmt: skip
         if sample.exit_code != 0:
             raise HostToolFailed(
                 f"the {mode} run of {image} failed (exit {sample.exit_code})",
@@ -207,14 +214,15 @@ def compare(
     from cove.vm import arch
 
     guest = arch.for_goarch(Platform.parse(platform).architecture) if platform else arch.host()
-    results["vm"].accelerator = (
+    results["vm"].accelerator = results["vm-cold"].accelerator = (
         "tcg"  # another architecture's guest: always QEMU's translator
         if arch.foreign(guest)
         else accel.choose("auto", root, k[-1].vmlinuz if k else None, "qemu-system-x86_64").accel
     )
     for _ in range(n):
         for mode in MODES:
-            sample, _out = _one([*base, *flags[mode], image, *command], timed=mode == "vm")
+            sample, _out = _one([*base, *flags[mode], image, *command],
+                                timed=mode != "container", env_extra=_ENV.get(mode))  # fmt: skip
             results[mode].samples.append(sample)
     return [results[m] for m in MODES]
 
@@ -293,7 +301,7 @@ def chart(results: list[ModeResult], image: str, command: list[str]) -> Any:
 def _chart(plt: Any, results: list[ModeResult], image: str, command: list[str]) -> Any:
     literal = {"parse_math": False, "usetex": False}
     fig, axes = plt.subplots(1, len(ROWS) + 1, figsize=(4 * (len(ROWS) + 1), 4.4))
-    colors = {"container": "#2a7ab9", "vm": "#d9822b"}
+    colors = {"container": "#2a7ab9", "vm": "#d9822b", "vm-cold": "#8c564b"}
     names = [r.mode for r in results]
     ax = axes[0]
     for i, r in enumerate(results):

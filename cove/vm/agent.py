@@ -54,13 +54,20 @@ OUT=$(port cove.stdout); ERR=$(port cove.stderr); EXIT=$(port cove.exit); CTL=$(
 IN=$(port cove.stdin)
 [ -n "$OUT" ] && [ -n "$EXIT" ] || fail "no virtio-serial ports"
 if grep -qw cove.template /proc/cmdline; then
-    # a template (cove.vm.template): the host saves the VM while it waits here, and every
-    # copy restored from it goes on below with its own run (a port reads end-of-file until
-    # the host connects; header and payload are read in one open: a close drops unread data)
+    # a template (cove.vm.template). What every run does first is done once, here: lo up,
+    # busybox copied to a tmpfs that becomes the run's /.cove (under TCG each command
+    # costs ~10 ms of the restored run)
+    TEMPLATE=1
+    ip link set lo up
+    mkdir -p /newroot /pre
+    mount -t tmpfs -o mode=0755 cove /pre && cp /bin/busybox /pre/busybox
+    # the host saves the VM while it waits here, and every copy restored from it goes on
+    # below with its own run (a port reads end-of-file until the host connects; header and
+    # payload are read in one open: a close drops unread data)
     echo parked >"$EXIT"
     until { read -r what size && [ "$what" = cove-run ] && head -c "$size" >/run/payload; } \
         <"$CTL"; do sleep 0.01; done
-    (cd / && cpio -i -d -u </run/payload 2>/dev/null) || fail "cannot unpack the run's config"
+    cpio -i -d -u </run/payload 2>/dev/null || fail "cannot unpack the run's config"  # in /
     # the template's clock and CRNG state are every copy's: the host's time, and its bytes
     # credited to the pool with a reseed (cove.vm.fresh)
     /cove/fresh 3>/dev/urandom </cove/fresh.in || fail "cannot set the clock and entropy"
@@ -79,18 +86,21 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
-mount -t tmpfs -o mode=0755 cove /newroot/.cove
-cp /bin/busybox /newroot/.cove/busybox
+if [ -x /pre/busybox ]; then
+    mount --move /pre /newroot/.cove
+else
+    mount -t tmpfs -o mode=0755 cove /newroot/.cove
+    cp /bin/busybox /newroot/.cove/busybox
+fi
 cp /cove/setids /newroot/.cove/setids
 hostname "$COVE_HOSTNAME"
 echo "$COVE_HOSTNAME" >/newroot/etc/hostname 2>/dev/null
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t%s\n' "$COVE_HOSTNAME" \
     >/newroot/etc/hosts 2>/dev/null
-ip link set lo up
+[ -n "$TEMPLATE" ] || ip link set lo up
 if [ -n "$COVE_ADDR" ]; then
-    # a restored VM has the template's address until told its own
-    [ "$(cat /sys/class/net/eth0/address)" = "$COVE_MAC" ] || ip link set eth0 address "$COVE_MAC"
-    ip link set eth0 up
+    # a restored VM's NIC has the template's MAC until given the run's
+    ip link set eth0 ${COVE_MAC:+address "$COVE_MAC"} up
     ip addr add "$COVE_ADDR" dev eth0
     ip route add default via "$COVE_GW"
     echo "nameserver $COVE_DNS" >/newroot/etc/resolv.conf 2>/dev/null

@@ -245,27 +245,33 @@ def ensure(root: str, shape: Shape, note: Callable[[str], None] | None = None) -
     with flocked(os.path.join(base, k + ".lock")):
         if tpl.complete():
             return tpl
-        remove_stale(root, keep=k)
+        remove_stale(root, keep=k, shape=shape)
         if note:
             note("booting the vm template (once per kernel, agent and machine shape)")
         _build(tpl, shape, ids)
     return tpl
 
 
-def stale(meta: dict[str, Any]) -> bool:
-    """A template whose files changed or went away (its kernel, agent or QEMU): it can
-    never be used again, since its key named the old ones."""
-    shape = meta.get("shape") or {}
+def stale(meta: dict[str, Any], current: Shape | None = None) -> bool:
+    """A template whose files changed or went away (its kernel, agent or QEMU: it can never
+    be used again, since its key named the old ones), or one ``current`` supersedes: the
+    same machine and kernel file with another agent (a new agent has a new file name)."""
     try:
-        now = identities(Shape(**shape))
+        shape = Shape(**(meta.get("shape") or {}))
     except TypeError:
         return True
-    return meta.get("format") != FORMAT or now != meta.get("identities")
+    if meta.get("format") != FORMAT or identities(shape) != meta.get("identities"):
+        return True
+    if current is not None:
+        same = ("arch", "accel", "memory_mib", "cpus", "network", "kernel", "qemu")
+        return all(getattr(shape, f) == getattr(current, f) for f in same)
+    return False
 
 
-def remove_stale(root: str, keep: str = "") -> list[str]:
-    """Remove every template whose kernel, agent or QEMU changed, and unfinished builds
-    (a template is renamed into place complete); the names removed."""
+def remove_stale(root: str, keep: str = "", shape: Shape | None = None) -> list[str]:
+    """Remove every template whose kernel, agent or QEMU changed, those ``shape`` (the one
+    being built, named ``keep``) supersedes, and unfinished builds (a template is renamed
+    into place complete); the names removed."""
     import fcntl
 
     base = templates_dir(root)
@@ -290,7 +296,7 @@ def remove_stale(root: str, keep: str = "") -> list[str]:
                         meta = json.load(f)
                 except (OSError, ValueError):
                     meta = {}
-                if not stale(meta):
+                if not stale(meta, shape):
                     continue
             shutil.rmtree(path, ignore_errors=True)
             removed.append(name)
