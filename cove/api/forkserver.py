@@ -106,6 +106,17 @@ PRELOAD = (
     "cove.runtime.api",
     "cove.sys.overlay",
     "cove.vm.isolation",
+    # what the forks below a child import (strace of openat on a served run): the
+    # runtime's init and its seccomp, the exec path, the bridge network's manager
+    "cove.bundle",
+    "cove.image.files",
+    "cove.network.manager",
+    "cove.runtime.execstub",
+    "cove.runtime.init",
+    "cove.runtime.seccomp",
+    "cove.runtime.seccomp_default",
+    "cove.spec.flags",
+    "cove.sys.safepath",
 )
 
 

@@ -114,20 +114,56 @@ def wait(ce: ContainerEngine, ref: str, *, after: float = 0.0, condition: str = 
     rec = ce.store.get(ref)
     after = after or time.time()
     code = rec.exit_code
-    while True:
-        try:
-            fresh = ce.reconcile(ce.store.get(rec.id), settle=0.0)
-        except NotFound:
-            gone = ce.store.exit_of_removed(rec.id)
-            return gone[0] if gone else code
-        if fresh.finished_at >= after and fresh.finished_at > 0:
-            code = fresh.exit_code
-            if condition != "removed":
-                return code
-        idle = fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op
-        if idle and condition in ("", "not-running"):
-            return fresh.exit_code
-        time.sleep(0.05)
+    watch = _MonitorWatch()
+    try:
+        while True:
+            try:
+                fresh = ce.reconcile(ce.store.get(rec.id), settle=0.0)
+            except NotFound:
+                gone = ce.store.exit_of_removed(rec.id)
+                return gone[0] if gone else code
+            if fresh.finished_at >= after and fresh.finished_at > 0:
+                code = fresh.exit_code
+                if condition != "removed":
+                    return code
+            idle = fresh.status in (Status.EXITED, Status.DEAD, Status.CREATED) and not fresh.op
+            if idle and condition in ("", "not-running"):
+                return fresh.exit_code
+            watch.pause(fresh.monitor_pid, 0.05)
+    finally:
+        watch.close()
+
+
+class _MonitorWatch:
+    """A poll's pause that ends early when the container's monitor exits: it records the
+    exit (and does an auto-removal) before it exits, so the next look sees the end at once
+    instead of up to a poll later. Only a hint: every state still comes from the store."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.fd = -1
+
+    def pause(self, monitor_pid: int, seconds: float) -> None:
+        import select
+
+        if monitor_pid != self.pid:
+            self.close()
+            self.pid = monitor_pid
+            if monitor_pid:
+                with contextlib.suppress(OSError):  # gone already: the plain pause
+                    self.fd = os.pidfd_open(monitor_pid)
+        if self.fd < 0:
+            time.sleep(seconds)
+            return
+        ready, _, _ = select.select([self.fd], [], [], seconds)
+        if ready:  # it exited: once only, later pauses are plain
+            os.close(self.fd)
+            self.fd = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
 
 
 def restart(ce: ContainerEngine, ref: str, *, timeout: float | None = None) -> Record:
