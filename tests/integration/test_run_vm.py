@@ -183,14 +183,16 @@ def test_compare(vmrun: CoveRunner, tmp_path: Path) -> None:
     proc = vmrun("compare", "alpine:3.20", "-n", "3", "--output", str(out_dir), "--", "true")
     table = proc.stdout
     assert "container (median of 3)" in table and "vm (median of 3)" in table
+    assert "vm-cold (median of 3)" in table  # the cold boot beside the template's restore
     assert vmguest.test_kernel().release in table and os.uname().release in table
     doc = json.loads((out_dir / "results.json").read_text())
     modes = {r["mode"]: r for r in doc["results"]}
-    assert set(modes) == {"container", "vm"}
+    assert set(modes) == {"container", "vm", "vm-cold"}
     for r in modes.values():
         assert len(r["samples"]) == 3 and all(s["exit_code"] == 0 for s in r["samples"])
         assert all(s["wall_s"] > 0 and s["cpu_s"] > 0 for s in r["samples"])
     assert modes["vm"]["own_kernel"] and not modes["container"]["own_kernel"]
+    assert modes["vm-cold"]["own_kernel"] and modes["vm-cold"]["kernel"] == modes["vm"]["kernel"]
     assert "pid" in modes["container"]["namespaces"]
     assert modes["vm"]["median"]["peak_rss_mib"] > modes["container"]["median"]["peak_rss_mib"]
     png = (out_dir / "compare.png").read_bytes()
