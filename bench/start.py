@@ -116,14 +116,92 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"median_ms": statistics.median(ordered), "min_ms": ordered[0], "p90_ms": p90}
 
 
-def import_times(cove_args: list[str], top: int = 8) -> list[tuple[int, int, str]]:
-    err = run([sys.executable, "-X", "importtime", "-m", "cove", *cove_args]).stderr
+def _importtime_rows(err: str) -> list[tuple[int, int, str]]:
     rows = []
     for line in err.splitlines():
         parts = line.removeprefix("import time:").split("|")
         if line.startswith("import time:") and len(parts) == 3 and parts[0].strip().isdigit():
             rows.append((int(parts[0]), int(parts[1]), parts[2].rstrip()))
-    return sorted(rows, key=lambda r: r[1], reverse=True)[:top]
+    return rows
+
+
+def import_times(
+    interp: list[str], cove_args: list[str], top: int = 8
+) -> tuple[list[tuple[int, int, str]], dict[str, float], list[str]]:
+    """The top imports of a run, the totals (ms) of what the run imports beyond the bare
+    interpreter's start (min of 3 runs: load on the shared machine only adds) and the cove
+    modules it imported (for the bytecode check)."""
+    bare = {
+        n.strip()
+        for _, _, n in _importtime_rows(run([*interp, "-X", "importtime", "-c", "pass"]).stderr)
+    }
+    best: tuple[float, float] = (math.inf, math.inf)
+    rows: list[tuple[int, int, str]] = []
+    for _ in range(3):
+        err = run([*interp, "-X", "importtime", "-m", "cove", *cove_args]).stderr
+        got = _importtime_rows(err)
+        # depth-0 entries (no indent) hold their children's time; only those beyond the bare start
+        total = sum(c for _, c, n in got if not n.startswith("   ") and n.strip() not in bare)
+        own = sum(s for s, _, n in got if n.strip().startswith("cove"))
+        if total < best[0]:
+            best, rows = (total / 1000, own / 1000), got
+    modules = [n.strip() for _, _, n in rows if n.strip().startswith("cove")]
+    totals = {"imports_ms": best[0], "cove_self_ms": best[1]}
+    return sorted(rows, key=lambda r: r[1], reverse=True)[:top], totals, modules
+
+
+def bytecode_state(interp: list[str], modules: list[str]) -> tuple[int, list[str]]:
+    """How many of ``modules`` have a .pyc matching their source (what the interpreter
+    checks: the source's mtime and size in the .pyc header), and the names of the rest."""
+    probe = (
+        "import importlib.util, os, sys\n"
+        "bad = []\n"
+        "for name in sys.argv[1:]:\n"
+        "    src = importlib.util.find_spec(name).origin\n"
+        "    pyc = importlib.util.cache_from_source(src)\n"
+        "    st = os.stat(src)\n"
+        "    try:\n"
+        "        head = open(pyc, 'rb').read(16)\n"
+        "    except OSError:\n"
+        "        head = b''\n"
+        "    ok = (len(head) == 16 and head[:4] == importlib.util.MAGIC_NUMBER\n"
+        "          and int.from_bytes(head[8:12], 'little') == int(st.st_mtime) & 0xFFFFFFFF\n"
+        "          and int.from_bytes(head[12:16], 'little') == st.st_size & 0xFFFFFFFF)\n"
+        "    if not ok: bad.append(name)\n"
+        "print(' '.join(bad))\n"
+    )
+    stale = run([*interp, "-c", probe, *modules]).stdout.split()
+    return len(modules) - len(stale), stale
+
+
+def interpreter(cove: list[str]) -> list[str]:
+    """The interpreter (and its flags) the cove command starts."""
+    if len(cove) >= 3 and cove[1:3] == ["-m", "cove"]:
+        return [cove[0]]
+    first = Path(cove[0]).read_bytes()[:256].split(b"\n")[0].decode(errors="replace")
+    return first[2:].strip().split() if first.startswith("#!") else [sys.executable]
+
+
+def traced(cmd: list[str]) -> list[tuple[str, float]]:
+    """One cove run with COVE_TRACE_START=1: each step's ms. The first is the interpreter's
+    start (spawn to the first line of cove/__main__.py, CLOCK_MONOTONIC on both sides); the
+    last, ``process-exit``, is from cove's last mark to the bench seeing it gone."""
+    env = {**os.environ, "COVE_TRACE_START": "1"}
+    t0 = time.perf_counter_ns()
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          cwd=REPO, env=env)  # fmt: skip
+    t_end = time.perf_counter_ns()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    steps, prev = [], t0
+    for line in proc.stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "cove-trace":
+            ns = int(parts[2])
+            steps.append((parts[1], (ns - prev) / 1e6))
+            prev = ns
+    steps.append(("process-exit", (t_end - prev) / 1e6))
+    return steps
 
 
 @contextlib.contextmanager
@@ -191,12 +269,21 @@ def main() -> None:
                 times["runc"].append(r)
                 for side, ms in more.items():
                     times[side].append(ms)
-        imports = import_times(run_args)
+        interp = interpreter(cove)
+        bare = [timed([*interp, "-c", "pass"]) for _ in range(max(5, args.runs))]
+        breakdown: dict[str, list[float]] = {}
+        for _ in range(min(args.runs, 5)):
+            for step, ms in traced([*cove, *run_args]):
+                breakdown.setdefault(step, []).append(ms)
+        imports, import_totals, modules = import_times(interp, run_args)
+        fresh, stale = bytecode_state(interp, modules)
     finally:
         stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
     stats = {side: summary(ms) for side, ms in times.items()}
     ratio = stats["cove"]["median_ms"] / stats["runc"]["median_ms"]
+    steps = {step: statistics.median(ms) for step, ms in breakdown.items()}
+    no_pyc_writes = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
     if args.json:
         print(
             json.dumps(
@@ -209,6 +296,12 @@ def main() -> None:
                     "imports_top": [
                         {"self_us": s, "cumulative_us": c, "name": n.strip()} for s, c, n in imports
                     ],
+                    **import_totals,
+                    "bare_interpreter_ms": statistics.median(bare),
+                    "steps_ms": steps,
+                    "bytecode_fresh": fresh,
+                    "bytecode_stale": stale,
+                    "pythondontwritebytecode": no_pyc_writes,
                 },
                 indent=2,
             )
@@ -221,7 +314,26 @@ def main() -> None:
         print(f"{side:16}{st['median_ms']:11.1f}{st['min_ms']:9.1f}{st['p90_ms']:9.1f}")
     verdict = "met" if ratio <= 1.0 else "NOT met"
     print(f"\nratio cove/runc (median): {ratio:.2f}  (target <= 1.0: {verdict})\n")
-    print(f"top {len(imports)} imports by cumulative time (python -X importtime, start path):")
+    print(f"breakdown of `cove run` (COVE_TRACE_START=1, median of {min(args.runs, 5)} runs;")
+    print("each step includes the imports it triggers):")
+    print(f"  {'bare interpreter (python -c pass)':40}{statistics.median(bare):8.1f} ms")
+    for step, ms in steps.items():
+        print(f"  {step:40}{ms:8.1f} ms")
+    print(f"  {'sum':40}{sum(steps.values()):8.1f} ms\n")
+    print(
+        f"imports beyond the interpreter's own (python -X importtime, best of 3): "
+        f"{import_totals['imports_ms']:.1f} ms, of which cove modules' own code "
+        f"{import_totals['cove_self_ms']:.1f} ms"
+    )
+    state = "all fresh" if not stale else f"{len(stale)} stale or missing: {' '.join(stale)}"
+    print(f"bytecode of the {len(modules)} cove modules on the start path: {state}")
+    if no_pyc_writes:
+        print(
+            "note: PYTHONDONTWRITEBYTECODE is set here: a stale or missing .pyc is compiled in "
+            "memory at every start (install.sh and pip install precompile; else run "
+            "`python -m compileall cove`)"
+        )
+    print(f"\ntop {len(imports)} imports by cumulative time (python -X importtime, start path):")
     print(f"{'cumul ms':>9}{'self ms':>9}  module")
     for s, c, n in imports:
         print(f"{c / 1000:9.1f}{s / 1000:9.1f}  {n}")

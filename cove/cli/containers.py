@@ -8,11 +8,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove.cli import fmt
-from cove.engine import Engine
 from cove.errors import CoveError
+from cove.sys import trace
+
+if TYPE_CHECKING:
+    from cove.engine import Engine
 
 # verbs _register_common builds alone (the rest need the whole tree: container, volume, ...)
 COMMON = {
@@ -158,6 +161,7 @@ def cmd_run(engine: Engine, args: argparse.Namespace) -> int:
         return 1
     opts = _opts(args)
     ce = _ce(engine)
+    trace.mark("options")
     if getattr(args, "vm", False) or getattr(args, "isolation", "container") == "vm":
         opts.isolation, opts.kernel = "vm", args.kernel
     elif args.kernel:

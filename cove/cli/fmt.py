@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove.errors import CoveError
-from cove.spec import gotemplate
 from cove.spec.units import human_duration as human_duration  # re-exported, as human_size
 from cove.spec.units import human_size as human_size  # re-exported: the CLI's tables use it
 
+if TYPE_CHECKING:  # imported when a --format is given: off the start path (issue 20)
+    from cove.spec.gotemplate import Template
+
 
 def parse_time(text: str) -> float | None:
+    import re
+    from datetime import datetime
+
     if not text:
         return None
     try:
@@ -58,9 +60,11 @@ def tabwrite(lines: Sequence[str]) -> str:
     return "\n".join(out)
 
 
-def _template(source: str, exit_code: int = 1) -> gotemplate.Template:
+def _template(source: str, exit_code: int = 1) -> Template:
     """Parse a ``--format`` template; a bad one ends the command as Docker's CLI does: one
     ``template parsing error: ...`` line and ``exit_code`` (64 for inspect, else 1)."""
+    from cove.spec import gotemplate
+
     try:
         return gotemplate.parse(source)
     except gotemplate.TemplateError as e:
@@ -68,9 +72,9 @@ def _template(source: str, exit_code: int = 1) -> gotemplate.Template:
         raise SystemExit(exit_code) from e
 
 
-def _execute(
-    tmpl: gotemplate.Template, obj: Any, funcs: dict[str, Callable[..., Any]] | None = None
-) -> str:
+def _execute(tmpl: Template, obj: Any, funcs: dict[str, Callable[..., Any]] | None = None) -> str:
+    from cove.spec import gotemplate
+
     try:
         return tmpl.execute(obj, funcs)
     except gotemplate.TemplateError as e:
@@ -155,7 +159,9 @@ def format_rows(
         return "\n".join(body)
     titles = {**HEADERS, **KIND_HEADERS[kind]}
     head = {f: titles.get(f, f.upper()) for f in tmpl.fields()}
-    header = _execute(tmpl, head, gotemplate.HEADER_FUNCS)
+    from cove.spec.gotemplate import HEADER_FUNCS
+
+    header = _execute(tmpl, head, HEADER_FUNCS)
     return tabwrite("\n".join([header, *body]).split("\n"))
 
 
@@ -182,6 +188,8 @@ def inspect_each(
         for o in out:
             print(_execute(tmpl, o))
     else:
+        import json
+
         print(json.dumps(out, indent=4))
     return rc
 

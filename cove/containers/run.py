@@ -18,6 +18,7 @@ from cove.containers.reconcile import purge
 from cove.containers.record import config_of
 from cove.errors import StartFailed, best_effort
 from cove.state import OP_CREATE
+from cove.sys import trace
 
 if TYPE_CHECKING:
     from cove.containers.engine import ContainerEngine
@@ -30,6 +31,7 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
     from cove.sys.terminal import forward_signals, proxy_tty, pump
 
     cid = ce.create(opts)
+    trace.mark("created")
     runtime = ce.runtime()
     code = 125
 
@@ -59,8 +61,10 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
             for fd in (devnull, *ends):
                 if fd >= 0:
                     os.close(fd)
+        trace.mark("runtime-create")
         with forward_signals(created.pid):
             _start_exec(runtime, cid, created)
+            trace.mark("runtime-start")
             if created.pty_master is not None:
                 status = proxy_tty(
                     created.pty_master,
@@ -72,11 +76,13 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
             else:
                 feed, stdin_w = stdin_w, -1  # pump owns it from here
                 status = pump(outputs, created.pid, log, stdin=feed)
+        trace.mark("wait")
         code = exit_status(status)
         oom = created.cgroups.oom_killed()
         if oom:
             code = 137
         lifecycle.exited(ce.store, cid, code, oom=oom)
+        trace.mark("exited")
         return code
     except BaseException as e:
         code = e.exit_code if isinstance(e, StartFailed) else 125
@@ -91,9 +97,11 @@ def run_foreground(ce: ContainerEngine, opts: Any) -> int:
         with best_effort(f"delete the runtime state of {cid}", __name__):
             runtime.delete(cid, force=True)
         network_down(ce.root, ce.store.db, cid)
+        trace.mark("runtime-delete")
         if opts.rm:
             with best_effort(f"remove container {cid} (--rm)", __name__):
                 ce.discard(ce.store.get(cid), volumes=True)
+        trace.mark("cleanup")
 
 
 def _create_here(ce: ContainerEngine, runtime: Any, cid: str, stdio: Any) -> Any:

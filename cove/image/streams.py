@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import IO, Any, BinaryIO, Protocol
 
 from cove.errors import CorruptContent
@@ -90,6 +89,8 @@ class Hasher:
     """A sink that computes a sha256 digest."""
 
     def __init__(self) -> None:
+        import hashlib  # OpenSSL's (SHA-NI) for layers; imported here, off the run path
+
         self._h = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
