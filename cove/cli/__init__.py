@@ -12,15 +12,35 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cove import __version__
 from cove.errors import CorruptState, CoveError
 from cove.sys.private import ensure_private, set_private_umask
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    # argparse's default asks shutil.get_terminal_size for the width, and every parser and
+    # argument makes a formatter: shutil (with bz2, lzma and fnmatch) on every command. The
+    # same answer without it: $COLUMNS, else the terminal on stdout, else 80
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    else:
+        try:
+            width = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+        except (AttributeError, ValueError, OSError):
+            width = 80
+        width = width or 80
+    return argparse.HelpFormatter(prog, width=max(width - 2, 11))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with Docker's error style: one line, exit 125."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _help_formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"Error: {message}\nSee '{self.prog} --help'.\n")

@@ -22,10 +22,8 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -110,6 +108,8 @@ class BlobWriter:
         if adopt is not None:
             self._tmp = adopt
         else:
+            import tempfile  # (shutil and tempfile: imported where used, off the run path)
+
             fd, self._tmp = tempfile.mkstemp(dir=blobs.tmpdir, prefix="blob-")
             self._f = os.fdopen(fd, "wb")
         self._hash = streams.Hasher()
@@ -323,6 +323,8 @@ class ImageStore:
     # -- index ------------------------------------------------------------
 
     def _atomic_write(self, path: str, data: bytes) -> None:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -561,6 +563,9 @@ class ImageStore:
         in the store's tmp dir), which becomes the blob once verified.
         Returns the blob's descriptor and the layer's diff id.
         """
+        import shutil
+        import tempfile
+
         from cove.image.layers import default_workers, unpack_stream
         from cove.image.pipeline import Pipeline
 
@@ -609,6 +614,8 @@ class ImageStore:
         return spec.Descriptor(media_type, digest, writer.size), diff_id
 
     def _place_layer(self, tmp: str, diff_id: str, stats: LayerStats) -> None:
+        import shutil
+
         final = self.layer_path(diff_id)
         with flocked(os.path.join(self.locks, f"layer-{_hex(diff_id)}.lock")):
             if os.path.isdir(final):
@@ -633,6 +640,9 @@ class ImageStore:
         compression = spec.LAYER_COMPRESSION.get(desc.media_type)
         if compression is None:
             raise InvalidSpec(f"layer {desc.digest} has unsupported media type {desc.media_type}")
+        import shutil
+        import tempfile
+
         from cove.image.layers import default_workers, unpack_stream
         from cove.image.pipeline import Pipeline
 
@@ -781,6 +791,9 @@ def _blame_digest(pipe: Any, hasher: streams.Hasher, expected: str, cause: Excep
 
 def _remove_tree(path: str, trash: str | None) -> None:
     """Remove ``path``; move it to ``trash`` first so it vanishes from view at once."""
+    import shutil
+    import tempfile
+
     if trash and os.path.isdir(path) and not os.path.islink(path):
         dest = tempfile.mkdtemp(dir=trash, prefix="trash-")
         try:
