@@ -8,6 +8,7 @@ helpers), so neither imports the other's layer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from cove.state import Status, Store
 
 if TYPE_CHECKING:
     from cove.runtime.api import Runtime
+    from cove.spec.runtime import Spec
 
 
 def runtime(root: str) -> Runtime:
@@ -30,21 +32,28 @@ def runtime(root: str) -> Runtime:
     return Runtime(os.path.join(root, "runtime"), os.path.join(root, "cache"))
 
 
-def start(root: str, cid: str, stdio: tuple[int, int, int], sockfd: int) -> int:
-    """Create and start the container; tell the monitor ``ok PID`` (+ the pty) or the error."""
+def start(
+    root: str,
+    cid: str,
+    stdio: tuple[int, int, int],
+    sockfd: int,
+    opened: tuple[Store, Runtime, Spec | None] | None = None,
+) -> int:
+    """Create and start the container; tell the monitor ``ok PID`` (+ the pty) or the error.
+    ``opened``: the store, the runtime and the bundle's parsed spec (None: parse it here),
+    if the caller made them already."""
     from cove.runtime.api import proc_start_time
 
     sock = socket.socket(fileno=sockfd)
-    store = Store(root)
-    rec = store.get(cid)
-    rt = runtime(root)
+    store, rt, spec = opened or (Store(root), runtime(root), None)
+    rec = store.get(cid)  # after the go: the launcher's hand-off is in it
     with best_effort(f"delete the runtime state a previous run of {cid} left", __name__):
         rt.delete(cid, force=True)
     null = os.open(os.devnull, os.O_RDWR)
     fd_in, fd_out, fd_err = (null if fd < 0 else fd for fd in stdio)
     try:
         bundle = os.path.join(root, "containers", cid)
-        created = rt.create(cid, bundle, stdio=(fd_in, fd_out, fd_err))
+        created = rt.create(cid, bundle, stdio=(fd_in, fd_out, fd_err), spec=spec)
         rec.config["NetworkSettings"] = network_up(root, store.db, rec, created.pid)
         if rec.status == Status.RESTARTING and store.get(cid).manual_stop:
             raise StateError(f"container {cid} was stopped during the restart back-off")
@@ -95,9 +104,18 @@ def prefork_start(
             for fd in (out_r, err_r, in_w, *close):
                 if fd >= 0:
                     os.close(fd)
+            # made while the launcher records the hand-off, off the start's critical path:
+            # the database open (and its check), the runtime, the bundle's spec parsed (a
+            # failure is left to start(), which reports it). Nothing here writes a row or
+            # touches the kernel before the go.
+            rt = runtime(root)
+            spec = None
+            with contextlib.suppress(Exception):
+                spec = rt.load_spec(os.path.join(root, "containers", cid))
+            opened = (Store(root), rt, spec)
             if os.read(go_r, 1) == b"g":  # EOF: the launcher died before recording us
                 os.close(go_r)
-                code = start(root, cid, (in_r, out_w, err_w), right.detach())
+                code = start(root, cid, (in_r, out_w, err_w), right.detach(), opened)
         except BaseException as e:
             os.write(2, f"cove-monitor: start: {e}\n".encode())
         os._exit(code)  # never run the launcher's exit handlers or close its database
