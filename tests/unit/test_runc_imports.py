@@ -42,14 +42,21 @@ def loaded_after(code: str) -> set[str]:
 
 
 def test_run_path_imports_stay_lean() -> None:
-    # the verbs' parser is built too: argparse is what cove-runc parses with, not cove's CLI;
-    # and the seccomp module, which a spec with a profile loads (cove run's always do)
+    # the shim's run line is parsed without argparse; the seccomp module is loaded too (a
+    # spec with a profile loads it; cove run's always have one)
     code = f"import {', '.join(RUN_PATH)}, cove.runtime.seccomp; import cove.runc; "
-    mods = loaded_after(code + "cove.runc._parser()")
+    line = ["--root", "/r", "run", "--bundle", "/b", "id"]
+    mods = loaded_after(code + f"assert cove.runc._fast_args({line!r}) is not None")
     # positive control: the probe sees what the path does load
     assert {"cove.runtime.api", "cove.runtime.cgroups", "cove.sys.syscalls", "socket"} <= mods
     bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
     assert bad == [], f"cove-runc's run path imports {bad}"
+    assert "argparse" not in mods
+    # a line only argparse parses still keeps shutil (argparse's own width probe) away
+    mods = loaded_after(code + "cove.runc._parser('exec')")
+    assert "argparse" in mods
+    bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
+    assert bad == [], f"cove-runc's argparse path imports {bad}"
 
 
 def test_probe_catches_a_forbidden_import() -> None:
@@ -173,3 +180,36 @@ def test_one_verb_parser_parses_as_the_full_one() -> None:
     with pytest.raises(SystemExit):
         _parser("run").parse_args(["state", "x"])
     assert _parser("").parse_args(["state", "x"]).command == "state"
+
+
+SHIM_LINES = [
+    ["--root", "/r", "--log", "/l", "--log-format", "json", "create", "--bundle", "/b",
+     "--pid-file", "/p", "--console-socket", "/s", "--no-pivot", "--no-new-keyring",
+     "--preserve-fds", "2", "-d", "--keep", "cid"],
+    ["state", "x"], ["start", "x"], ["delete", "x"], ["kill", "x"], ["kill", "x", "SIGKILL"],
+    ["kill", "-a", "x", "9"], ["--debug", "run", "-b", "/b", "x"], ["run", "--bundle=/b", "x"],
+    ["--root=/r", "--systemd-cgroup", "delete", "-f", "x"],
+    ["--rootless", "false", "--criu", "c", "state", "x"],
+]  # fmt: skip
+NOT_FAST = [
+    ["run"], ["run", "a", "b"], ["kill"], ["--log-format", "xml", "state", "x"],
+    ["state", "x", "--help"], ["--bun", "x"], ["run", "--bundle"], ["kill", "x", "-9"],
+    ["run", "--preserve-fds", "x", "id"], ["--version"], ["exec", "x", "sh"],
+]  # fmt: skip
+
+
+def test_fast_parse_equals_argparse_or_defers() -> None:
+    """The shim's verbs parse without argparse to exactly argparse's namespace; any line
+    the fast path does not know is left to argparse (None), never guessed at."""
+    from cove.runc import _fast_args, _parser
+
+    for argv in SHIM_LINES:
+        fast = _fast_args(argv)
+        assert fast is not None, argv  # control: the shim's lines do take the fast path
+        assert vars(fast) == vars(_parser().parse_args(argv)), argv
+    for argv in PARSE_CASES:
+        fast = _fast_args(argv)
+        if fast is not None:
+            assert vars(fast) == vars(_parser().parse_args(argv)), argv
+    for argv in NOT_FAST:
+        assert _fast_args(argv) is None, argv
