@@ -266,6 +266,13 @@ def paused(store: Store, cid: str, frozen: bool) -> None:
     _event(store, cid, "pause" if frozen else "unpause")
 
 
+def killed_for_removal(store: Store, cid: str) -> None:
+    """``rm -f`` of a running container: its monitor is told to go without recording the
+    exit, so the events log gets what dockerd reports for it: kill (9), then die (137)."""
+    _event(store, cid, "kill", signal=str(signal.SIGKILL.value))
+    _event(store, cid, "die", exitCode="137")
+
+
 def signalled(store: Store, cid: str, sig: int) -> None:
     """A signal sent by ``kill``: no row changes, the events log has it (dockerd's
     ``kill`` event names the signal's number)."""

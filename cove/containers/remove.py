@@ -50,6 +50,8 @@ def remove(ce: ContainerEngine, ref: str, *, force: bool = False, volumes: bool 
     deadline = time.monotonic() + 5
     while alive(rec.monitor_pid, rec.monitor_start) and time.monotonic() < deadline:
         time.sleep(0.02)
+    if running:
+        lifecycle.killed_for_removal(ce.store, rec.id)
     ce.discard(rec, volumes=volumes)
     return rec.id
 

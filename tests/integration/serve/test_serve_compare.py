@@ -68,6 +68,13 @@ $D rmi built:1
 $D load -i __OUT__/saved.tar
 $D images --format '{{.Repository}}:{{.Tag}}' | sort
 $D rmi nope
+$D run -d --network none --name cmpbox alpine:3.20 sleep 60 >/dev/null
+$D exec cmpbox sh -c 'exit 3'
+$D pause cmpbox
+$D unpause cmpbox
+$D kill -s USR1 cmpbox
+$D rm -f cmpbox
+$D events --since 0 --until $(($(date +%s) + 1)) --filter container=cmpbox --format 'EVENT {{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}} {{.Actor.Attributes.signal}}'
 """
 
 
