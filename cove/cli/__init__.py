@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         trace.mark("exit")
         trace.dump()
-    if argv is None and _LEAN_EXIT:
+    if argv is None and _LEAN_EXIT and sys.getprofile() is None and sys.gettrace() is None:
+        # (a profiler or a coverage tracer writes its data at the interpreter's exit)
         # the process's own command line (not a caller's main([...])): a foreground
         # container run has closed its fds, committed its rows (SQLite's WAL needs no close
         # to keep them) and started no thread, so nothing is left for finalization but
