@@ -41,6 +41,10 @@ ALLOWED: list[tuple[str, str, str]] = [
      r"^HISTORY .*$"),
 ]  # fmt: skip
 
+# the events of the session's container: what happened and the attributes dockerd sets
+EVENT_FORMAT = ("EVENT {{.Type}} {{.Action}} {{.Actor.Attributes.name}} "
+                "{{.Actor.Attributes.exitCode}} {{.Actor.Attributes.signal}}")  # fmt: skip
+
 SESSION = r"""
 D=__DOCKER__
 $D import --change 'CMD ["/bin/sh"]' __ALPINE__ alpine:3.20
@@ -74,7 +78,7 @@ $D pause cmpbox
 $D unpause cmpbox
 $D kill -s USR1 cmpbox
 $D rm -f cmpbox
-$D events --since 0 --until $(($(date +%s) + 1)) --filter container=cmpbox --format 'EVENT {{.Type}} {{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}} {{.Actor.Attributes.signal}}'
+$D events --since 0 --until $(($(date +%s) + 1)) --filter container=cmpbox --format '__EVFMT__'
 """
 
 
@@ -91,7 +95,8 @@ def _normalise(text: str) -> str:
 
 def _run_session(env: dict[str, str], ctx: Path, out: Path) -> str:
     script = (SESSION.replace("__DOCKER__", DOCKER_20).replace("__ALPINE__", str(ALPINE_TAR))
-              .replace("__CTX__", str(ctx)).replace("__OUT__", str(out)))  # fmt: skip
+              .replace("__CTX__", str(ctx)).replace("__OUT__", str(out))
+              .replace("__EVFMT__", EVENT_FORMAT))  # fmt: skip
     lines = []
     for cmd in script.strip().splitlines()[1:]:
         proc = subprocess.run(["bash", "-c", f"D={DOCKER_20}; {cmd}"], env=env,
@@ -165,6 +170,7 @@ def test_same_session_same_output(dockerd: dict[str, str], cove: CoveRunner,
         assert "Successfully tagged built:1" in transcript, transcript
         assert "Loaded image: built:1" in transcript, transcript
         assert "map[team:a] 10.231.9.0/24" in transcript, transcript
+        assert "EVENT container exec_die cmpbox 3" in transcript, transcript
     assert _normalise(ours) == _normalise(reference), (
         f"--- dockerd\n{reference}\n--- cove serve\n{ours}"
     )
