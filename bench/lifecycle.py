@@ -4,9 +4,12 @@ peer has no network either) in a loop, then
 ``cove ps``, against Podman's parts for the same job measured in the same run: ``conmon``
 (the monitor) plus ``runc create``/``runc start`` on a bundle of the same Alpine rootfs.
 
-Prints time per container, ``ps`` time and whether it listed all N, and the resident memory
-(RSS and PSS, from /proc/PID/smaps_rollup) of each idle monitor: cove's per-container
-monitor against conmon. Run as root; everything it starts is removed at the end.
+Prints time per container, ``ps`` time (median of 5 listings of the N; ``runc list -f
+json`` likewise) and whether it listed all N, and the resident memory (RSS and PSS, from
+/proc/PID/smaps_rollup) of each idle monitor: cove's per-container monitor against conmon;
+then where cove's time goes in ``run -d`` and ``ps`` (COVE_TRACE_START=1 step marks, median
+of 5) and whether those commands' bytecode is fresh. Run as root; everything it starts is
+removed at the end.
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from start import REF, TGZ, cove_command, make_bundle, run
+from start import (
+    REF,
+    TGZ,
+    bytecode_state,
+    cove_command,
+    import_times,
+    interpreter,
+    make_bundle,
+    run,
+    traced,
+)
+
+PS_RUNS = 5  # listings timed per side; the median is reported
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -57,9 +72,12 @@ def bench_cove(cove: list[str], root: Path, n: int) -> dict[str, object]:
         t = time.perf_counter()
         run([*cove, "--root", str(root), "run", "-d", "--network", "none", REF, "sleep", "3600"])
         per.append((time.perf_counter() - t) * 1000)
-    t = time.perf_counter()
-    listed = run([*cove, "--root", str(root), "ps", "-q"]).stdout.split()
-    ps_ms = (time.perf_counter() - t) * 1000
+    ps_times = []
+    for _ in range(PS_RUNS):
+        t = time.perf_counter()
+        listed = run([*cove, "--root", str(root), "ps", "-q"]).stdout.split()
+        ps_times.append((time.perf_counter() - t) * 1000)
+    ps_ms = statistics.median(ps_times)
     mons = cove_monitors(root)
     mem = [memory(p) for p in mons]
     return {
@@ -71,6 +89,27 @@ def bench_cove(cove: list[str], root: Path, n: int) -> dict[str, object]:
         "monitor_rss_kib": statistics.mean(m[0] for m in mem),
         "monitor_pss_kib": statistics.mean(m[1] for m in mem),
     }
+
+
+def breakdown(cove: list[str], root: Path) -> dict[str, object]:
+    """Step timings of ``run -d`` and ``ps`` (each the median of 5 traced runs, after the
+    timed ones: ps lists N + 5 here), and the freshness of the .pyc of the cove modules
+    they import (``python -X importtime``, which runs each 3 more times)."""
+    out: dict[str, object] = {}
+    base = [*cove, "--root", str(root)]
+    for verb, argv in (("run -d", ["run", "-d", "--network", "none", REF, "sleep", "3600"]),
+                       ("ps", ["ps", "-q"])):  # fmt: skip
+        per: dict[str, list[float]] = {}
+        for _ in range(5):
+            for step, ms in traced([*base, *argv]):
+                per.setdefault(step, []).append(ms)
+        out[f"steps {verb}"] = {step: statistics.median(ms) for step, ms in per.items()}
+    interp = interpreter(cove)
+    modules: set[str] = set()
+    for argv in (["ps", "-q"], ["run", "-d", "--network", "none", REF, "sleep", "3600"]):
+        modules.update(import_times(interp, ["--root", str(root), *argv])[2])
+    out["bytecode_stale"] = bytecode_state(interp, sorted(modules))[1]
+    return out
 
 
 def bench_peer(tmp: Path, n: int) -> dict[str, object]:
@@ -98,9 +137,12 @@ def bench_peer(tmp: Path, n: int) -> dict[str, object]:
         run(["runc", "--root", str(runc_root), "start", cid])
         per.append((time.perf_counter() - t) * 1000)
         conmons.append(int((state / f"{cid}.conmon").read_text()))
-    t = time.perf_counter()
-    listed = json.loads(run(["runc", "--root", str(runc_root), "list", "-f", "json"]).stdout)
-    ps_ms = (time.perf_counter() - t) * 1000
+    ps_times = []
+    for _ in range(PS_RUNS):
+        t = time.perf_counter()
+        listed = json.loads(run(["runc", "--root", str(runc_root), "list", "-f", "json"]).stdout)
+        ps_times.append((time.perf_counter() - t) * 1000)
+    ps_ms = statistics.median(ps_times)
     mem = [memory(p) for p in conmons]
     for i in range(n):
         subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", f"peer{i}"],
@@ -138,6 +180,7 @@ def main() -> None:
         run([*cove, "--root", str(root), "import", str(TGZ), REF])
         peer = bench_peer(tmp, args.n)
         mine = bench_cove(cove, root, args.n)
+        mine.update(breakdown(cove, root))
     finally:
         subprocess.run([*cove, "--root", str(root), "system", "reset", "-f"], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -159,6 +202,21 @@ def main() -> None:
         print(f"{label:28}{f.format(a):>12}{f.format(b):>14}")
     rss = float(mine["monitor_rss_kib"]) / 1024  # type: ignore[arg-type]
     print(f"\nmonitor RSS target <= 10 MiB: {'met' if rss <= 10 else 'NOT met'} ({rss:.2f} MiB)")
+    for key, what in (("per_container_ms", "run -d per container"), ("ps_ms", "ps of N")):
+        ratio = float(mine[key]) / float(peer[key])  # type: ignore[arg-type]
+        print(f"{what} / conmon+runc: {ratio:.2f} (target <= 1.0: "
+              f"{'met' if ratio <= 1.0 else 'NOT met'})")  # fmt: skip
+    for verb in ("run -d", "ps"):
+        steps: dict[str, float] = mine[f"steps {verb}"]  # type: ignore[assignment]
+        print(f"\n`cove {verb}` with {args.n} containers (COVE_TRACE_START=1, median of 5):")
+        for step, ms in steps.items():
+            print(f"  {step:24}{ms:8.1f} ms")
+    stale: list[str] = mine["bytecode_stale"]  # type: ignore[assignment]
+    state = "all fresh" if not stale else f"{len(stale)} stale or missing: {' '.join(stale)}"
+    print(f"\nbytecode of the cove modules `run -d` and `ps` import: {state}")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("note: PYTHONDONTWRITEBYTECODE is set here: a stale or missing .pyc is compiled "
+              "in memory at every start (install.sh precompiles)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -168,8 +168,10 @@ def _main(argv: Sequence[str] | None) -> int:
         ensure_private(engine.root)
         trace.mark("engine")
         rc: int = args.func(engine, args)
-        # (args.command is run's own COMMAND operand: the verb comes from argv)
-        if verb == "run" and not args.detach and not args.vm and args.isolation != "vm":
+        # (args.command is run's own COMMAND operand: the verb comes from argv). A detached
+        # run too: after the hand-off it has no thread and no child (the monitor was
+        # double-forked away), and ps, which only reads (issue 20)
+        if (verb == "run" and not args.vm and args.isolation != "vm") or verb == "ps":
             _LEAN_EXIT.append(True)
         return rc
     except CoveError as e:
