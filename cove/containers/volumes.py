@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +43,7 @@ class Volumes:
     ) -> tuple[Volume, bool]:
         """The volume (made if missing) and whether this call made it (Docker: idempotent)."""
         if name is None:
-            name = secrets.token_hex(32)
+            name = os.urandom(32).hex()  # secrets.token_hex's source; secrets loads OpenSSL
             anonymous = True
         if not valid_name(name):
             raise InvalidSpec(
@@ -108,6 +106,8 @@ class Volumes:
             ids = ", ".join(users)
             raise Conflict(f"remove {name}: volume is in use - [{ids}]")
         self.store.remove_volume(name)
+        import shutil  # here: every --rm run consults volumes, few remove one
+
         shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
         events.emit(os.path.dirname(self.dir), "volume", "destroy", name, {"driver": "local"})
 

@@ -20,6 +20,7 @@ RUN_PATH = textwrap.dedent("""
     import cove.cli.containers, cove.containers.engine, cove.engine, cove.vm.isolation
     import cove.containers.create, cove.containers.run, cove.bundle, cove.spec.flags
     import cove.runtime.api, cove.runtime.init, cove.runtime.seccomp, cove.sys.terminal
+    import cove.containers.volumes  # --rm removes the container's anonymous volumes
     cove.cli.containers._opts(args)
 """)
 # other verbs' CLI modules, --format's template engine, registries and networks' managers
@@ -28,9 +29,10 @@ FORBIDDEN_PREFIXES = (
     "cove.cli.build", "cove.spec.gotemplate", "cove.registry", "cove.network", "cove.build",
     "cove.api", "cove.image.layers", "cove.image.pipeline", "cove.monitor", "cove.check",
 )  # fmt: skip
-# stdlib weight the run path does not use: TLS, OpenSSL's hashes (manifests and configs are
-# hashed with the built-in sha256), temp files, archive codecs, shutil (argparse's default
-# help formatter pulls it in), logging, threads
+# stdlib weight the path to the container's start does not use: TLS, OpenSSL's hashes
+# (manifests and configs are hashed with the built-in sha256), temp files, archive codecs,
+# shutil (argparse's default help formatter pulled it in; only --rm's removal of the bundle,
+# after the container's exit, uses it), logging, threads
 FORBIDDEN = ("ssl", "hashlib", "_hashlib", "hmac", "secrets", "tempfile", "shutil", "bz2",
              "lzma", "tarfile", "gzip", "logging", "threading", "subprocess", "http.client",
              "urllib")  # fmt: skip
