@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import stat
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,6 +211,8 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
 def process_args(opts: RunOptions, image_cfg: dict[str, Any]) -> list[str]:
     """Docker's ENTRYPOINT/CMD rules: --entrypoint resets CMD; a command replaces CMD."""
     if opts.entrypoint is not None:
+        import shlex  # only with --entrypoint
+
         entrypoint = shlex.split(opts.entrypoint) if opts.entrypoint else []
         cmd = list(opts.command)
     else:
@@ -536,8 +537,6 @@ def check_etc_value(what: str, value: str) -> str:
 def check_etc_inputs(opts: RunOptions) -> None:
     """Refuse, before anything is made, every run option that ends up in /etc/hosts,
     /etc/hostname or /etc/resolv.conf with a character that would change the file's lines."""
-    import ipaddress
-
     if opts.hostname is not None:
         check_etc_value("--hostname", opts.hostname)
     for entry in opts.add_hosts:
@@ -545,6 +544,8 @@ def check_etc_inputs(opts: RunOptions) -> None:
         check_etc_value("--add-host name", name)
         check_etc_value("--add-host address", ip)
     for server in opts.dns:
+        import ipaddress  # only with --dns: ~1 ms of the start path otherwise
+
         try:
             ipaddress.ip_address(check_etc_value("--dns", server))
         except ValueError as e:

@@ -32,10 +32,11 @@ FORBIDDEN_PREFIXES = (
 # stdlib weight the path to the container's start does not use: TLS, OpenSSL's hashes
 # (manifests and configs are hashed with the built-in sha256), temp files, archive codecs,
 # shutil (argparse's default help formatter pulled it in; only --rm's removal of the bundle,
-# after the container's exit, uses it), logging, threads
+# after the container's exit, uses it), logging, threads; shlex and ipaddress (only for
+# --entrypoint and --dns)
 FORBIDDEN = ("ssl", "hashlib", "_hashlib", "hmac", "secrets", "tempfile", "shutil", "bz2",
              "lzma", "tarfile", "gzip", "logging", "threading", "subprocess", "http.client",
-             "urllib")  # fmt: skip
+             "urllib", "shlex", "ipaddress")  # fmt: skip
 
 
 def loaded_after(code: str, verb: str | None = "run") -> tuple[set[str], int]:
