@@ -12,14 +12,12 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from cove.containers import create as _create
 from cove.containers import inspect as _inspect
 from cove.containers import names as _names
 from cove.containers import network as _network
 from cove.containers import reconcile as _reconcile
 from cove.containers import remove as _remove
 from cove.containers import run as _run
-from cove.containers import start as _start
 from cove.containers import stop as _stop
 
 # names that callers import from here (the CLI, vm/run, check); their homes are the verbs
@@ -91,12 +89,16 @@ class ContainerEngine:
 
     def image_for_run(self, opts: Any) -> Any:
         """The image ``opts`` names, pulled as ``--pull`` says (the caller holds the pin)."""
+        from cove.containers import create as _create  # off the read-only verbs' imports
+
         return _create.image_for_run(self, opts)
 
     def rename(self, ref: str, new: str) -> None:
         _names.rename(self, ref, new)
 
     def start(self, ref: str, *, attach_fd: int = -1, op: str = OP_START) -> Record:
+        from cove.containers import start as _start  # off the read-only verbs' imports
+
         return _start.start(self, ref, attach_fd=attach_fd, op=op)
 
     def run(self, opts: Any) -> int:

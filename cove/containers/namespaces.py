@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from cove.containers import create as _create
 from cove.containers import run as _run
-from cove.containers import start as _start
 from cove.containers.isolation import NAMESPACES
 from cove.containers.netattach import network_down
 from cove.errors import StateError, best_effort
@@ -29,9 +27,15 @@ class Namespaces:
         return True
 
     def create(self, ce: ContainerEngine, opts: Any, *, op: str = "", image: Any = None) -> str:
+        # create and start are imported by the verbs that use them: ps, inspect, logs and
+        # the other read-only verbs register this driver too (issue 20)
+        from cove.containers import create as _create
+
         return _create.create(ce, opts, op=op, image=image)
 
     def start(self, ce: ContainerEngine, rec: Record, *, attach_fd: int = -1, op: str) -> Record:
+        from cove.containers import start as _start
+
         return _start.hand_off(ce, rec, attach_fd=attach_fd)
 
     def run(self, ce: ContainerEngine, opts: Any) -> int:
