@@ -20,8 +20,6 @@ from helpers import CoveRunner, alpine_variant, cove_argv, monitors, wait_for
 LOOP = "i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done"
 
 
-
-
 def inspect(cove: CoveRunner, ref: str) -> dict:  # type: ignore[type-arg]
     doc: dict = json.loads(cove("inspect", "--type", "container", ref).stdout)[0]  # type: ignore[type-arg]
     return doc
