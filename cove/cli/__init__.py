@@ -178,7 +178,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"Error: {e}\n")
-        if isinstance(e, CorruptState) and args.command in ("run", "create"):
+        if isinstance(e, CorruptState) and verb in ("run", "create"):
             return 125  # Docker: run and create fail with 125 when the engine itself fails
         return e.exit_code
     except KeyboardInterrupt:
@@ -206,4 +206,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
         path = os.path.join(os.path.abspath(args.root or default_root()), "state.db")
         sys.stderr.write(f"Error: {corrupt_error(path, e)}\n")
-        return 125 if args.command in ("run", "create") else 1
+        return 125 if verb in ("run", "create") else 1
