@@ -80,16 +80,6 @@ class VerifyingReader:
     def readable(self) -> bool:
         return True
 
-    def check_rest(self, cause: Exception) -> None:
-        """After a failure while parsing: if the blob itself is corrupt, say so instead."""
-        if self._checked:
-            return
-        try:
-            while self.read(streams.CHUNK):
-                pass
-        except CorruptContent as e:
-            raise e from cause
-
     def close(self) -> None:
         self._f.close()
 
