@@ -198,7 +198,8 @@ def start(req: Request) -> Response:
         if first is not None:
             first.first = True  # under the lock: its attach must wait for the hand-off
     try:
-        # in a launcher process: the engine's start forks, and this process has threads
+        # never forked from this threaded process (the engine's start forks): the fork
+        # helper's child runs it, or a fresh launcher process when no helper can
         launch.start(req.root, rec.id, first.theirs.fileno() if first else -1)
     except ContainerStartError as e:
         if rec.config.get("HostConfig", {}).get("AutoRemove"):
@@ -403,7 +404,8 @@ def kill(req: Request) -> Response:
 
 
 def restart(req: Request) -> Response:
-    """The engine's restart is stop then start: the start runs in a launcher (it forks)."""
+    """The engine's restart is stop then start: the start (it forks) runs in the fork
+    helper's child, or a launcher process when no helper can take it (launch.start)."""
     rec = req.ce.get(req.params["id"])
     if rec.status.can_kill():
         req.ce.stop(rec.id, timeout=_timeout(req))

@@ -168,9 +168,9 @@ def _main(argv: Sequence[str] | None) -> int:
         ensure_private(engine.root)
         trace.mark("engine")
         rc: int = args.func(engine, args)
-        # (args.command is run's own COMMAND operand: the verb comes from argv). A detached
-        # run too: after the hand-off it has no thread and no child (the monitor was
-        # double-forked away), and ps, which only reads (issue 20)
+        # lean exit for a container run, foreground or -d (after the hand-off a detached
+        # run has no thread and no child: the monitor was double-forked away), and for ps,
+        # which only reads; the verb comes from argv (args.command is run's COMMAND operand)
         if (verb == "run" and not args.vm and args.isolation != "vm") or verb == "ps":
             _LEAN_EXIT.append(True)
         return rc
