@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from cove.api import launch
-from cove.api.server import ApiError, NotModified, Request, Response
+from cove.api.server import ApiError, NotModified, Request, Response, write_all
 from cove.errors import CoveError, NotFound
 
 # -- create -----------------------------------------------------------------------------
@@ -777,9 +777,7 @@ def archive_put(req: Request) -> Response:
     with reply:
         try:
             while data := req.body.read(65536):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(w, view) :]
+                write_all(w, data)
         except BrokenPipeError:
             pass
         finally:

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from cove.api.server import ApiError, Hijacked, Request, Response
+from cove.api.server import ApiError, Hijacked, Request, Response, write_all
 from cove.errors import NotFound
 
 
@@ -286,9 +286,7 @@ def _feed(h: Hijacked, fd: int) -> None:
             data = h.read()
             if not data:
                 break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
     except OSError:
         pass
     finally:

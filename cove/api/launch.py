@@ -62,20 +62,17 @@ def start(root: str, cid: str, attach_fd: int = -1) -> None:
 
 def main(argv: list[str]) -> int:
     root, cid, fd = argv[0], argv[1], int(argv[2])
+    from cove.api import forkserver
     from cove.containers.engine import ContainerEngine
     from cove.containers.isolation import register
     from cove.engine import Engine
-    from cove.runtime.api import ContainerStartError
     from cove.vm.isolation import VM
 
     register(VM())  # as the CLI does: a vm run's container starts through its driver
     try:
         ContainerEngine(Engine(root)).start(cid, attach_fd=fd)
-    except ContainerStartError as e:
-        print(json.dumps({"kind": "ContainerStartError", "message": str(e), "code": e.exit_code}))
-        return 1
-    except errors.CoveError as e:
-        print(json.dumps({"kind": type(e).__name__, "message": str(e)}))
+    except errors.CoveError as e:  # ContainerStartError included (its exit code kept)
+        print(json.dumps(forkserver.error_doc(e)))
         return 1
     finally:
         if fd >= 0:

@@ -304,6 +304,13 @@ def _peer_closed(sock: socket.socket) -> bool:
         return True
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a pipe or pty fd (os.write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class Chunks:
     """A chunked response body; ``close`` ends it (the connection stays usable)."""
 
