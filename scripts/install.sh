@@ -91,18 +91,29 @@ if setpriv --reuid=65534 --regid=65534 --clear-groups \
     "$python" -I -c "import sys; sys.path.insert(0, '$here'); import cove" 2>/dev/null; then
     # compat mode: a plain path in a .pth file, no import-hook finder on every start (~10 ms)
     "$venv/bin/python" -m pip install -q -e "$here[chart]" --config-settings editable_mode=compat
+    # bytecode for the package, as a wheel install writes it and an editable one does not:
+    # without fresh .pyc every start compiles the start path again in memory (tens of ms;
+    # more where PYTHONDONTWRITEBYTECODE is set or the checkout is not writable by the user
+    # running cove). Written as the checkout's owner: root-owned __pycache__ in a developer's
+    # checkout could not be rewritten by their own (rootless) cove after their next edit.
+    # Idempotent: compileall skips modules whose .pyc matches the source.
+    owner_uid=$(stat -c %u "$here")
+    owner_gid=$(stat -c %g "$here")
+    if [ "$owner_uid" != 0 ]; then
+        # what an earlier install.sh (run as root) left there goes back to the owner
+        find "$here/cove" -name __pycache__ -type d -user 0 \
+            -exec chown -R "$owner_uid:$owner_gid" {} + 2>/dev/null || true
+    fi
+    setpriv --reuid="$owner_uid" --regid="$owner_gid" --clear-groups \
+        "$venv/bin/python" -m compileall -q -j 0 "$here/cove" >/dev/null ||
+        echo "install.sh: note: could not precompile $here/cove as uid $owner_uid" >&2
 else
     echo "install.sh: other accounts cannot read $here: installing a copy of it into $venv"
     "$venv/bin/python" -m pip uninstall -q -y cove 2>/dev/null || true
+    # pip compiles the copy's bytecode as it installs it (root-owned in root's venv, as the
+    # rest of it): nothing to precompile here
     "$venv/bin/python" -m pip install -q "$here[chart]"
 fi
-# bytecode for the package, as a wheel install writes it and an editable one does not: without
-# fresh .pyc every start compiles the start path again in memory (tens of ms; more where
-# PYTHONDONTWRITEBYTECODE is set or the checkout is not writable by the user running cove).
-# Idempotent: compileall skips modules whose .pyc matches the source.
-"$venv/bin/python" -m compileall -q -j 0 \
-    "$("$venv/bin/python" -I -c 'import cove, os; print(os.path.dirname(cove.__file__))')" \
-    >/dev/null
 ln -sf "$venv/bin/cove" /usr/local/bin/cove
 # the runc-compatible runtime: one executable path, as containerd's BinaryName and podman's
 # --runtime want it
