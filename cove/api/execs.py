@@ -15,10 +15,14 @@ import socket
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove.api.server import ApiError, Hijacked, Request, Response, write_all
 from cove.errors import NotFound
+
+if TYPE_CHECKING:  # imported where used: the server's start-up stays light
+    from cove.api.forkserver import ForkServer
+    from cove.containers.exec import ExecOptions, Spawned
 
 
 @dataclass
@@ -83,7 +87,7 @@ def _spawn(req: Request, e: _Exec, detach: bool, tty: bool) -> _Proc:
     return _Proc(s.pid, s.pty_master, s.outputs, s.stdin_w)
 
 
-def _spawn_forked(fs: Any, req: Request, e: _Exec, detach: bool, tty: bool) -> _Proc:
+def _spawn_forked(fs: ForkServer, req: Request, e: _Exec, detach: bool, tty: bool) -> _Proc:
     from dataclasses import asdict
 
     from cove.api import forkserver
@@ -105,7 +109,7 @@ def _spawn_forked(fs: Any, req: Request, e: _Exec, detach: bool, tty: bool) -> _
     return _Proc(head["pid"], None, outputs, stdin_w, reply)
 
 
-def _spawn_here(req: Request, e: _Exec, detach: bool, tty: bool) -> Any:
+def _spawn_here(req: Request, e: _Exec, detach: bool, tty: bool) -> Spawned:
     """The engine's exec in the server, one at a time, and the server no child subreaper
     afterwards.
 
@@ -172,7 +176,7 @@ def _event(req: Request, e: _Exec, action: str) -> None:
     events.emit(req.root, "container", action, e.container, attrs)
 
 
-def _options(e: _Exec, detach: bool, tty: bool) -> Any:
+def _options(e: _Exec, detach: bool, tty: bool) -> ExecOptions:
     from cove.containers.exec import ExecOptions
 
     c = e.config

@@ -31,9 +31,12 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cove import errors
+
+if TYPE_CHECKING:  # imported by the helper's preload and the child, not at import
+    from cove.containers.engine import ContainerEngine
 
 _MAX_FDS = 8
 _MSG = 1 << 16
@@ -232,7 +235,7 @@ def _child(doc: dict[str, Any], fds: list[int]) -> int:
         return 1
 
 
-def _archive_get(ce: Any, doc: dict[str, Any], fd: int) -> None:
+def _archive_get(ce: ContainerEngine, doc: dict[str, Any], fd: int) -> None:
     """The tar, chunked, straight onto the client's connection (``fd``, a dup of it)."""
     from cove.api.server import Chunks
     from cove.containers.files import archive_get
@@ -246,7 +249,7 @@ def _archive_get(ce: Any, doc: dict[str, Any], fd: int) -> None:
         conn.close()
 
 
-def _exec(ce: Any, doc: dict[str, Any], reply: socket.socket) -> None:
+def _exec(ce: ContainerEngine, doc: dict[str, Any], reply: socket.socket) -> None:
     """The engine's exec; its fds (pty master, or pipes) to the server, then, as its
     subreaper (the runtime makes us one), its wait status once it exits."""
     from cove.containers.exec import ExecOptions, spawn

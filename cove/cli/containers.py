@@ -15,6 +15,7 @@ from cove.errors import CoveError
 from cove.sys import trace
 
 if TYPE_CHECKING:
+    from cove.containers.engine import ContainerEngine
     from cove.engine import Engine
 
 # verbs _register_common builds alone (the rest need the whole tree: container, volume, ...)
@@ -53,7 +54,7 @@ VERBS = {
 }
 
 
-def _ce(engine: Engine) -> Any:
+def _ce(engine: Engine) -> ContainerEngine:
     from cove.containers.engine import ContainerEngine
 
     return ContainerEngine(engine)
@@ -280,7 +281,9 @@ def cmd_rm(engine: Engine, args: argparse.Namespace) -> int:
     return code
 
 
-def _sweep(ce: Any, *, everything: bool = False, ids: set[str] | None = None) -> list[str]:
+def _sweep(
+    ce: ContainerEngine, *, everything: bool = False, ids: set[str] | None = None
+) -> list[str]:
     """Orphans of killed commands (``cove.sweep``); never fails the command it follows."""
     from cove.containers.sweep import sweep
 

@@ -36,6 +36,7 @@ from cove.sys.syscalls import flocked, fsync_dir
 
 if TYPE_CHECKING:
     from cove.image.layers import LayerStats
+    from cove.image.pipeline import Pipeline
 
 OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
 
@@ -768,7 +769,7 @@ def layer_figures(path: str) -> list[int]:
     return [entries, total]
 
 
-def _blame_digest(pipe: Any, hasher: streams.Hasher, expected: str, cause: Exception) -> None:
+def _blame_digest(pipe: Pipeline, hasher: streams.Hasher, expected: str, cause: Exception) -> None:
     """Read the rest of the blob; raise a digest mismatch (caused by ``cause``) if there is
     one."""
     try:

@@ -14,10 +14,11 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 if TYPE_CHECKING:
     import argparse
+    import types
 
     from cove.runtime.oci import OciRuntime
 
@@ -255,7 +256,7 @@ _FAST: dict[str, tuple[_Flags, dict[str, object], tuple[str, ...], int]] = {
 _OPTIONAL_DEFAULTS = {"signal": "SIGTERM"}
 
 
-def _fast_args(argv: Sequence[str]) -> Any:
+def _fast_args(argv: Sequence[str]) -> types.SimpleNamespace | None:
     """argparse's namespace for the common lines of the shim's verbs, or None."""
     import types
 
@@ -314,7 +315,14 @@ def _fast_args(argv: Sequence[str]) -> Any:
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = _fast_args(argv) or _parser(_verb(argv)).parse_args(list(argv))
+    fast = _fast_args(argv)
+    # the fast namespace holds what argparse's would, attribute for attribute (the unit
+    # test compares them), so the handlers take either
+    args = (
+        cast("argparse.Namespace", fast)
+        if fast is not None
+        else _parser(_verb(argv)).parse_args(list(argv))
+    )
     if args.version:
         print(f"cove-runc version {VERSION}\ncommit: cove-{VERSION}\nspec: {SPEC_VERSION}")
         return 0
