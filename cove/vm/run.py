@@ -545,7 +545,8 @@ class VMRun:
 
         self.ctl = connect_ctl(self.files.ctl)
         if self.ctl is None:
-            raise VMFailed("cannot connect to the restored vm's control port")
+            raise VMFailed(f"vm run {self.cid[:12]}: cannot connect to its restored vm's control "
+                           f"port {self.files.ctl}")  # fmt: skip
         msg = agent.run_message(self.run_cfg, time.time_ns(), secrets.token_bytes(64))
         try:
             self.ctl.sendall(msg)

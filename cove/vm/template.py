@@ -144,6 +144,7 @@ class Monitor:
     """A synchronous QMP connection (JSON lines over the unix socket)."""
 
     def __init__(self, path: str, alive: Callable[[], bool], timeout: float = 10.0) -> None:
+        self.path = path
         deadline = time.monotonic() + timeout
         while True:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -165,7 +166,7 @@ class Monitor:
         while True:
             line = self.reader.readline()
             if not line:
-                raise VMFailed("qemu closed its monitor")
+                raise VMFailed(f"qemu closed its monitor {self.path}")
             msg: dict[str, Any] = json.loads(line)
             if "event" not in msg:
                 return msg
@@ -186,7 +187,8 @@ class Monitor:
         self.sock.close()
 
 
-def wait_migration(mon: Monitor, alive: Callable[[], bool], timeout: float) -> None:
+def wait_migration(mon: Monitor, alive: Callable[[], bool], timeout: float, tpl: str) -> None:
+    """Until the migration to or from the template ``tpl`` (its directory) completes."""
     deadline = time.monotonic() + timeout
     while True:
         info = mon.execute("query-migrate")
@@ -194,9 +196,10 @@ def wait_migration(mon: Monitor, alive: Callable[[], bool], timeout: float) -> N
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise VMFailed(f"migration {status}: {info.get('error-desc', 'no reason given')}")
+            why = info.get("error-desc", "no reason given")
+            raise VMFailed(f"migration of vm template {tpl} {status}: {why}")
         if not alive() or time.monotonic() > deadline:
-            raise VMFailed(f"migration did not complete (status {status})")
+            raise VMFailed(f"migration of vm template {tpl} did not complete (status {status})")
         time.sleep(0.005)
 
 
@@ -334,9 +337,9 @@ def _build(tpl: Template, shape: Shape, ids: dict[str, str]) -> None:
         deadline = time.monotonic() + BUILD_TIMEOUT
         while b"parked" not in _read(files.exit):
             if not alive():
-                raise VMFailed(f"the vm template did not boot: {_last(files)}")
+                raise VMFailed(f"vm template {tpl.dir} did not boot: {_last(files)}")
             if time.monotonic() > deadline:
-                raise VMFailed(f"the vm template did not park in {BUILD_TIMEOUT:g} s")
+                raise VMFailed(f"vm template {tpl.dir} did not park in {BUILD_TIMEOUT:g} s")
             time.sleep(0.02)
         mon = Monitor(qmp_path(files), alive)
         try:
@@ -348,7 +351,7 @@ def _build(tpl: Template, shape: Shape, ids: dict[str, str]) -> None:
             finally:
                 os.close(fd)
             mon.execute("migrate", uri="fd:state")
-            wait_migration(mon, alive, BUILD_TIMEOUT)
+            wait_migration(mon, alive, BUILD_TIMEOUT, tpl.dir)
             mon.execute("quit")
         finally:
             mon.close()
@@ -377,7 +380,7 @@ def restore(
     try:
         mon.execute("migrate-set-capabilities", capabilities=IGNORE_SHARED)
         mon.execute("migrate-incoming", uri=f"fd:{state_fd}")
-        wait_migration(mon, alive, RESTORE_TIMEOUT)
+        wait_migration(mon, alive, RESTORE_TIMEOUT, tpl.dir)
         # the template was stopped when saved, so the copy waits for this
         mon.execute("cont")
     finally:
