@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -55,6 +56,23 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def loaded_after(code: str, after: str = "result = None") -> tuple[set[str], Any]:
+    """The modules a fresh interpreter holds after running ``code`` (beyond its bare
+    start-up), and the ``result`` that ``after`` sets, run once they are counted (its own
+    imports are not): the import-weight tests' probe."""
+    probe = (
+        "import json, sys\nbefore = set(sys.modules)\n"
+        + textwrap.dedent(code)
+        + "\nmods = sorted(set(sys.modules) - before)\n"
+        + textwrap.dedent(after)
+        + "\nprint(json.dumps([mods, result]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                         text=True, check=True, timeout=60)  # fmt: skip
+    mods, result = json.loads(out.stdout.strip().splitlines()[-1])
+    return set(mods), result
 
 
 def cove_argv(root: Path, *args: str) -> list[str]:

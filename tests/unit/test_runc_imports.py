@@ -14,8 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import REPO
+from helpers import REPO, loaded_after
 
 # what `cove-runc run` imports (bench/runtime.py times the same list)
 RUN_PATH = ("cove.runc", "cove.runtime.oci", "cove.runtime.init", "cove.sys.terminal")
@@ -28,32 +27,19 @@ FORBIDDEN = ("sqlite3", "shutil", "subprocess", "threading", "tarfile", "hashlib
              "tempfile", "random")  # fmt: skip
 
 
-def loaded_after(code: str) -> set[str]:
-    """The modules a fresh interpreter holds after ``code`` (on top of bare start-up)."""
-    probe = textwrap.dedent(f"""
-        import json, sys
-        before = set(sys.modules)
-        {code}
-        print(json.dumps(sorted(set(sys.modules) - before)))
-    """)
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                         text=True, check=True, timeout=60)  # fmt: skip
-    return set(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
 def test_run_path_imports_stay_lean() -> None:
     # the shim's run line is parsed without argparse; the seccomp module is loaded too (a
     # spec with a profile loads it; cove run's always have one)
     code = f"import {', '.join(RUN_PATH)}, cove.runtime.seccomp; import cove.runc; "
     line = ["--root", "/r", "run", "--bundle", "/b", "id"]
-    mods = loaded_after(code + f"assert cove.runc._fast_args({line!r}) is not None")
+    mods, _ = loaded_after(code + f"assert cove.runc._fast_args({line!r}) is not None")
     # positive control: the probe sees what the path does load
     assert {"cove.runtime.api", "cove.runtime.cgroups", "cove.sys.syscalls", "socket"} <= mods
     bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
     assert bad == [], f"cove-runc's run path imports {bad}"
     assert "argparse" not in mods
     # a line only argparse parses still keeps shutil (argparse's own width probe) away
-    mods = loaded_after(code + "cove.runc._parser('exec')")
+    mods, _ = loaded_after(code + "cove.runc._parser('exec')")
     assert "argparse" in mods
     bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
     assert bad == [], f"cove-runc's argparse path imports {bad}"
@@ -61,13 +47,14 @@ def test_run_path_imports_stay_lean() -> None:
 
 def test_probe_catches_a_forbidden_import() -> None:
     """Control: the same probe reports a forbidden module when the code loads one."""
-    mods = loaded_after("import cove.runc, shutil, sqlite3")
+    mods, _ = loaded_after("import cove.runc, shutil, sqlite3")
     assert {"shutil", "sqlite3"} <= mods
 
 
 def test_cgwarm_imports_nothing_heavy() -> None:
     """cove-runc imports cgwarm before anything else: it must cost nothing to load."""
-    mods = loaded_after("import cove.runtime.cgwarm")
+    mods, _ = loaded_after("import cove.runtime.cgwarm")
+    assert "cove.runtime.cgwarm" in mods  # control: the probe sees the module itself
     assert mods <= {"cove", "cove.runtime", "cove.runtime.cgwarm", "select", "__future__"}, mods
 
 
@@ -102,7 +89,10 @@ def test_cgwarm_helper_holds_no_caller_fd_and_is_reaped(tmp_path: Path) -> None:
         marker = os.open({str(tmp_path)!r}, os.O_RDONLY)  # a caller's fd
         assert cgwarm.start({str(target)!r})
         pid = cgwarm._running[0]
-        time.sleep(0.05)
+        # until the helper is in its loop (two writes through): its fds are final by then
+        deadline = time.monotonic() + 10
+        while len(open({str(target)!r}).read()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
         def fds(where):
             out = []

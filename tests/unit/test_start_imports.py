@@ -4,12 +4,9 @@ what a fresh interpreter holds after the run verb's parser, options and modules 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
-from tests.helpers import REPO
+from helpers import loaded_after
 
 # what `cove run --rm --network none IMAGE CMD` loads up to the runtime's fork: the CLI's
 # parser for the verb, its options, the engine, the create/run verbs and the runtime calls
@@ -39,28 +36,21 @@ FORBIDDEN = ("ssl", "hashlib", "_hashlib", "hmac", "secrets", "tempfile", "shuti
              "urllib", "shlex", "ipaddress")  # fmt: skip
 
 
-def loaded_after(code: str, verb: str | None = "run") -> tuple[set[str], int]:
-    """The modules a fresh interpreter holds after ``code`` (beyond its bare start-up), and
-    the number of subcommands the parser built for ``verb`` knows."""
-    probe = (
-        "import json, sys\nbefore = set(sys.modules)\n"
-        + code
-        + textwrap.dedent("""
+def loaded_with_verbs(code: str, verb: str | None = "run") -> tuple[set[str], int]:
+    """The modules a fresh interpreter holds after ``code``, and the number of subcommands
+    the parser built for ``verb`` knows."""
+    count = f"""
         import argparse
-        parser = build_parser(VERB)
+        parser = build_parser({verb!r})
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        print(json.dumps([sorted(set(sys.modules) - before), len(subs[0].choices)]))
-    """)
-    )
-    probe = f"VERB = {verb!r}\n" + probe
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
-                         text=True, check=True, timeout=60)  # fmt: skip
-    mods, verbs = json.loads(out.stdout.strip().splitlines()[-1])
-    return set(mods), int(verbs)
+        result = len(subs[0].choices)
+    """
+    mods, verbs = loaded_after(code, count)
+    return mods, int(verbs)
 
 
 def test_run_path_imports_only_what_run_uses() -> None:
-    mods, verbs = loaded_after(RUN_PATH)
+    mods, verbs = loaded_with_verbs(RUN_PATH)
     # positive control: the probe sees what the path does load
     assert {"cove.bundle", "cove.state", "cove.image.store", "sqlite3", "argparse"} <= mods
     bad = sorted(m for m in mods if m.startswith(FORBIDDEN_PREFIXES) or m in FORBIDDEN)
@@ -76,6 +66,6 @@ def test_probe_catches_heavy_imports() -> None:
         build_parser(None)
         import hashlib, shutil
     """)
-    mods, verbs = loaded_after(code, None)
+    mods, verbs = loaded_with_verbs(code, None)
     assert {"cove.spec.gotemplate", "cove.cli.images", "hashlib", "shutil"} <= mods
     assert verbs > 1
