@@ -166,7 +166,8 @@ def tree_listing(root: Path) -> list[tuple[Any, ...]]:
     return rows
 
 
-def _digest(data: bytes) -> str:
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -176,7 +177,7 @@ def oci_layout(path: Path, layers: list[bytes], name: str, config_extra: Any = N
     blobs.mkdir(parents=True)
 
     def put(data: bytes) -> str:
-        d = _digest(data)
+        d = sha256_digest(data)
         (blobs / d.split(":")[1]).write_bytes(data)
         return d
 
@@ -195,7 +196,7 @@ def oci_layout(path: Path, layers: list[bytes], name: str, config_extra: Any = N
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
         "config": config_extra or {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [_digest(t) for t in layers]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(t) for t in layers]},
         "history": [
             {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
             for i in range(len(layers))

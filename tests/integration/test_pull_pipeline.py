@@ -8,7 +8,6 @@ Registries here are tests/helpers.py's FakeServer on 127.0.0.1."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from helpers import (
     fake_servers,
     reply,
     serve_image,
+    sha256_digest,
     tree_listing,
 )
 
@@ -42,10 +42,6 @@ MTIME = 1_700_000_000
 def servers() -> Iterator[Callable[[Reply], FakeServer]]:
     with fake_servers() as start:
         yield start
-
-
-def _d(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def unpack(data: bytes, dest: Path, workers: int) -> LayerStats:
@@ -65,16 +61,18 @@ def layered_image(tars: list[bytes], *, diff_ids: list[str] | None = None) -> Ti
     blobs = [gzip.compress(t, mtime=0, compresslevel=1) for t in tars]
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids or [_d(t) for t in tars]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256_digest(t) for t in tars]},
     }).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": _d(config), "size": len(config)},
+                   "digest": sha256_digest(config), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": _d(b), "size": len(b)} for b in blobs],
+                    "digest": sha256_digest(b), "size": len(b)} for b in blobs],
     }).encode()  # fmt: skip
-    return TinyImage(manifest, {_d(config): config, **{_d(b): b for b in blobs}})
+    return TinyImage(
+        manifest, {sha256_digest(config): config, **{sha256_digest(b): b for b in blobs}}
+    )
 
 
 def busy_layer(seed: int, *, replace: bool = True) -> TarBuilder:
@@ -191,11 +189,13 @@ def test_bad_layer_is_refused_and_the_store_stays_as_it_was(
     tars = _three_layers(alpine_tar)
     good = layered_image(tars)
     if fault == "diff-id":
-        bad = layered_image(tars, diff_ids=[_d(tars[0]), _d(tars[2]), _d(tars[2])])
+        bad = layered_image(
+            tars, diff_ids=[sha256_digest(tars[0]), sha256_digest(tars[2]), sha256_digest(tars[2])]
+        )
         want = "does not match diff id"
     else:
         bad = layered_image(tars)
-        blob = _d(gzip.compress(tars[1], mtime=0, compresslevel=1))
+        blob = sha256_digest(gzip.compress(tars[1], mtime=0, compresslevel=1))
         flipped = bytearray(bad.blobs[blob])
         flipped[len(flipped) // 2] ^= 0xFF
         bad.blobs[blob] = bytes(flipped)  # the manifest still names the good digest

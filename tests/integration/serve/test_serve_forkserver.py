@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import DOCKER_20, CoveRunner, Served, monitors, start_serve, stop_serve, wait_for
+from helpers import CoveRunner, Served, monitors, start_serve, stop_serve, wait_for
 
 
 @pytest.fixture
@@ -27,16 +26,6 @@ def served_v(cove: CoveRunner, cove_root: Path, alpine: str, tmp_path: Path) -> 
         yield s
     finally:
         stop_serve(s)
-
-
-def docker(served: Served, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([DOCKER_20, *args], env=served.env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
-    if check and proc.returncode != 0:
-        log = served.log.read_text()[-3000:]
-        raise AssertionError(f"docker {' '.join(args)} exited {proc.returncode}\n"
-                             f"stderr: {proc.stderr}\nlog: {log}")  # fmt: skip
-    return proc
 
 
 def helpers_seen(served: Served) -> list[int]:
@@ -64,7 +53,7 @@ def forked_by(served: Served, helper: int, op: str, cid: str) -> bool:
 
 
 def cid_of(served: Served, name: str) -> str:
-    return docker(served, "inspect", "-f", "{{.Id}}", name).stdout.strip()
+    return served.docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
 
 
 def test_start_exec_and_cp_go_through_the_fork_helper(
@@ -74,27 +63,27 @@ def test_start_exec_and_cp_go_through_the_fork_helper(
     [helper] = helpers_seen(s)
     assert parent_of(helper) == s.proc.pid  # forked by the server itself
     # start: the container is the CLI's own (same root, seen by cove ps, its monitor)
-    assert docker(s, "run", "-d", "--name", "fh", "alpine:3.20", "sleep", "60").returncode == 0
+    assert s.docker("run", "-d", "--name", "fh", "alpine:3.20", "sleep", "60").returncode == 0
     cid = cid_of(s, "fh")
     assert forked_by(s, helper, "start", cid)
     assert cove("ps", "--format", "{{.Names}} {{.State}}").stdout.split("\n")[0] == "fh running"
     assert len(monitors(s.root)) == 1
     # a container never started has no such line (the log names only what the helper ran)
-    docker(s, "create", "--name", "idle", "alpine:3.20", "true")
+    s.docker("create", "--name", "idle", "alpine:3.20", "true")
     assert not forked_by(s, helper, "start", cid_of(s, "idle"))
     # exec: output, exit codes (the status comes back from the helper's child)
-    assert docker(s, "exec", "fh", "echo", "there").stdout == "there\n"
-    assert docker(s, "exec", "fh", "sh", "-c", "exit 3", check=False).returncode == 3
-    assert docker(s, "exec", "fh", "nosuch", check=False).returncode == 127
+    assert s.docker("exec", "fh", "echo", "there").stdout == "there\n"
+    assert s.docker("exec", "fh", "sh", "-c", "exit 3", check=False).returncode == 3
+    assert s.docker("exec", "fh", "nosuch", check=False).returncode == 127
     assert forked_by(s, helper, "exec", cid)
     # cp out of a stopped container (its rootfs mounted in the child) and into a running one
-    docker(s, "cp", "idle:/etc/alpine-release", str(tmp_path / "rel"))
+    s.docker("cp", "idle:/etc/alpine-release", str(tmp_path / "rel"))
     assert (tmp_path / "rel").read_text().startswith("3.20")
     assert forked_by(s, helper, "archive_get", "idle")  # the log names what the client did
-    docker(s, "cp", str(tmp_path / "rel"), "fh:/tmp/")
-    assert docker(s, "exec", "fh", "cat", "/tmp/rel").stdout == (tmp_path / "rel").read_text()
+    s.docker("cp", str(tmp_path / "rel"), "fh:/tmp/")
+    assert s.docker("exec", "fh", "cat", "/tmp/rel").stdout == (tmp_path / "rel").read_text()
     assert forked_by(s, helper, "archive_put", "fh")
-    docker(s, "rm", "-f", "fh", "idle")
+    s.docker("rm", "-f", "fh", "idle")
     assert monitors(s.root) == []
 
 
@@ -102,13 +91,13 @@ def test_server_recreates_a_killed_fork_helper(served_v: Served, cove: CoveRunne
     s = served_v
     [first] = helpers_seen(s)
     # positive control: the first helper starts a container
-    out = docker(s, "run", "--rm", "--name", "before", "alpine:3.20", "echo", "one").stdout
+    out = s.docker("run", "--rm", "--name", "before", "alpine:3.20", "echo", "one").stdout
     assert out == "one\n"
     assert re.search(rf"fork helper {first}: start \w+ in child", s.log.read_text())
     os.kill(first, signal.SIGKILL)
     wait_for("the killed helper to be gone", lambda: gone(first))
     # the next start still works, through a new helper that the server made (its child)
-    assert docker(s, "run", "--name", "after", "alpine:3.20", "echo", "two").stdout == "two\n"
+    assert s.docker("run", "--name", "after", "alpine:3.20", "echo", "two").stdout == "two\n"
     seen = helpers_seen(s)
     assert len(seen) == 2 and seen[1] != first, s.log.read_text()[-2000:]
     assert f"fork helper {first} is gone" in s.log.read_text()
@@ -116,7 +105,7 @@ def test_server_recreates_a_killed_fork_helper(served_v: Served, cove: CoveRunne
     assert forked_by(s, seen[1], "start", cid_of(s, "after"))
     listed = cove("ps", "-a", "--format", "{{.Names}} {{.State}}").stdout.split()
     assert listed == ["after", "exited"]
-    docker(s, "rm", "after")
+    s.docker("rm", "after")
     # the new helper goes when the server stops
     stop_serve(s)
     assert s.proc.returncode == 0
