@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from start import bytecode_lines, bytecode_state, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 TGZ = REPO.parent / "shared" / "images" / "alpine-3.20" / "alpine-minirootfs-3.20.3-x86_64.tar.gz"
@@ -48,16 +50,6 @@ def _wait(env: dict[str, str], proc: subprocess.Popen[bytes], what: str) -> None
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{what} did not come up")
         time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _rss_kib(pid: int) -> int:
@@ -80,15 +72,19 @@ def _helper_pid(serve: int) -> int:
     return int(kids[0]) if kids else 0
 
 
-def _bytecode_fresh() -> bool:
-    """Whether every cove module has an up-to-date .pyc (else each start compiles it)."""
-    import importlib.util
+def _cove_modules() -> list[str]:
+    """Every cove module (the server and its fork helper import most of them)."""
+    names = []
+    for src in sorted((REPO / "cove").rglob("*.py")):
+        parts = src.relative_to(REPO).with_suffix("").parts
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
 
-    for src in (REPO / "cove").rglob("*.py"):
-        pyc = Path(importlib.util.cache_from_source(str(src)))
-        if not pyc.exists() or pyc.stat().st_mtime < src.stat().st_mtime:
-            return False
-    return True
+
+def _dockerd_version() -> str:
+    """dockerd's own version (``dockerd --version``: "Docker version X, build Y")."""
+    out = subprocess.run([DOCKERD, "--version"], capture_output=True, text=True).stdout
+    return out.split(",")[0].removeprefix("Docker version ").strip() or "(unknown version)"
 
 
 def _once(env: dict[str, str]) -> float:
@@ -148,6 +144,8 @@ def main() -> int:
             times["dockerd"].append(_once(denv))
             times["cove"].append(_once(cenv))
         after_rss = _rss_kib(serve.pid)
+        modules = _cove_modules()
+        fresh, stale = bytecode_state([sys.executable], modules)
         med = {k: statistics.median(v) for k, v in times.items()}
         result = {
             "runs": args.runs,
@@ -158,13 +156,16 @@ def main() -> int:
             **idle,
             "serve_rss_after_import_kib": warm_rss,
             "serve_rss_after_runs_kib": after_rss,
-            "bytecode_fresh": _bytecode_fresh(),
+            "dockerd_version": _dockerd_version(),
+            "bytecode_fresh": fresh,
+            "bytecode_stale": stale,
+            "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
         }
         if args.json:
             print(json.dumps(result))
         else:
             print(f"docker run --rm --network none alpine:3.20 true, {args.runs} runs each")
-            print(f"  dockerd 20.10:  median {med['dockerd'] * 1000:.0f} ms")
+            print(f"  dockerd {result['dockerd_version']}:  median {med['dockerd'] * 1000:.0f} ms")
             print(f"  cove serve:     median {med['cove'] * 1000:.0f} ms "
                   f"({result['ratio']}x dockerd; target <= 0.5x)")  # fmt: skip
             print(f"  cove serve RSS: {idle_rss / 1024:.1f} MiB idle "
@@ -173,12 +174,13 @@ def main() -> int:
                   f"{after_rss / 1024:.1f} MiB after the runs")  # fmt: skip
             print(f"  fork helper:    {idle['helper_idle_rss_kib'] / 1024:.1f} MiB RSS idle "
                   f"(PSS {idle['helper_idle_pss_kib'] / 1024:.1f})")  # fmt: skip
-            print(f"  cove bytecode caches fresh: {result['bytecode_fresh']} "
-                  "(if not, under PYTHONDONTWRITEBYTECODE=1 every start compiles)")  # fmt: skip
+            what = "the server and its fork helper may import"
+            for line in bytecode_lines(what, len(modules), stale):
+                print(f"  {line}")
         return 0
     finally:
         for p in procs:
-            _stop(p)
+            stop_group(p)
         subprocess.run([sys.executable, "-m", "cove", "--root", str(tmp / "c-root"), "system",
                         "reset", "-f"], capture_output=True, cwd=REPO)  # fmt: skip
         for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from start import (
     REF,
     TGZ,
+    bytecode_lines,
     bytecode_state,
     cove_command,
     import_times,
@@ -108,6 +109,7 @@ def breakdown(cove: list[str], root: Path) -> dict[str, object]:
     modules: set[str] = set()
     for argv in (["ps", "-q"], ["run", "-d", "--network", "none", REF, "sleep", "3600"]):
         modules.update(import_times(interp, ["--root", str(root), *argv])[2])
+    out["bytecode_modules"] = len(modules)
     out["bytecode_stale"] = bytecode_state(interp, sorted(modules))[1]
     return out
 
@@ -212,11 +214,10 @@ def main() -> None:
         for step, ms in steps.items():
             print(f"  {step:24}{ms:8.1f} ms")
     stale: list[str] = mine["bytecode_stale"]  # type: ignore[assignment]
-    state = "all fresh" if not stale else f"{len(stale)} stale or missing: {' '.join(stale)}"
-    print(f"\nbytecode of the cove modules `run -d` and `ps` import: {state}")
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        print("note: PYTHONDONTWRITEBYTECODE is set here: a stale or missing .pyc is compiled "
-              "in memory at every start (install.sh precompiles)")  # fmt: skip
+    count: int = mine["bytecode_modules"]  # type: ignore[assignment]
+    print()
+    for line in bytecode_lines("`run -d` and `ps` import", count, stale):
+        print(line)
 
 
 if __name__ == "__main__":

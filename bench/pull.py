@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -32,7 +31,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from start import cove_command, run
+from start import (
+    bytecode_lines,
+    bytecode_state,
+    cove_command,
+    cove_modules,
+    interpreter,
+    run,
+    stop_group,
+)
 
 ROOTFS_GZ = Path("/var/cache/cove-bench/bookworm-minbase.tar.gz")
 DOCKER, DOCKERD = "/usr/bin/docker", "/usr/sbin/dockerd"
@@ -93,20 +100,10 @@ def start_dockerd(
     deadline = time.monotonic() + 60
     while subprocess.run([DOCKER, "version"], env=env, capture_output=True).returncode:
         if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
+            stop_group(proc)
             raise RuntimeError(f"dockerd did not come up (log: {tmp / f'dockerd{i}.log'})")
         time.sleep(0.1)
     return proc, env
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
@@ -120,6 +117,36 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> float:
 
 def sync() -> None:
     os.sync()
+
+
+# the modules `cove pull` loads: the verb, the distribution client, the store's ingest
+# (pipeline, unpack, streams) and everything they import
+PULL_PATH = ("cove.cli", "cove.cli.registry", "cove.engine", "cove.registry.dist",
+             "cove.image.store", "cove.image.pipeline", "cove.image.layers",
+             "cove.image.streams")  # fmt: skip
+# which gzip inflater cove's streams module picks (isal's igzip, else zlib through gzip):
+# cove falls back silently, and the figures depend on it
+INFLATER = (
+    "import gzip, io\n"
+    "from cove.image import streams\n"
+    "r = streams.decompressor(io.BytesIO(gzip.compress(b'')), 'gzip', 'probe')\n"
+    "mod = type(getattr(r, '_f', r)).__module__\n"
+    "if mod.startswith('isal'):\n"
+    "    import isal\n"
+    "    print('isal', getattr(isal, '__version__', '?'), '(igzip)')\n"
+    "else:\n"
+    "    print(f'zlib (gzip module, {mod}): isal is not installed')\n"
+)
+
+
+def pull_software(cove: list[str]) -> dict[str, object]:
+    """cove's inflater and the bytecode freshness of the pull path, in cove's interpreter."""
+    interp = interpreter(cove)
+    modules = cove_modules(interp, f"import {', '.join(PULL_PATH)}")
+    fresh, stale = bytecode_state(interp, modules)
+    return {"inflater": run([*interp, "-c", INFLATER]).stdout.strip(),
+            "bytecode_modules": len(modules), "bytecode_fresh": fresh, "bytecode_stale": stale,
+            "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))}  # fmt: skip
 
 
 def main() -> None:
@@ -137,6 +164,7 @@ def main() -> None:
     if not ROOTFS_GZ.exists():
         sys.exit(f"error: {ROOTFS_GZ} missing: run bench/import_unpack.py once to build it")
     cove, how = cove_command()
+    software = pull_software(cove)
     top = Path(tempfile.mkdtemp(prefix="cove-bench-pull.", dir="/var/tmp"))
     procs: list[subprocess.Popen[bytes]] = []
     mounted = False
@@ -179,7 +207,7 @@ def main() -> None:
                 sync()
                 return timed([DOCKER, "pull", "-q", ref], env=denv)
             finally:
-                stop(dockerd)
+                stop_group(dockerd)
 
         tools = {"cove": pull_cove, "podman": pull_podman, "docker": pull_docker,
                  "skopeo+umoci": pull_skopeo_umoci}  # fmt: skip
@@ -195,7 +223,7 @@ def main() -> None:
                            capture_output=True)  # fmt: skip
     finally:
         for proc in reversed(procs):
-            stop(proc)
+            stop_group(proc)
         if mounted:
             subprocess.run(["umount", str(top / "fs")], check=False)
         shutil.rmtree(top, ignore_errors=True)
@@ -203,12 +231,18 @@ def main() -> None:
     ratios = {p: med["cove"] / med[p] for p in ("podman", "docker")}
     if args.json:
         print(json.dumps({"runs": args.runs, "fs": args.fs, "median_s": med, "all_s": times,
-                          "ratio": ratios}, indent=2))  # fmt: skip
+                          "ratio": ratios, **software}, indent=2))  # fmt: skip
         return
     size = ROOTFS_GZ.stat().st_size / 1e6
     fs = "fresh journaled ext4 (loop)" if args.fs == "ext4" else "/var/tmp (host root fs)"
     print(f"cove: {how}; image {size:.0f} MB compressed, {args.runs} pulls per tool; "
-          f"stores on {fs}\n")  # fmt: skip
+          f"stores on {fs}")  # fmt: skip
+    print(f"cove's gzip inflater: {software['inflater']}")
+    stale: list[str] = software["bytecode_stale"]  # type: ignore[assignment]
+    count: int = software["bytecode_modules"]  # type: ignore[assignment]
+    for line in bytecode_lines("the pull path imports", count, stale):
+        print(line)
+    print()
     print(f"{'':16}{'median s':>10}{'min s':>8}")
     for k, v in times.items():
         print(f"{k:16}{med[k]:10.2f}{min(v):8.2f}")

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,43 @@ def bytecode_state(interp: list[str], modules: list[str]) -> tuple[int, list[str
     )
     stale = run([*interp, "-c", probe, *modules]).stdout.split()
     return len(modules) - len(stale), stale
+
+
+def cove_modules(interp: list[str], code: str) -> list[str]:
+    """The cove modules a fresh ``interp`` holds after running ``code`` (the import path of
+    a face that is not ``python -m cove``: cove-runc, the pull, the server)."""
+    probe = f"import sys\n{code}\nprint(' '.join(sorted(m for m in sys.modules if m == 'cove' "
+    probe += "or m.startswith('cove.'))))"
+    return run([*interp, "-c", probe]).stdout.split()
+
+
+def bytecode_lines(what: str, count: int, stale: list[str]) -> list[str]:
+    """How every bench reports ``bytecode_state``: whether the .pyc of the ``count`` cove
+    modules ``what`` imports are fresh, and whether PYTHONDONTWRITEBYTECODE is set (then a
+    stale or missing one is compiled in memory at every start, never written)."""
+    state = "all fresh" if not stale else f"{len(stale)} stale or missing: {' '.join(stale)}"
+    lines = [f"bytecode of the {count} cove modules {what}: {state}"]
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        lines.append(
+            "PYTHONDONTWRITEBYTECODE is set here: a stale or missing .pyc is compiled in "
+            "memory at every start (install.sh and pip install precompile; else run "
+            "`python -m compileall cove`)"
+        )
+    else:
+        lines.append("PYTHONDONTWRITEBYTECODE is not set: a start rewrites a stale or missing .pyc")
+    return lines
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a daemon started with ``start_new_session`` (dockerd, a registry): SIGTERM to
+    its process group, SIGKILL after 30 s, and reap it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def interpreter(cove: list[str]) -> list[str]:
@@ -365,14 +403,8 @@ def main() -> None:
         f"{import_totals['imports_ms']:.1f} ms, of which cove modules' own code "
         f"{import_totals['cove_self_ms']:.1f} ms"
     )
-    state = "all fresh" if not stale else f"{len(stale)} stale or missing: {' '.join(stale)}"
-    print(f"bytecode of the {len(modules)} cove modules on the start path: {state}")
-    if no_pyc_writes:
-        print(
-            "note: PYTHONDONTWRITEBYTECODE is set here: a stale or missing .pyc is compiled in "
-            "memory at every start (install.sh and pip install precompile; else run "
-            "`python -m compileall cove`)"
-        )
+    for line in bytecode_lines("on the start path", len(modules), stale):
+        print(line)
     print(f"\ntop {len(imports)} imports by cumulative time (python -X importtime, start path):")
     print(f"{'cumul ms':>9}{'self ms':>9}  module")
     for s, c, n in imports:
