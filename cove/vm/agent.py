@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cove.errors import Unsupported
 from cove.vm import initramfs
 from cove.vm.kernel import Kernel
 
@@ -259,13 +260,18 @@ def run_initrd(base: str, config: RunConfig, dest: str, *, aarch64: bool = False
         out.write(cpio.bytes())
 
 
-def run_message(config: RunConfig, realtime_ns: int, seed: bytes) -> bytes:
+def run_message(config: RunConfig, realtime_ns: int, seed: bytes, *, arch: str) -> bytes:
     """What the host sends a VM restored from a template on ``cove.ctl``: the line
     ``cove-run SIZE`` and a newc cpio of SIZE bytes with the run's /cove/config and user
     switch, and the program (``cove.vm.fresh``) with its input that sets the clock to
-    ``realtime_ns`` and credits ``seed`` to the guest's entropy pool. x86-64 guests only."""
+    ``realtime_ns`` and credits ``seed`` to the guest's entropy pool. ``arch``: the guest's;
+    x86-64 only (the programs are x86-64 machine code: refused, never sent to another)."""
     from cove.vm import fresh
     from cove.vm.setids import program
+
+    if arch not in fresh.ARCHES:
+        raise Unsupported(f"no vm template run for {arch} guests: the freshness program is "
+                          f"built for {', '.join(fresh.ARCHES)} only")  # fmt: skip
 
     cpio = initramfs.Cpio()
     cpio.file("cove/config", config.script().encode())

@@ -27,6 +27,8 @@ BUF_SIZE = 4096
 RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
 RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
 SEED_BYTES = 64
+# the guests this program runs in: x86-64 machine code, there is no other build of it
+ARCHES = ("x86_64",)
 
 
 def program() -> bytes:
@@ -93,4 +95,4 @@ def payload(realtime_ns: int, seed: bytes) -> bytes:
     return struct.pack("<qqii", sec, nsec, len(seed) * 8, len(seed)) + seed
 
 
-__all__ = ["SEED_BYTES", "payload", "program"]
+__all__ = ["ARCHES", "SEED_BYTES", "payload", "program"]

@@ -421,7 +421,9 @@ class VMRun:
 
         if not tmpl.enabled() or self.volumes or self.opts.network not in tmpl.NETWORKS:
             return None
-        if arch.foreign(self.arch) or os.path.getsize(rootfs) > tmpl.DISK_SIZE:
+        if arch.foreign(self.arch) or not tmpl.supported(self.arch.name):
+            return None  # an arm64 host's own guests too: no freshness program for them
+        if os.path.getsize(rootfs) > tmpl.DISK_SIZE:
             return None
         shape = tmpl.Shape(self.arch.name, self.verdict.accel, self.vm.memory_mib, self.vm.cpus,
                            self.opts.network, self.kernel.vmlinuz, self.base_initrd)  # fmt: skip
@@ -547,7 +549,8 @@ class VMRun:
         if self.ctl is None:
             raise VMFailed(f"vm run {self.cid[:12]}: cannot connect to its restored vm's control "
                            f"port {self.files.ctl}")  # fmt: skip
-        msg = agent.run_message(self.run_cfg, time.time_ns(), secrets.token_bytes(64))
+        msg = agent.run_message(self.run_cfg, time.time_ns(), secrets.token_bytes(64),
+                                arch=self.arch.name)  # fmt: skip
         try:
             self.ctl.sendall(msg)
         except OSError as e:

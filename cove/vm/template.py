@@ -27,8 +27,10 @@ What QEMU 7.2 (Debian 12) allows, and what was chosen:
   initramfs (its name is the digest of /init, modules and busybox), the QEMU binary, the
   architecture, accelerator, memory, cpus and devices. A template whose kernel or agent
   changed is removed when the new one is built.
-- Not templated (they boot cold): foreign architectures, ``-v`` (vhost-user-fs blocks
-  migration and needs shared memory), cove networks (a tap), ``COVE_VM_TEMPLATE=0``.
+- Not templated (they boot cold): foreign architectures, guests the freshness program is
+  not built for (``supported``: x86-64 only, so an arm64 host's own guests too), ``-v``
+  (vhost-user-fs blocks migration and needs shared memory), cove networks (a tap),
+  ``COVE_VM_TEMPLATE=0``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class Shape:
 
 def enabled(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     return env.get(ENV, "1") != "0"
+
+
+def supported(arch: str) -> bool:
+    """Whether a guest of ``arch`` can be restored from a template: every restore runs
+    ``cove.vm.fresh``'s program in it, machine code built for its ARCHES alone."""
+    from cove.vm import fresh
+
+    return arch in fresh.ARCHES
 
 
 def _identity(path: str) -> str:

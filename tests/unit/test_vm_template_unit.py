@@ -7,6 +7,9 @@ import os
 import struct
 from pathlib import Path
 
+import pytest
+
+from cove.errors import Unsupported
 from cove.spec.vm import PortForward
 from cove.vm import agent, fresh
 from cove.vm import qemu as qcmd
@@ -119,7 +122,7 @@ def test_fresh_program_and_payload() -> None:
 
 def test_run_message_is_a_header_and_a_cpio() -> None:
     cfg = agent.RunConfig(["true"], ["PATH=/bin"], "/", 0, 0, "host1", mac="52:54:00:01:02:03")
-    msg = agent.run_message(cfg, 1_700_000_000_000_000_000, b"\1" * 64)
+    msg = agent.run_message(cfg, 1_700_000_000_000_000_000, b"\1" * 64, arch="x86_64")
     header, _, body = msg.partition(b"\n")
     word, size = header.split()
     assert word == b"cove-run" and int(size) == len(body)
@@ -146,3 +149,19 @@ def test_agent_parks_only_as_a_template() -> None:
     assert "cove.template" not in agent.cmdline().split()
     assert "cove.template" in tmpl.cmdline().split()
     assert "grep -qw cove.template /proc/cmdline" in agent.INIT
+
+
+def test_templates_only_where_the_freshness_program_runs() -> None:
+    # an arm64 host's own guests are not foreign, yet fresh.program() is x86-64 code
+    assert tmpl.supported("x86_64")
+    assert not tmpl.supported("aarch64")
+    assert not tmpl.supported("riscv64")
+
+
+def test_run_message_refuses_a_guest_it_has_no_program_for() -> None:
+    cfg = agent.RunConfig(["true"], ["PATH=/bin"], "/", 0, 0, "host1")
+    with pytest.raises(Unsupported, match="aarch64"):
+        agent.run_message(cfg, 1_700_000_000_000_000_000, b"\1" * 64, arch="aarch64")
+    # control: the same config for an x86-64 guest carries the program
+    assert fresh.program() in agent.run_message(cfg, 1_700_000_000_000_000_000, b"\1" * 64,
+                                                arch="x86_64")  # fmt: skip
