@@ -189,13 +189,16 @@ class LayerWriter:
         self._pending: set[tuple[int, str]] = set()
         self._inflight = 0
         self._pool = _Pool(workers) if workers > 0 else None
-        # a new inode takes the creator's ids unless its directory is setgid (none is during
-        # an unpack: directories are made without S_ISGID and get their modes at the end,
-        # unless the root itself has it), so a chown to those very ids can be skipped
-        self._own_ids = (os.geteuid(), os.getegid())
+        # a new inode takes the creator's ids unless its directory is setgid, when it takes
+        # the directory's group. In a fresh unpack no directory is: this writer makes them
+        # without S_ISGID and sets their modes at the end, so a chown to the creator's very
+        # ids can be skipped, unless the root itself has it. Anywhere else (a build's ADD
+        # extracting into an existing rootfs) a directory already there may be setgid: always
+        # chown then, or a 0:0 set-id file would keep that directory's group
+        self._own_ids: tuple[int, int] | None = (os.geteuid(), os.getegid())
         rst = os.fstat(self.rootfd)
-        if rst.st_mode & stat.S_ISGID:
-            self._own_ids = (-1, -1)
+        if not fresh or rst.st_mode & stat.S_ISGID:
+            self._own_ids = None
         # fresh (the root starts empty and only this writer adds to it): directory inode ->
         # every name made in it, so a name not there needs no stat to know it is absent.
         # Directories this writer made hold only what it made, until anything is removed
