@@ -16,7 +16,7 @@ on the reply channel with JSON messages, passing fds back the same way; its exit
 The children are the CLI's: ``ContainerEngine(Engine(root))`` and its verbs, so a started
 container has the same root and the same monitor (double-forked into its own session: it
 outlives the helper and the server). If the helper dies, the server re-creates it from a
-fresh interpreter (``python -m cove.api.forkserver FD``: an exec, safe from a thread), and
+fresh interpreter (``python -P -m cove.api.forkserver FD``: an exec, safe from a thread), and
 if that fails starts containers through cove.api.launch, with a logged warning.
 """
 
@@ -39,33 +39,83 @@ if TYPE_CHECKING:  # imported by the helper's preload and the child, not at impo
     from cove.containers.engine import ContainerEngine
 
 _MAX_FDS = 8
+# a message longer than this goes in a memfd sent with a small header: a SEQPACKET message
+# must fit the sender's socket buffer (net.core.wmem_default, ~208 KiB), and a docker exec's
+# env and argv alone may reach the kernel's ~2 MiB
 _MSG = 1 << 16
+# the largest request taken (an answer to anything bigger says so; the helper keeps serving)
+_MAX_MSG = 16 << 20
 
 
 class HelperGone(Exception):
     """The request could not be handed to a helper (dead, and not re-created)."""
 
 
+class TooBig(ValueError):
+    """A message over _MAX_MSG, consumed; ``fds``: those it carried, still open."""
+
+    def __init__(self, size: int, fds: list[int]) -> None:
+        super().__init__(f"fork helper: a request of {size} bytes (the limit is {_MAX_MSG})")
+        self.fds = fds
+
+
+def module_argv(module: str, *args: str) -> list[str]:
+    """``python -m MODULE ARGS`` for a fresh interpreter the server starts. ``-P``: no
+    current directory (nor the script's) first on sys.path, so a ``json.py`` in the
+    directory root started ``cove serve`` from (maybe /tmp, writable by all) is never
+    imported as root; the environment (PYTHONPATH, the venv) still counts, as for the
+    server itself."""
+    return [sys.executable, "-P", "-m", module, *args]
+
+
 def _send(sock: socket.socket, doc: dict[str, Any], fds: list[int] = []) -> None:  # noqa: B006
     data = json.dumps(doc).encode()
-    if fds:
+    if len(data) > _MSG:
+        body = os.memfd_create("cove-fork-request", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(body, view) :]
+            socket.send_fds(sock, [json.dumps({"memfd": len(data)}).encode()], [body, *fds])
+        finally:
+            os.close(body)
+    elif fds:
         socket.send_fds(sock, [data], fds)
     else:
         sock.send(data)
 
 
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and the fds it carried; (None, []) at EOF."""
-    data, fds, _flags, _addr = socket.recv_fds(sock, _MSG, _MAX_FDS)
+    """One message and the fds it carried; (None, []) at EOF. TooBig (the message consumed,
+    its fds in it) for one over _MAX_MSG, inline or in a memfd."""
+    # its length first: with MSG_TRUNC a SEQPACKET recv returns the whole message's length
+    # (MSG_PEEK leaves it, and its fds, queued); a short buffer would silently cut it
+    size = sock.recv_into(bytearray(1), 1, socket.MSG_PEEK | socket.MSG_TRUNC)
+    data, fds, _flags, _addr = socket.recv_fds(sock, max(1, min(size, _MAX_MSG)), _MAX_FDS)
     for fd in fds:
         # SCM_RIGHTS fds arrive inheritable: none may reach a container's process by
         # accident (the start path marks inheritable what it hands on)
         os.set_inheritable(fd, False)
+    if size > _MAX_MSG:
+        raise TooBig(size, fds)
     if not data:
         for fd in fds:
             os.close(fd)
         return None, []
-    return json.loads(data), fds
+    doc = json.loads(data)
+    if isinstance(doc, dict) and set(doc) == {"memfd"} and fds:
+        body, fds = fds[0], fds[1:]
+        try:
+            size = int(doc["memfd"])
+            if size > _MAX_MSG:
+                raise TooBig(size, fds)
+            whole = bytearray()
+            while len(whole) < size and (chunk := os.pread(body, size - len(whole), len(whole))):
+                whole += chunk
+            doc = json.loads(whole)
+        finally:
+            os.close(body)
+    return doc, fds
 
 
 def error_doc(e: BaseException) -> dict[str, Any]:
@@ -154,6 +204,9 @@ def helper_main(ctl_fd: int, verbose: bool, close: tuple[int, ...] = ()) -> None
             continue
         try:
             doc, fds = recv(ctl)
+        except TooBig as e:
+            _refuse(e)  # consumed whole: the next request is read as one
+            continue
         except (ConnectionError, ValueError):
             doc, fds = None, []
         if doc is None:
@@ -173,6 +226,16 @@ def helper_main(ctl_fd: int, verbose: bool, close: tuple[int, ...] = ()) -> None
             what = f"{doc.get('op')} {doc.get('cid', '')}".strip()
             line = f"cove serve: fork helper {me}: {what} in child {pid} (#{served})\n"
             os.write(2, line.encode())
+
+
+def _refuse(e: TooBig) -> None:
+    """A request too big to take: its error on its reply channel (its first fd); its fds
+    closed."""
+    if e.fds:
+        with socket.socket(fileno=e.fds[0]) as reply, contextlib.suppress(OSError):
+            _send(reply, {"error": {"kind": "InvalidSpec", "message": str(e)}})
+    for fd in e.fds[1:]:
+        os.close(fd)
 
 
 def _reap() -> None:
@@ -320,9 +383,7 @@ class ForkServer:
         """A new helper from a fresh interpreter (fork+exec: safe from a thread)."""
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = theirs.fileno()
-        argv = [sys.executable, "-m", "cove.api.forkserver", str(fd)]
-        if self.verbose:
-            argv.append("--verbose")
+        argv = module_argv("cove.api.forkserver", str(fd), *(["--verbose"] if self.verbose else []))
         try:
             self.proc = subprocess.Popen(argv, pass_fds=(fd,), stdin=subprocess.DEVNULL)
         finally:

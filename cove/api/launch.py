@@ -3,7 +3,7 @@
 The engine's start forks the container's monitor and its first helper, which keep running
 Python (sqlite, imports) after the fork. Forked from the threaded server, such a child can
 inherit a lock another thread held at that instant (sqlite's mutexes) and hang forever.
-So the server runs each start here instead: ``python -m cove.api.launch ROOT ID FD``, with
+So the server runs each start here instead: ``python -P -m cove.api.launch ROOT ID FD``, with
 the attach end (or -1) passed down; one JSON line on stdout says how it went.
 
 Under ``cove serve`` the fork helper (cove.api.forkserver) does the same from an image that
@@ -37,7 +37,7 @@ def start(root: str, cid: str, attach_fd: int = -1) -> None:
         except forkserver.HelperGone as e:
             sys.stderr.write(f"cove serve: warning: {e}; starting {cid} in a fresh process\n")
 
-    argv = [sys.executable, "-m", "cove.api.launch", root, cid, str(attach_fd)]
+    argv = forkserver.module_argv("cove.api.launch", root, cid, str(attach_fd))
     # the answer goes to a file, not a pipe: the monitor and its first helper are forked
     # from the launcher and may hold its stdout for a while; its exit is what we wait for
     with tempfile.TemporaryFile("w+") as out:

@@ -110,3 +110,24 @@ def test_server_recreates_a_killed_fork_helper(served_v: Served, cove: CoveRunne
     stop_serve(s)
     assert s.proc.returncode == 0
     wait_for("the re-created helper to exit", lambda: gone(seen[1]))
+
+
+def test_exec_with_a_large_env_goes_through_the_same_helper(served_v: Served) -> None:
+    """A ``docker exec`` whose request is over 64 KiB (one 100 KB variable), then over the
+    socket's buffer (three: ~300 KB): each runs, through the first helper, which the long
+    request did not kill (was: its request cut at 64 KiB, the helper exited)."""
+    s = served_v
+    [helper] = helpers_seen(s)
+    assert s.docker("run", "-d", "--name", "big", "alpine:3.20", "sleep", "60").returncode == 0
+    # positive control: a small exec
+    assert s.docker("exec", "-e", "SMALL=x", "big", "sh", "-c", "echo $SMALL").stdout == "x\n"
+    one = ["-e", "BIG0=" + "x" * 100_000]
+    out = s.docker("exec", *one, "big", "sh", "-c", "echo ${#BIG0}").stdout
+    assert out == "100000\n"
+    three = [a for i in range(3) for a in ("-e", f"BIG{i}=" + "y" * 100_000)]
+    out = s.docker("exec", *three, "big", "sh", "-c", 'echo "${#BIG0} ${#BIG1} ${#BIG2}"').stdout
+    assert out == "100000 100000 100000\n"
+    assert helpers_seen(s) == [helper] and not gone(helper)
+    assert len(re.findall(rf"fork helper {helper}: exec \w+ in child", s.log.read_text())) == 3
+    s.docker("rm", "-f", "big")
+    assert monitors(s.root) == []
