@@ -242,7 +242,32 @@ class OciRuntime:
         self.rt.start(cid)
         hooks = self._spec(cid).hooks
         if hooks is not None and hooks.poststart:
-            self._run_warn("poststart", hooks.poststart, cid, "running", int(doc["pid"]))
+            pid = int(doc["pid"])
+            self._wait_exec(pid)
+            self._run_warn("poststart", hooks.poststart, cid, "running", pid)
+
+    @staticmethod
+    def _wait_exec(pid: int, timeout: float = 10.0) -> None:
+        """Until the init has left this interpreter by execve (its startContainer hooks ran).
+
+        The OCI spec orders startContainer, the user process's exec, then poststart; the fifo
+        read only says the init was released, so without this wait poststart raced the
+        init's startContainer hooks. The init is a fork of a runtime process, so while its
+        /proc/PID/exe is this interpreter's file it has not exec'd yet.
+        """
+        try:
+            own = os.stat("/proc/self/exe")
+        except OSError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                exe = os.stat(f"/proc/{pid}/exe")
+            except OSError:
+                return  # gone (or a zombie): nothing left to wait for
+            if (exe.st_dev, exe.st_ino) != (own.st_dev, own.st_ino):
+                return
+            time.sleep(0.001)
 
     def _run_warn(self, kind: str, hooks: list[Hook], cid: str, status: str, pid: int) -> None:
         """poststart and poststop: a failure is a warning, the container stays as it is
