@@ -493,7 +493,7 @@ class VMRun:
             try:
                 self._restore()
                 return
-            except CoveError as e:
+            except (CoveError, OSError) as e:  # any failure of the copy: boot cold instead
                 if self.qemu is not None:
                     self.qemu.kill()
                     self.qemu.wait()

@@ -174,7 +174,10 @@ class Monitor:
 
     def _read(self) -> dict[str, Any]:
         while True:
-            line = self.reader.readline()
+            try:
+                line = self.reader.readline()
+            except OSError as e:  # QEMU died mid-reply (a damaged state file): reset, timeout
+                raise VMFailed(f"qemu's monitor {self.path}: {e.strerror or e}") from e
             if not line:
                 raise VMFailed(f"qemu closed its monitor {self.path}")
             msg: dict[str, Any] = json.loads(line)
@@ -183,10 +186,13 @@ class Monitor:
 
     def execute(self, name: str, fds: list[int] | None = None, **args: Any) -> Any:
         data = json.dumps({"execute": name, "arguments": args}).encode()
-        if fds:
-            socket.send_fds(self.sock, [data], fds)
-        else:
-            self.sock.sendall(data)
+        try:
+            if fds:
+                socket.send_fds(self.sock, [data], fds)
+            else:
+                self.sock.sendall(data)
+        except OSError as e:
+            raise VMFailed(f"qemu's monitor {self.path}: {name}: {e.strerror or e}") from e
         reply = self._read()
         if "error" in reply:
             raise VMFailed(f"qemu: {name}: {reply['error'].get('desc', reply['error'])}")
