@@ -92,9 +92,14 @@ def _identity(path: str) -> str:
     return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def key(shape: Shape, identities: dict[str, str]) -> str:
-    """The template's name: a digest of its shape and of its files' identities."""
-    data = json.dumps([FORMAT, asdict(shape), sorted(identities.items())], sort_keys=True)
+def key(shape: Shape, identities: dict[str, str], append: str | None = None) -> str:
+    """The template's name: a digest of its shape, of its files' identities and of the
+    kernel command line it boots with (``append``, by default ``cmdline()``): a restored
+    copy keeps the boot-time choices of the template's kernel, so a new command line is a
+    new template."""
+    append = cmdline() if append is None else append
+    data = json.dumps([FORMAT, asdict(shape), sorted(identities.items()), append],
+                      sort_keys=True)  # fmt: skip
     return hashlib.sha256(data.encode()).hexdigest()[:32]
 
 

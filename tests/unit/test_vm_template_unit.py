@@ -35,6 +35,7 @@ def test_key_covers_shape_and_file_identities(tmp_path: Path) -> None:
         tmpl.key(shape(tmp_path, network="none"), ids),
         tmpl.key(s, {**ids, "kernel": "k:2"}),  # the kernel file changed
         tmpl.key(s, {**ids, "initrd": "a:2"}),  # the agent changed
+        tmpl.key(s, ids, append=tmpl.cmdline() + " x=1"),  # the kernel command line changed
     ]
     assert len({tmpl.key(s, ids), *others}) == len(others) + 1
 
