@@ -410,25 +410,35 @@ class TinyImage:
         return str(json.loads(self.manifest)["config"]["digest"])
 
 
-def tiny_image() -> TinyImage:
-    layer_tar = TarBuilder().file("hello", b"hi\n").bytes()
-    layer = gzip.compress(layer_tar, mtime=0)
-
-    def d(b: bytes) -> str:
-        return "sha256:" + hashlib.sha256(b).hexdigest()
-
+def layered_image(
+    tars: list[bytes],
+    *,
+    cmd: list[str] | None = None,
+    diff_ids: list[str] | None = None,
+    compresslevel: int = 1,
+) -> TinyImage:
+    """An image of gzip layers ``tars`` (bottom first); ``diff_ids`` overrides the config's."""
+    blobs = [gzip.compress(t, mtime=0, compresslevel=compresslevel) for t in tars]
     config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/hello"]},
-        "rootfs": {"type": "layers", "diff_ids": [d(layer_tar)]},
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": cmd or ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256_digest(t) for t in tars]},
     }).encode()  # fmt: skip
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": d(config), "size": len(config)},
+                   "digest": sha256_digest(config), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": d(layer), "size": len(layer)}],
+                    "digest": sha256_digest(b), "size": len(b)} for b in blobs],
     }).encode()  # fmt: skip
-    return TinyImage(manifest, {d(config): config, d(layer): layer})
+    return TinyImage(
+        manifest, {sha256_digest(config): config, **{sha256_digest(b): b for b in blobs}}
+    )
+
+
+def tiny_image() -> TinyImage:
+    """One layer holding /hello, its command."""
+    return layered_image([TarBuilder().file("hello", b"hi\n").bytes()], cmd=["/hello"],
+                         compresslevel=9)  # fmt: skip
 
 
 def serve_image(img: TinyImage, h: BaseHTTPRequestHandler, *,

@@ -26,6 +26,7 @@ from helpers import (
     TarBuilder,
     TinyImage,
     fake_servers,
+    layered_image,
     reply,
     serve_image,
     sha256_digest,
@@ -54,25 +55,6 @@ def unpack(data: bytes, dest: Path, workers: int) -> LayerStats:
 def comparable(rows: list[tuple[object, ...]], named: set[str]) -> list[tuple[object, ...]]:
     """Rows without the mtime of directories the tar does not name (made as parents, now)."""
     return [(r[0], r[1], r[2], r[3], r[4] if r[0] in named else None, *r[5:]) for r in rows]
-
-
-def layered_image(tars: list[bytes], *, diff_ids: list[str] | None = None) -> TinyImage:
-    """An image of gzip layers ``tars`` (bottom first); ``diff_ids`` overrides the config's."""
-    blobs = [gzip.compress(t, mtime=0, compresslevel=1) for t in tars]
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids or [sha256_digest(t) for t in tars]},
-    }).encode()  # fmt: skip
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": sha256_digest(config), "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": sha256_digest(b), "size": len(b)} for b in blobs],
-    }).encode()  # fmt: skip
-    return TinyImage(
-        manifest, {sha256_digest(config): config, **{sha256_digest(b): b for b in blobs}}
-    )
 
 
 def busy_layer(seed: int, *, replace: bool = True) -> TarBuilder:
